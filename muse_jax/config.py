@@ -1,0 +1,82 @@
+"""Config validation: fail early with one line that says what to change.
+
+The reference for allowed keys is the stage's defaults (`configs.common.reference_config`);
+a misspelt key is reported with the closest known name.
+"""
+from __future__ import annotations
+
+import difflib
+
+import jax.numpy as jnp
+import ml_collections
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _check_keys(cfg, ref, prefix: str):
+  for key in cfg.keys():
+    if key not in ref:
+      close = difflib.get_close_matches(key, list(ref.keys()), n=1)
+      hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
+      raise ConfigError(f"unknown config key {prefix}.{key}{hint}")
+    if isinstance(ref[key], ml_collections.ConfigDict):
+      if not isinstance(cfg[key], ml_collections.ConfigDict):
+        raise ConfigError(f"{prefix}.{key} must be a section (ConfigDict)")
+      _check_keys(cfg[key], ref[key], f"{prefix}.{key}")
+
+
+def _positive(cfg, section: str, names):
+  for n in names:
+    v = cfg[section][n]
+    if not isinstance(v, int) or v <= 0:
+      raise ConfigError(f"{section}.{n}={v!r} must be a positive integer")
+
+
+def check_transformer(m):
+  _positive({"model": m}, "model", ["codebook_size", "grid_size", "hidden_size", "num_layers",
+                                    "num_heads", "head_dim", "mlp_dim", "text_dim",
+                                    "text_length"])
+  if m.attention not in ("xla", "cudnn", "auto"):
+    raise ConfigError(f"model.attention={m.attention!r}; choose xla, cudnn or auto")
+  if m.attention == "cudnn":
+    if m.dtype not in ("bfloat16", "float16"):
+      raise ConfigError("model.attention=cudnn needs model.dtype=bfloat16 or float16")
+    if m.text_length % 64:
+      raise ConfigError(f"model.text_length={m.text_length}: cuDNN flash attention needs a "
+                        "multiple of 64 (e.g. 128); or use model.attention=xla")
+  for name in ("dtype", "param_dtype"):
+    try:
+      jnp.dtype(m[name])
+    except TypeError as e:
+      raise ConfigError(f"model.{name}={m[name]!r} is not a dtype (use float32 or bfloat16)") from e
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+
+
+def validate(config, reference=None) -> None:
+  if "stage" not in config:
+    raise ConfigError("config.stage is missing; set it to vqgan, base or sr")
+  if reference is None:
+    from configs import common
+    reference = common.reference_config(config.stage)
+  _check_keys(config, reference, "config")
+  t = config.train
+  _positive(config, "train", ["batch_size", "num_steps", "grad_accum", "eval_batches"])
+  if t.batch_size % t.grad_accum:
+    raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
+                      f"train.grad_accum={t.grad_accum}")
+  if not 0.0 <= t.ema_decay < 1.0:
+    raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1) (0 disables)")
+  o = config.optimizer
+  if o.name not in ("adafactor", "adamw"):
+    raise ConfigError(f"optimizer.name={o.name!r}; choose adafactor or adamw")
+  if o.learning_rate <= 0:
+    raise ConfigError(f"optimizer.learning_rate={o.learning_rate} must be > 0")
+  if config.stage in ("base", "sr"):
+    check_transformer(config.model)
+    if not 0.0 <= config.objective.cfg_dropout < 1.0:
+      raise ConfigError(f"objective.cfg_dropout={config.objective.cfg_dropout} must be in [0, 1)")
+  if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
+    raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")

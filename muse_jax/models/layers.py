@@ -1,0 +1,165 @@
+"""Building blocks shared by every muse_jax model (Flax NNX).
+
+Conventions (see README "Sharding"):
+- Every parameter is created with `param(...)`, which records its *logical* axis names
+  (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) in the variable's `out_sharding` metadata.
+  Models never name mesh axes; `muse_jax.parallel.sharding` maps logical names to the mesh
+  with rules that live in the config.
+- Activations that matter are annotated with `constrain(x, (...logical names...))`, a no-op
+  unless a trainer has activated sharding rules.
+- Precision: parameters are stored in `param_dtype` (fp32) and cast to the compute `dtype`
+  (bf16) inside each matmul. Norms, softmax and losses run in fp32.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from muse_jax.parallel.sharding import constrain
+
+Axes = tuple[str | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+  """Where each kind of arithmetic happens. Built from config strings by `from_names`."""
+  dtype: jnp.dtype = jnp.float32        # matmul inputs / activations
+  param_dtype: jnp.dtype = jnp.float32  # stored parameters
+
+  @classmethod
+  def from_names(cls, dtype: str, param_dtype: str) -> "Precision":
+    return cls(jnp.dtype(dtype), jnp.dtype(param_dtype))
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes,
+          dtype=jnp.float32) -> nnx.Param:
+  """A parameter with logical axis names (one per dimension)."""
+  if len(axes) != len(shape):
+    raise ValueError(f"param of shape {tuple(shape)} needs {len(shape)} axis names, got {axes}")
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype),
+                   out_sharding=tuple(axes), eager_sharding=False)
+
+
+def dense_init(fan_in_dims: int = 1):
+  """Variance-scaling (fan-in, truncated normal) over the first `fan_in_dims` dims."""
+  return jax.nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=tuple(range(fan_in_dims)),
+      out_axis=-1)
+
+
+class DenseGeneral(nnx.Module):
+  """y = x @ W (+ b) contracting the last `len(in_shape)` dims of x with W's leading dims.
+
+  `in_axes`/`out_axes` are the logical names of W's input and output dims.
+  """
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *,
+               in_axes: Axes, out_axes: Axes, rngs: nnx.Rngs,
+               precision: Precision = Precision(), use_bias: bool = False,
+               kernel_init=None):
+    self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+    self.precision = precision
+    init = kernel_init or dense_init(len(self.in_shape))
+    self.kernel = param(rngs, init, self.in_shape + self.out_shape,
+                        tuple(in_axes) + tuple(out_axes), precision.param_dtype)
+    self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, tuple(out_axes),
+                       precision.param_dtype) if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = self.precision.dtype
+    n_in = len(self.in_shape)
+    if x.shape[x.ndim - n_in:] != self.in_shape:
+      raise ValueError(f"DenseGeneral expects trailing dims {self.in_shape}, got {x.shape}")
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(dtype), self.kernel[...].astype(dtype), (contract, ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """x * rsqrt(mean(x^2) + eps) * scale, computed in fp32; output in the compute dtype."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, axis_name: str = "embed",
+               eps: float = 1e-6, precision: Precision = Precision()):
+    self.eps, self.precision = eps, precision
+    self.scale = param(rngs, jax.nn.initializers.ones, (dim,), (axis_name,),
+                       precision.param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(self.precision.dtype)
+
+
+def attention(q, k, v, *, kv_lengths=None, implementation: str = "xla"):
+  """Multi-head attention on [B, T, N, H] inputs through `jax.nn.dot_product_attention`.
+
+  `kv_lengths` [B] masks key positions >= length (padding). `implementation` is `xla` or
+  `cudnn` (flash attention on NVIDIA GPUs; needs bf16/fp16 and head_dim a multiple of 8), or
+  `auto` (cudnn on GPUs when those hold, else xla).
+  """
+  impl = implementation
+  if impl == "auto":
+    fast = q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0
+    impl = "cudnn" if (jax.default_backend() == "gpu" and fast) else "xla"
+  return jax.nn.dot_product_attention(
+      q, k, v, key_value_seq_lengths=kv_lengths, implementation=impl)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Self- or cross-attention with head-sharded projections and no biases."""
+
+  def __init__(self, dim: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs,
+               precision: Precision = Precision(), implementation: str = "xla",
+               kv_dim: int | None = None, fused_qkv: bool = True):
+    self.num_heads, self.head_dim = num_heads, head_dim
+    self.implementation = implementation
+    self.self_attention = kv_dim is None
+    kv_dim = dim if kv_dim is None else kv_dim
+    if self.self_attention and fused_qkv:
+      self.qkv = DenseGeneral((dim,), (3, num_heads, head_dim), in_axes=("embed",),
+                              out_axes=(None, "heads", "kv"), rngs=rngs, precision=precision)
+    else:
+      self.qkv = None
+      self.q = DenseGeneral((dim,), (num_heads, head_dim), in_axes=("embed",),
+                            out_axes=("heads", "kv"), rngs=rngs, precision=precision)
+      self.kv = DenseGeneral((kv_dim,), (2, num_heads, head_dim), in_axes=("embed",),
+                             out_axes=(None, "heads", "kv"), rngs=rngs, precision=precision)
+    self.out = DenseGeneral((num_heads, head_dim), (dim,), in_axes=("heads", "kv"),
+                            out_axes=("embed",), rngs=rngs, precision=precision)
+
+  def __call__(self, x, context=None, *, kv_lengths=None):
+    heads = ("act_batch", "act_length", "act_heads", None)
+    if self.qkv is not None:
+      qkv = self.qkv(x)
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+      src = x if context is None else context
+      q = self.q(x)
+      kv = self.kv(src)
+      k, v = kv[:, :, 0], kv[:, :, 1]
+    q, k, v = (constrain(t, heads) for t in (q, k, v))
+    y = attention(q, k, v, kv_lengths=kv_lengths, implementation=self.implementation)
+    y = constrain(y, heads)
+    return self.out(y)
+
+
+class MLP(nnx.Module):
+  """Dense -> GELU(tanh) -> Dense, sharded on the hidden (`mlp`) dimension."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs,
+               precision: Precision = Precision()):
+    self.wi = DenseGeneral((dim,), (hidden,), in_axes=("embed",), out_axes=("mlp",),
+                           rngs=rngs, precision=precision)
+    self.wo = DenseGeneral((hidden,), (dim,), in_axes=("mlp",), out_axes=("embed",),
+                           rngs=rngs, precision=precision)
+
+  def __call__(self, x):
+    h = jax.nn.gelu(self.wi(x), approximate=True)
+    h = constrain(h, ("act_batch", "act_length", "act_mlp"))
+    return self.wo(h)

@@ -1,0 +1,158 @@
+"""The Muse base masked transformer (Muse Sec. 2.3), in Flax NNX.
+
+tokens [B, T] (masked positions hold `mask_id` = codebook_size)
+  -> token embedding + learned position embedding
+  -> N pre-norm blocks: self-attention, cross-attention to the projected text, MLP
+  -> final norm -> logits over the codebook [B, T, codebook_size] (fp32).
+
+Text conditioning: T5 embeddings [B, S, text_dim] with valid lengths `text_len` [B], linearly
+projected to the model width. `text_len == 0` is the null condition used for classifier-free
+guidance: the context then holds one learned "null" vector at position 0 (length 1), so the
+cross-attention always has a valid key and never produces NaNs.
+
+Layers are stored stacked (leading `layers` axis); `scan_layers` chooses `lax.scan` (fast compiles
+for deep models) or an unrolled loop over the same parameters, so checkpoints work with both.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from muse_jax.models import layers as L
+from muse_jax.parallel.sharding import constrain
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+ACT = ("act_batch", "act_length", "act_embed")
+
+
+def _dropout(x, rate, key):
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: self-attn, optional cross-attn, MLP."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs, precision: L.Precision, cross: bool = True):
+    d = cfg.hidden_size
+    kw = dict(rngs=rngs, precision=precision)
+    self.norm_self = L.RMSNorm(d, **kw)
+    self.self_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim,
+                                          implementation=cfg.attention, **kw)
+    if cross:
+      self.norm_cross = L.RMSNorm(d, **kw)
+      self.cross_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim, kv_dim=d,
+                                             implementation=cfg.attention, **kw)
+    else:
+      self.norm_cross = self.cross_attn = None
+    self.norm_mlp = L.RMSNorm(d, **kw)
+    self.mlp = L.MLP(d, cfg.mlp_dim, **kw)
+    self.dropout = float(cfg.dropout)
+
+  def __call__(self, x, context=None, context_len=None, dropout_key=None):
+    keys = (jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3)
+    x = x + _dropout(self.self_attn(self.norm_self(x)), self.dropout, keys[0])
+    x = constrain(x, ACT)
+    if self.cross_attn is not None:
+      h = self.cross_attn(self.norm_cross(x), context, kv_lengths=context_len)
+      x = constrain(x + _dropout(h, self.dropout, keys[1]), ACT)
+    x = x + _dropout(self.mlp(self.norm_mlp(x)), self.dropout, keys[2])
+    return constrain(x, ACT)
+
+
+class BlockStack(nnx.Module):
+  """`num_layers` blocks with stacked parameters, run by scan or an unrolled loop."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs, precision: L.Precision, cross: bool = True):
+    self.num_layers = int(cfg.num_layers)
+    self.scan = bool(cfg.scan_layers)
+    if cfg.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={cfg.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    self.remat = cfg.remat
+
+    @nnx.split_rngs(splits=self.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(r):
+      return Block(cfg, rngs=r, precision=precision, cross=cross)
+
+    self.blocks = make(rngs)
+
+  def __call__(self, x, context=None, context_len=None, dropout_key=None):
+    graphdef, state = nnx.split(self.blocks)
+    keys = (jax.random.split(dropout_key, self.num_layers) if dropout_key is not None
+            else None)
+
+    def layer(x, st, key):
+      return nnx.merge(graphdef, st)(x, context, context_len, key)
+
+    if self.remat != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+
+    if self.scan:
+      def body(x, xs):
+        st, key = xs
+        return layer(x, st, key), None
+      x, _ = jax.lax.scan(body, x, (state, keys))
+      return x
+    for i in range(self.num_layers):
+      st = jax.tree.map(lambda a: a[i], state)
+      x = layer(x, st, None if keys is None else keys[i])
+    return x
+
+
+class MaskedTransformer(nnx.Module):
+  """Muse base model: text-conditioned masked token prediction over a VQ codebook."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    p = L.Precision.from_names(cfg.dtype, cfg.param_dtype)
+    self.precision = p
+    d = cfg.hidden_size
+    self.mask_id = int(cfg.codebook_size)
+    self.seq_len = int(cfg.grid_size) ** 2
+    emb_init = jax.nn.initializers.normal(0.02)
+    # codebook + mask token, rounded up to a multiple of 128 rows so the table shards evenly
+    rows = -(-(cfg.codebook_size + 1) // 128) * 128
+    self.token_embed = L.param(rngs, emb_init, (rows, d), ("vocab", "embed"), p.param_dtype)
+    self.pos_embed = L.param(rngs, emb_init, (self.seq_len, d), (None, "embed"), p.param_dtype)
+    self.text_proj = L.DenseGeneral((cfg.text_dim,), (d,), in_axes=(None,), out_axes=("embed",),
+                                    use_bias=True, rngs=rngs, precision=p)
+    self.context_norm = L.RMSNorm(d, rngs=rngs, precision=p)
+    self.null_context = L.param(rngs, emb_init, (d,), ("embed",), p.param_dtype)
+    self.stack = BlockStack(cfg, rngs=rngs, precision=p)
+    self.final_norm = L.RMSNorm(d, rngs=rngs, precision=p)
+    self.head = L.DenseGeneral((d,), (cfg.codebook_size,), in_axes=("embed",),
+                               out_axes=("vocab",), use_bias=True, rngs=rngs, precision=p)
+
+  def embed_context(self, text, text_len):
+    """Project text to model width; rows with text_len == 0 become the null context."""
+    ctx = self.context_norm(self.text_proj(text))
+    null = (text_len == 0)
+    pos0 = (jnp.arange(ctx.shape[1]) == 0)[None, :, None]
+    null_vec = self.null_context[...].astype(ctx.dtype)
+    ctx = jnp.where(null[:, None, None] & pos0, null_vec, ctx)
+    ctx = jnp.where(null[:, None, None] & ~pos0, 0, ctx)
+    ctx_len = jnp.maximum(text_len, 1).astype(jnp.int32)
+    return constrain(ctx, ACT), ctx_len
+
+  def __call__(self, tokens, text, text_len, *, dropout_key=None):
+    """tokens [B, T] int32, text [B, S, text_dim], text_len [B] int32 -> logits [B, T, V]."""
+    if tokens.shape[1] != self.seq_len:
+      raise ValueError(f"expected {self.seq_len} tokens per image, got {tokens.shape[1]}")
+    dtype = self.precision.dtype
+    x = jnp.take(self.token_embed[...], tokens, axis=0).astype(dtype)
+    x = x + self.pos_embed[...].astype(dtype)[None]
+    x = constrain(x, ACT)
+    context, context_len = self.embed_context(text, text_len)
+    x = self.stack(x, context, context_len, dropout_key)
+    logits = self.head(self.final_norm(x)).astype(jnp.float32)
+    return constrain(logits, ("act_batch", "act_length", "act_vocab"))

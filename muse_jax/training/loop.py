@@ -1,0 +1,255 @@
+"""The training loop: devices, input, jit, checkpoints, signals and reporting around a stage.
+
+`train(config, workdir)` resumes from the newest checkpoint in `workdir/checkpoints` if there
+is one, then runs `train_step` until `config.train.num_steps`. The step's randomness is
+`fold_in(key(seed), step)`, and the input position is checkpointed, so a resumed run
+continues the same run. Stops:
+- SIGTERM (or a cluster preemption notice): checkpoint the current step, raise `Preempted`;
+- a non-finite loss: raise `NonFiniteLoss` naming the step; that state is never saved, so the
+  last good checkpoint stays the newest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from muse_jax.parallel import sharding as shd
+from muse_jax.parallel.distributed import global_batch
+from muse_jax.parallel.mesh import data_parallel_size, make_mesh
+from muse_jax.training.checkpoint import Checkpointer
+from muse_jax.training.flops import peak_flops_per_device
+from muse_jax.training.reporting import Reporter
+from muse_jax.training.stage import BatchSource, get_stage
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+class Preempted(Exception):
+  """Raised after the checkpoint of a SIGTERM/preemption stop has been written."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; "
+                     "run the same command again to resume")
+    self.step, self.directory = step, directory
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: Any
+  step: int
+  stage: Any
+  eval_metrics: dict
+
+
+class _SignalFlag:
+  """Sets `.raised` on SIGTERM; restores the previous handler on exit."""
+
+  def __init__(self):
+    self.raised = False
+    self._prev = None
+
+  def __enter__(self):
+    try:
+      self._prev = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread: no signal handling
+      self._prev = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._prev is not None:
+      signal.signal(signal.SIGTERM, self._prev)
+
+
+def check_batch(config, mesh):
+  b = int(config.train.batch_size)
+  dp = data_parallel_size(mesh)
+  if b % dp:
+    raise ValueError(f"train.batch_size={b} is not divisible by the data-parallel size {dp} "
+                     f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
+                     "change --config.train.batch_size or the mesh")
+  if b % jax.process_count():
+    raise ValueError(f"train.batch_size={b} is not divisible by {jax.process_count()} processes")
+  a = int(config.train.grad_accum)
+  if a < 1 or b % a or (b // a) % dp:
+    raise ValueError(f"train.grad_accum={a}: the microbatch batch_size/grad_accum must be a "
+                     f"whole multiple of the data-parallel size {dp}")
+
+
+class Trainer:
+  """Holds the compiled step functions of one run; `run()` executes the loop."""
+
+  def __init__(self, config, workdir: str, *, train_source: BatchSource | None = None,
+               eval_source: BatchSource | None = None, stream=None, devices=None):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.mesh = make_mesh(config.mesh, devices)
+    check_batch(config, self.mesh)
+    self.stage = get_stage(config.stage)(config, self.mesh)
+    self.rules = self.stage.rules
+    self.is_main = jax.process_index() == 0
+    pi, pc = jax.process_index(), jax.process_count()
+    self.train_source = train_source or self.stage.make_source("train", pi, pc)
+    self.eval_source = eval_source
+    if eval_source is None and config.train.eval_every > 0:
+      self.eval_source = self.stage.make_source("eval", pi, pc)
+    key = jax.random.key(config.seed)
+    self.init_key, self.step_key, self.eval_key = jax.random.split(key, 3)
+    self.abstract_state = jax.eval_shape(self.stage.init_state, self.init_key)
+    self.state_sh = self.stage.state_shardings(self.abstract_state)
+    b = int(config.train.batch_size)
+    self.batch_sh = {k: shd.named_sharding(f.axes, self.mesh, self.rules, (b,) + f.shape)
+                     for k, f in self.stage.features().items()}
+    self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), config.checkpoint)
+    repl = NamedSharding(self.mesh, P())
+    self.train_step_fn = jax.jit(self._traced(self.stage.train_step, self.step_key),
+                               in_shardings=(self.state_sh, self.batch_sh, repl),
+                               out_shardings=(self.state_sh, repl), donate_argnums=(0,))
+    self.eval_step_fn = jax.jit(self._traced(self.stage.eval_step, self.eval_key),
+                              in_shardings=(self.state_sh, self.batch_sh, repl),
+                              out_shardings=repl)
+    self.stream = stream
+
+  def _traced(self, fn, base_key):
+    def wrapped(state, batch, step):
+      with shd.activation_rules(self.mesh, self.rules):
+        return fn(state, batch, jax.random.fold_in(base_key, step))
+    return wrapped
+
+  def abstract_with_shardings(self):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_state, self.state_sh)
+
+  def initial_state(self):
+    """(state, step): restored from the newest checkpoint, or freshly initialised."""
+    latest = self.ckpt.latest_step()
+    if latest is None:
+      init = jax.jit(self.stage.init_state, out_shardings=self.state_sh)
+      return init(self.init_key), 0
+    state, data_state = self.ckpt.restore(latest, self.abstract_with_shardings())
+    self.train_source.set_state(data_state)
+    return state, latest
+
+  def compile(self):
+    """Ahead-of-time compile of the train step (catches OOMs before any data is read)."""
+    b = int(self.config.train.batch_size)
+    batch = {k: jax.ShapeDtypeStruct((b,) + f.shape, f.dtype, sharding=self.batch_sh[k])
+             for k, f in self.stage.features().items()}
+    return self.train_step_fn.lower(self.abstract_with_shardings(), batch,
+                                  np.int32(0)).compile()
+
+  def evaluate(self, state) -> dict:
+    self.eval_source.set_state({"position": 0})
+    totals: dict[str, float] = {}
+    n = int(self.config.train.eval_batches)
+    for i in range(n):
+      batch = global_batch(next(self.eval_source), self.batch_sh)
+      m = jax.device_get(self.eval_step_fn(state, batch, np.int32(i)))
+      for k, v in m.items():
+        totals[k] = totals.get(k, 0.0) + float(v) / n
+    return totals
+
+  def run(self) -> TrainResult:
+    cfg = self.config
+    total = int(cfg.train.num_steps)
+    if self.is_main:
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    state, step = self.initial_state()
+    start = step
+    reporter = Reporter(self.workdir, total_steps=total, start_step=step,
+                        enabled=self.is_main, tensorboard=bool(cfg.train.tensorboard),
+                        stream=self.stream)
+    ckpt_dir = self.ckpt.directory
+    if step:
+      reporter.message(f"Resuming from step {step} (checkpoint in {ckpt_dir})")
+    else:
+      reporter.message(f"Starting a new run in {self.workdir}")
+    b = int(cfg.train.batch_size)
+    flops_per_step = self.stage.flops_per_example() * b
+    peak = peak_flops_per_device(jax.devices()[0], cfg.train.peak_tflops_per_device)
+    peak *= jax.device_count()
+    log_every = max(int(cfg.train.log_every), 1)
+    eval_every = int(cfg.train.eval_every)
+    eval_metrics: dict = {}
+    pending = None
+
+    def finish(item):
+      s, m = item
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not math.isfinite(m["loss"]):
+        self.ckpt.wait()
+        good = self.ckpt.latest_step()
+        raise NonFiniteLoss(
+            f"loss is {m['loss']} at step {s}; stopped without saving it. Last good checkpoint: "
+            f"{'none' if good is None else f'step {good} in {ckpt_dir}'}. Lower the learning "
+            "rate or check the data, then rerun to resume from that checkpoint")
+      reporter.record(s, m)
+      return m
+
+    try:
+      with _SignalFlag() as sigterm:
+        while step < total:
+          batch = global_batch(next(self.train_source), self.batch_sh)
+          state, metrics = self.train_step_fn(state, batch, np.int32(step))
+          step += 1
+          if step == start + 1:  # keep compilation out of the throughput numbers
+            jax.block_until_ready(metrics)
+            reporter.message(f"step {step} compiled and ran in {reporter.reset_timer(step):.1f}s")
+          if pending is not None:
+            finish(pending)
+          pending = (step, metrics)
+          if step % log_every == 0 or step == total:
+            m = finish(pending)
+            pending = None
+            reporter.scalars(step, m, prefix="train/")
+            reporter.console(step, m, examples_per_step=b, flops_per_step=flops_per_step,
+                             peak_flops=peak)
+          if eval_every > 0 and self.eval_source is not None and (
+              step % eval_every == 0 or step == total):
+            eval_metrics = self.evaluate(state)
+            reporter.record(step, eval_metrics, prefix="eval_")
+            reporter.scalars(step, eval_metrics, prefix="eval/")
+            reporter.message(f"eval @ {step}: " + " ".join(
+                f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+          stop = sigterm.raised or self.ckpt.reached_preemption(step)
+          if stop or step == total or self.ckpt.should_save(step):
+            if pending is not None:
+              finish(pending)
+              pending = None
+            self.ckpt.save(step, state, self.train_source.get_state(), force=True)
+          if stop:
+            self.ckpt.wait()
+            raise Preempted(step, ckpt_dir)
+        if pending is not None:
+          finish(pending)
+    finally:
+      self.ckpt.close()
+      reporter.close()
+    reporter.message(f"Done: {step} steps; checkpoints in {ckpt_dir}")
+    return TrainResult(state=state, step=step, stage=self.stage, eval_metrics=eval_metrics)
+
+
+def train(config, workdir: str, **kwargs) -> TrainResult:
+  return Trainer(config, workdir, **kwargs).run()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The per-step records of `workdir/metrics.jsonl`."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]

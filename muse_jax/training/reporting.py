@@ -1,0 +1,123 @@
+"""Where training metrics go: the console (progress bar, rates, ETA), a JSONL log of every
+step's scalars (`workdir/metrics.jsonl`, the record resume tests compare) and TensorBoard
+(`workdir/tensorboard`, through tensorboardX when installed). Only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+  frac = min(max(done / max(total, 1), 0.0), 1.0)
+  fill = int(round(frac * width))
+  return "[" + "#" * fill + "." * (width - fill) + f"] {done}/{total} {100 * frac:5.1f}%"
+
+
+class Reporter:
+  def __init__(self, workdir: str, *, total_steps: int, start_step: int, enabled: bool,
+               tensorboard: bool, stream=None):
+    self.enabled = enabled
+    self.total, self.start = total_steps, start_step
+    self.stream = stream or sys.stdout
+    self.t_start = time.perf_counter()
+    self.t_last, self.step_last = self.t_start, start_step
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    path = os.path.join(workdir, "metrics.jsonl")
+    self._truncate_after(path, start_step)
+    self._jsonl = open(path, "a")
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        log.warning("tensorboardX is not installed: TensorBoard logging is off "
+                    "(pip install tensorboardX)")
+
+  @staticmethod
+  def _truncate_after(path: str, step: int):
+    """Drop records past the restored step: a resumed run re-logs them exactly."""
+    if not os.path.exists(path):
+      return
+    with open(path) as f:
+      keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+  def record(self, step: int, metrics: dict, prefix: str = ""):
+    """Every step's scalars to the JSONL log."""
+    if not self.enabled:
+      return
+    rec = {"step": step, **{prefix + k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(rec) + "\n")
+    self._jsonl.flush()
+
+  def scalars(self, step: int, metrics: dict, prefix: str = ""):
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(prefix + k, float(v), step)
+
+  def images(self, step: int, name: str, grid: np.ndarray):
+    """An HxWx3 float image in [0, 1] to TensorBoard."""
+    if self._tb is not None:
+      self._tb.add_image(name, np.clip(grid, 0, 1), step, dataformats="HWC")
+
+  def reset_timer(self, step: int) -> float:
+    """Restart the rate clock at `step`; returns the seconds since the last reset."""
+    now = time.perf_counter()
+    elapsed = now - self.t_last
+    self.t_last, self.step_last = now, step
+    return elapsed
+
+  def console(self, step: int, metrics: dict, *, examples_per_step: int, flops_per_step: float,
+              peak_flops: float):
+    """One progress line with rates since the previous line; returns the rates."""
+    now = time.perf_counter()
+    steps = step - self.step_last
+    dt = max(now - self.t_last, 1e-9)
+    rates = {"steps_per_sec": steps / dt, "examples_per_sec": steps * examples_per_step / dt}
+    if peak_flops > 0 and flops_per_step > 0:
+      rates["mfu"] = rates["steps_per_sec"] * flops_per_step / peak_flops
+    self.t_last, self.step_last = now, step
+    if self.enabled:
+      remaining = (self.total - step) / rates["steps_per_sec"] if steps else float("nan")
+      parts = [progress_bar(step, self.total)]
+      parts += [f"{k} {float(v):.4g}" for k, v in metrics.items()]
+      parts.append(f"{rates['steps_per_sec']:.3g} steps/s")
+      parts.append(f"{rates['examples_per_sec']:.4g} ex/s")
+      if "mfu" in rates:
+        parts.append(f"MFU {100 * rates['mfu']:.1f}%")
+      parts.append(f"ETA {format_duration(remaining)}")
+      print(" | ".join(parts), file=self.stream, flush=True)
+      self.scalars(step, rates, prefix="perf/")
+    return rates
+
+  def message(self, text: str):
+    if self.enabled:
+      print(text, file=self.stream, flush=True)
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()

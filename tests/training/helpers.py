@@ -1,0 +1,48 @@
+"""Shared test utilities for the training tests: tiny configs and subprocess runners."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(**train):
+  c = tiny.get_config()
+  c.train.tensorboard = False
+  c.train.eval_every = 0
+  c.train.update(train)
+  return c
+
+
+def cli_env(devices: int = 8) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def train_cmd(workdir, *overrides) -> list[str]:
+  return [sys.executable, "-m", "muse_jax.train", "--config=configs/tiny.py",
+          f"--workdir={workdir}", "--config.train.tensorboard=False", *overrides]
+
+
+def run_cli(workdir, *overrides, devices=8, check=True):
+  proc = subprocess.run(train_cmd(workdir, *overrides), cwd=REPO, env=cli_env(devices),
+                        capture_output=True, text=True, timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+  import jax
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}

@@ -1,0 +1,118 @@
+"""Process-level behaviour of `python -m muse_jax.train`: exact resume after SIGKILL,
+SIGTERM checkpointing, the CLI resume message, and a real two-process run."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from muse_jax.training.checkpoint import Checkpointer
+from muse_jax.training.loop import read_metrics
+from tests.training.helpers import REPO, cli_env, run_cli, tiny_config, train_cmd
+
+
+def restore_params(workdir, step):
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             item_names=("state", "data")) as m:
+    out = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                  data=ocp.args.JsonRestore()))
+  from tests.training.helpers import flat
+  return flat(out.state), dict(out.data)
+
+
+def wait_for_step(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended early:\n{proc.stdout.read()}\n{proc.stderr.read()}")
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = [x for x in f.read().splitlines() if x]
+      if lines and max(int(x.split(",")[0].split(":")[1]) for x in lines) >= step:
+        return
+    time.sleep(0.01)
+  raise AssertionError("timed out waiting for training progress")
+
+
+STEPS = ["--config.train.num_steps=400", "--config.checkpoint.every_steps=25",
+         "--config.train.log_every=400", "--config.train.eval_every=0"]
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+  proc = subprocess.Popen(train_cmd(killed, *STEPS), cwd=REPO, env=cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  wait_for_step(killed, 60, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps_at_kill = Checkpointer(os.path.join(killed, "checkpoints"),
+                               tiny_config().checkpoint).all_steps()
+  assert steps_at_kill and max(steps_at_kill) < 400, steps_at_kill
+  resumed = run_cli(killed, *STEPS)
+  assert f"Resuming from step {max(steps_at_kill)}" in resumed.stdout
+  run_cli(full, *STEPS)
+  a, a_data = restore_params(killed, 400)
+  b, b_data = restore_params(full, 400)
+  assert a_data == b_data == {"position": 400}
+  for k in b:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  la, lb = read_metrics(killed), read_metrics(full)
+  assert [r["step"] for r in la] == list(range(1, 401))
+  np.testing.assert_array_equal([r["loss"] for r in la], [r["loss"] for r in lb])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+  wd = str(tmp_path)
+  args = ["--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000"]
+  proc = subprocess.Popen(train_cmd(wd, *args), cwd=REPO, env=cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  wait_for_step(wd, 5, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err
+  assert "preempted at step" in err and "run the same command again to resume" in err
+  steps = Checkpointer(os.path.join(wd, "checkpoints"), tiny_config().checkpoint).all_steps()
+  assert len(steps) == 1 and 5 <= steps[0] < 100000
+  last = read_metrics(wd)[-1]["step"]
+  assert last == steps[0]
+
+
+def test_cli_trains_then_resumes_to_more_steps(tmp_path):
+  wd = str(tmp_path)
+  first = run_cli(wd, "--config.train.num_steps=20")
+  assert "Starting a new run" in first.stdout
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "20"))
+  second = run_cli(wd, "--config.train.num_steps=40")
+  assert "Resuming from step 20" in second.stdout
+  assert "40/40" in second.stdout
+  assert [r["step"] for r in read_metrics(wd) if "loss" in r][-1] == 40
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_run_trains_checkpoints_and_matches_one_process(tmp_path):
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  args = ["--config.train.num_steps=6", "--config.checkpoint.every_steps=3",
+          "--config.mesh.fsdp=2", "--config.train.eval_every=0"]
+  port = free_port()
+  procs = [subprocess.Popen(
+      train_cmd(two, *args) + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                               f"--process_id={i}", "--cpu_collectives=gloo"],
+      cwd=REPO, env=cli_env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (o, e) in zip(procs, outs):
+    assert p.returncode == 0, e[-3000:]
+  assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["3", "6"]
+  run_cli(one, *args)
+  np.testing.assert_allclose([r["loss"] for r in read_metrics(two)],
+                             [r["loss"] for r in read_metrics(one)], rtol=1e-5)
