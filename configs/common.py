@@ -73,6 +73,9 @@ def get_config(stage: str = "base") -> ml_collections.ConfigDict:
       path="",                # precomputed shards directory (source=precomputed)
       eval_path="",           # held-out shards (defaults to a slice of synthetic data)
       shuffle_buffer=10_000,
+      train_split="train",    # precompute split names read for training and for eval
+      eval_split="heldout",   #   (eval reads eval_path if set, else path)
+      reader="auto",          # precomputed: tf (tf.data) | numpy (in memory, no TF) | auto
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1,

@@ -1,0 +1,386 @@
+"""Stage `vqgan`: train the image tokenizer (generator) against a discriminator.
+
+One train step (pure; `muse_jax.training.loop` jits it with explicit shardings):
+  1. generator: x -> encoder -> quantizer (straight-through) -> decoder -> x_hat;
+     L_G = rec + perceptual (LPIPS, if weights are given) + codebook/commitment
+           + [step >= disc_start] * lambda * adversarial(D(x_hat))       (vqgan_losses.py)
+     Adam(W) update of the generator params (config.optimizer).
+  2. discriminator (only from `loss.disc_start_step` on; before that its params and optimizer
+     state do not change): L_D = GAN loss on D(x), D(sg(x_hat)) + lecam_weight * LeCAM;
+     Adam(W) update with config.disc_optimizer.
+  3. codebook usage: EMA of per-code frequencies; every `quantizer.restart_every` steps dead
+     codes are re-initialised from this batch's encoder outputs (muse_jax.models.quantizer).
+
+Decoder fine-tuning (Muse Sec. 2.5, `finetune.decoder_only`): only `post_quant_conv` and the
+decoder train; the encoder and codebook come from `finetune.init_from` (a finished vqgan workdir
+or a diffusers VQModel) and are frozen (no gradient, no optimizer state, no restarts).
+
+The frozen VGG16/LPIPS weights live in the train state (`lpips`, replicated, never updated) so
+the step stays a pure function of its arguments; they are loaded once from
+`loss.perceptual_weights`. When that path is empty the perceptual loss is off and the stage
+says so when it is built.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from muse_jax.models import quantizer as Q
+from muse_jax.models import vqgan as V
+from muse_jax.models.discriminator import Discriminator, DiscriminatorConfig
+from muse_jax.models.functional import functionalize
+from muse_jax.models.lpips import lpips
+from muse_jax.models.tokenizer import from_model_range, to_model_range
+from muse_jax.parallel import sharding as shd
+from muse_jax.training import vqgan_losses as VL
+from muse_jax.training.optimizer import make_optimizer
+from muse_jax.training.stage import BatchSource, Feature, Stage
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class VQGANState:
+  step: jax.Array
+  params: Any           # generator (tokenizer) params
+  opt_state: Any
+  disc_params: Any
+  disc_opt_state: Any
+  lecam_ema: Any        # {"real", "fake"} scalars
+  usage_ema: jax.Array  # [codebook_size] EMA of code frequencies
+  lpips: Any            # frozen VGG16 + LPIPS weights ({} when the perceptual loss is off)
+
+
+class ImageSource(BatchSource):
+  """uint8 images [b, S, S, 3]: `shapes` scenes or uniform noise (`synthetic`).
+
+  Example i of a split is a pure function of (seed, split, i); `eval` cycles over
+  `num_batches` fixed batches. The position is the number of batches drawn.
+  """
+
+  def __init__(self, kind: str, image_size: int, *, seed: int, split: str, global_batch: int,
+               process_index: int = 0, process_count: int = 1, num_batches: int | None = None):
+    if kind not in ("shapes", "synthetic"):
+      raise ValueError(f"config.data.source={kind!r}; the vqgan stage reads `shapes` or "
+                       "`synthetic` images")
+    if global_batch % process_count:
+      raise ValueError(f"batch {global_batch} not divisible by {process_count} processes")
+    self.kind, self.size, self.seed, self.split = kind, image_size, seed, split
+    self.global_batch, self.num_batches = global_batch, num_batches
+    per = global_batch // process_count
+    self.rows = range(process_index * per, (process_index + 1) * per)
+    self.position = 0
+
+  def _example(self, index: int) -> np.ndarray:
+    if self.kind == "shapes":
+      from muse_jax.data import shapes
+      return shapes.generate(index, "train" if self.split == "train" else "heldout", self.seed,
+                             self.size).image
+    rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, index])
+    return rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+
+  def __next__(self):
+    b = self.position if self.num_batches is None else self.position % self.num_batches
+    self.position += 1
+    return {"images": np.stack([self._example(b * self.global_batch + r) for r in self.rows])}
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = int(state["position"])
+
+
+def _int_keys(tree):
+  """Orbax restores nnx.List indices as strings; the model's param dicts use ints."""
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+            for k, v in tree.items()}
+  return tree
+
+
+def load_finished_params(path: str, cfg: V.VQGANConfig, decoder_only: bool = False) -> dict:
+  """Generator params of a finished tokenizer: a vqgan workdir or a diffusers VQModel.
+
+  For decoder fine-tuning the finished model's own decoder is read from the file's config.json
+  when there is one, else assumed to mirror the encoder (the fine-tuned decoder differs).
+  """
+  if path.endswith(".safetensors") or os.path.exists(
+      os.path.join(path, "diffusion_pytorch_model.safetensors")):
+    import dataclasses
+    from muse_jax.weights import diffusers_vq as D
+    src_cfg = cfg
+    if decoder_only:
+      try:
+        src_cfg = D.vqgan_config_from_diffusers(
+            D.read_diffusers_config(path), pixel_range=cfg.pixel_range, dtype=cfg.dtype)
+      except FileNotFoundError:
+        src_cfg = dataclasses.replace(cfg, decoder_block_out_channels=None,
+                                      decoder_layers_per_block=None)
+    return D.load_diffusers_vq(path, src_cfg)[1]
+  import orbax.checkpoint as ocp
+  ckpt_dir = os.path.join(os.path.abspath(path), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"finetune.init_from={path!r}: no checkpoints/ directory (give a "
+                            "vqgan workdir or a diffusers VQModel)")
+  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"))
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"finetune.init_from={path!r}: no finished checkpoint in {ckpt_dir}")
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  mngr.close()
+  state = restored.state
+  params = state["params"] if isinstance(state, dict) else state.params
+  return jax.tree.map(np.asarray, _int_keys(params))
+
+
+class VQGANStage(Stage):
+  name = "vqgan"
+
+  def __init__(self, config, mesh):
+    super().__init__(config, mesh)
+    self.model_cfg = V.VQGANConfig.from_config(config.model)
+    self.disc_cfg = DiscriminatorConfig.from_config(config.discriminator)
+    self.image_size = int(config.data.image_size)
+    self.model_cfg.token_grid(self.image_size)
+    if self.disc_cfg.image_size != self.image_size:
+      raise ValueError(f"discriminator.image_size={self.disc_cfg.image_size} differs from "
+                       f"data.image_size={self.image_size}; set them equal")
+    lc = config.loss
+    if lc.reconstruction not in VL.RECONSTRUCTION_KINDS:
+      raise ValueError(f"loss.reconstruction must be one of {VL.RECONSTRUCTION_KINDS}")
+    if lc.gan_loss not in VL.GAN_KINDS:
+      raise ValueError(f"loss.gan_loss must be one of {VL.GAN_KINDS}")
+    if lc.adversarial_weight_mode not in ("fixed", "adaptive"):
+      raise ValueError("loss.adversarial_weight_mode must be fixed or adaptive")
+    self.fm, self._init_g = functionalize(lambda r: V.VQGAN(self.model_cfg, rngs=r))
+    self.dm, self._init_d = functionalize(lambda r: Discriminator(self.disc_cfg, rngs=r))
+    n = int(config.train.num_steps)
+    self.decoder_only = bool(config.finetune.decoder_only)
+    tx, self.schedule = make_optimizer(config.optimizer, n)
+    if self.decoder_only:
+      labels = {k: jax.tree.map(lambda _: "train" if k in V.decoder_param_keys() else "frozen",
+                                v) for k, v in self.fm.abstract_params().items()}
+      tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    self.tx = tx
+    self.dtx, self.disc_schedule = make_optimizer(config.disc_optimizer, n)
+    self._finished = None
+    if config.finetune.init_from:
+      self._finished = load_finished_params(config.finetune.init_from, self.model_cfg,
+                                            self.decoder_only)
+    elif self.decoder_only:
+      raise ValueError("finetune.decoder_only=True needs finetune.init_from (a finished "
+                       "tokenizer workdir or diffusers VQModel)")
+    self._lpips = None
+    if lc.perceptual_weight > 0 and lc.perceptual_weights:
+      from muse_jax.weights.vgg_lpips import load_lpips_params
+      self._lpips = load_lpips_params(lc.perceptual_weights)
+    elif lc.perceptual_weight > 0:
+      msg = ("perceptual loss is OFF: loss.perceptual_weights is empty. Set it to a "
+             ".safetensors file with VGG16 `features.*` and LPIPS `lin*` keys "
+             "(see muse_jax/weights/vgg_lpips.py) to train with LPIPS.")
+      log.warning(msg)
+      print("warning: " + msg, file=sys.stderr, flush=True)
+
+  @property
+  def perceptual_on(self) -> bool:
+    return self._lpips is not None
+
+  # --- state ---------------------------------------------------------------------------------
+  def init_state(self, key):
+    kg, kd = jax.random.split(key)
+    return self.state_from_params(self._init_g(kg), self._init_d(kd))
+
+  def state_from_params(self, params, disc):
+    """A step-0 state around given generator/discriminator params (fresh optimizers)."""
+    if self._finished is not None:
+      finished = jax.tree.map(jnp.asarray, self._finished)
+      if self.decoder_only:
+        params = V.finetune_decoder_params(finished, params)
+      else:
+        params = finished
+    k = self.model_cfg.codebook_size
+    lp = jax.tree.map(jnp.asarray, self._lpips) if self._lpips is not None else {}
+    return VQGANState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), disc_params=disc,
+                      disc_opt_state=self.dtx.init(disc), lecam_ema=VL.init_lecam_ema(),
+                      usage_ema=jnp.full((k,), 1.0 / k, jnp.float32), lpips=lp)
+
+  def state_shardings(self, abstract_state):
+    repl = NamedSharding(self.mesh, P())
+    g_sh = shd.tree_shardings(self.fm.abstract_params(), self.fm.logical_axes(), self.mesh,
+                              self.rules)
+    d_sh = shd.tree_shardings(self.dm.abstract_params(), self.dm.logical_axes(), self.mesh,
+                              self.rules)
+    return VQGANState(
+        step=repl, params=g_sh,
+        opt_state=shd.derived_shardings(abstract_state.opt_state, abstract_state.params, g_sh,
+                                        self.mesh),
+        disc_params=d_sh,
+        disc_opt_state=shd.derived_shardings(abstract_state.disc_opt_state,
+                                             abstract_state.disc_params, d_sh, self.mesh),
+        lecam_ema=jax.tree.map(lambda _: repl, abstract_state.lecam_ema),
+        usage_ema=repl, lpips=jax.tree.map(lambda _: repl, abstract_state.lpips))
+
+  def features(self):
+    s = self.image_size
+    return {"images": Feature((s, s, self.model_cfg.in_channels), np.uint8,
+                              ("act_batch", None, None, None))}
+
+  def make_source(self, split, process_index, process_count):
+    cfg = self.config
+    return ImageSource(cfg.data.source, self.image_size, seed=cfg.seed, split=split,
+                       global_batch=cfg.train.batch_size, process_index=process_index,
+                       process_count=process_count,
+                       num_batches=cfg.train.eval_batches if split == "eval" else None)
+
+  # --- losses --------------------------------------------------------------------------------
+  def _perceptual(self, lp, x, x_hat):
+    if not self.perceptual_on:
+      return jnp.zeros((), jnp.float32)
+    return jnp.mean(lpips(lp, x, x_hat, pixel_range=self.model_cfg.pixel_range,
+                          dtype=jnp.dtype(self.config.loss.perceptual_dtype)))
+
+  def _generator_loss(self, params, disc_params, lp, x, gan_on):
+    lc = self.config.loss
+    model = self.fm.bind(params)
+    disc = self.dm.bind(disc_params)
+    z = model.encode_latents(x)
+    if self.decoder_only:
+      z = jax.lax.stop_gradient(z)
+    q = model.quantize(z)
+    feats = model.decoder.features(model.post_quant_conv(q.quantized))
+    conv_out = model.decoder.conv_out
+    x_hat = conv_out(feats).astype(jnp.float32)
+    rec = VL.reconstruction_loss(x, x_hat, lc.reconstruction)
+    perc = self._perceptual(lp, x, x_hat)
+    rec_total = lc.reconstruction_weight * rec + lc.perceptual_weight * perc
+
+    def adversarial(_):
+      g_adv = VL.generator_adversarial_loss(disc(x_hat), lc.gan_loss)
+      if lc.adversarial_weight_mode == "fixed":
+        return g_adv, jnp.asarray(lc.adversarial_weight, jnp.float32)
+      # Adaptive: gradient-norm ratio at the decoder's output conv kernel.
+      f = jax.lax.stop_gradient(feats)
+      kern = jax.lax.stop_gradient(conv_out.kernel[...])
+
+      def out(k):
+        y = jax.lax.conv_general_dilated(
+            f, k.astype(f.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (y + conv_out.bias[...].astype(y.dtype)).astype(jnp.float32)
+      g_rec = jax.grad(lambda k: lc.reconstruction_weight * VL.reconstruction_loss(
+          x, out(k), lc.reconstruction) + lc.perceptual_weight * self._perceptual(
+              lp, x, out(k)))(kern)
+      g_gan = jax.grad(lambda k: VL.generator_adversarial_loss(disc(out(k)), lc.gan_loss))(kern)
+      return g_adv, lc.adversarial_weight * VL.adaptive_weight(g_rec, g_gan)
+
+    zero = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    g_adv, adv_w = jax.lax.cond(gan_on > 0, adversarial, lambda _: zero, None)
+    q_loss = (jnp.zeros((), jnp.float32) if self.decoder_only
+              else lc.codebook_weight * (q.codebook_loss + q.commitment_loss))
+    total = rec_total + q_loss + gan_on * adv_w * g_adv
+    metrics = dict(rec_loss=rec, perceptual_loss=perc, g_adv_loss=g_adv, adv_weight=adv_w,
+                   codebook_loss=q.codebook_loss, commitment_loss=q.commitment_loss)
+    return total, (x_hat, z, q.counts, metrics)
+
+  # --- steps ---------------------------------------------------------------------------------
+  def train_step(self, state, batch, key):
+    lc, qc = self.config.loss, self.config.quantizer
+    x = to_model_range(batch["images"], self.model_cfg.pixel_range)
+    gan_on = VL.gan_active(state.step, int(lc.disc_start_step))
+    (g_loss, (x_hat, z, counts, metrics)), grads = jax.value_and_grad(
+        self._generator_loss, has_aux=True)(state.params, state.disc_params, state.lpips, x,
+                                            gan_on)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    # Codebook usage and dead-code restarts.
+    k = self.model_cfg.codebook_size
+    usage = Q.update_usage_ema(state.usage_ema, counts, float(qc.usage_ema_decay))
+    n_restart = jnp.zeros((), jnp.int32)
+    every = int(qc.restart_every)
+    if every > 0 and not self.decoder_only:
+      cb = params["quantize"]["embedding"]
+      new_cb, new_usage, n = Q.restart_dead_codes(
+          cb, usage, jax.lax.stop_gradient(z), jax.random.fold_in(key, 1),
+          float(qc.restart_threshold))
+      do = ((state.step + 1) % every) == 0
+      params = {**params, "quantize": {**params["quantize"],
+                                       "embedding": jnp.where(do, new_cb, cb)}}
+      usage = jnp.where(do, new_usage, usage)
+      n_restart = jnp.where(do, n, 0)
+
+    # Discriminator (frozen until the GAN starts).
+    fake = jax.lax.stop_gradient(x_hat)
+
+    def d_update(_):
+      def d_loss_fn(dp):
+        disc = self.dm.bind(dp)
+        real, fk = disc(x), disc(fake)  # separate calls: minibatch-stddev groups stay pure
+        return VL.discriminator_objective(
+            real, fk, state.lecam_ema, step=state.step, kind=lc.gan_loss,
+            start_step=int(lc.disc_start_step), lecam_weight=float(lc.lecam_weight),
+            lecam_decay=float(lc.lecam_ema_decay))
+      (d_loss, (ema, dm)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+          state.disc_params)
+      d_upd, d_opt = self.dtx.update(d_grads, state.disc_opt_state, state.disc_params)
+      return optax.apply_updates(state.disc_params, d_upd), d_opt, ema, dm
+
+    def d_skip(_):
+      zero = jnp.zeros((), jnp.float32)
+      dm = {k: zero for k in ("d_loss", "d_lecam", "d_real_logit", "d_fake_logit",
+                              "lecam_ema_real", "lecam_ema_fake")}
+      return state.disc_params, state.disc_opt_state, state.lecam_ema, dm
+
+    disc_params, disc_opt, lecam_ema, d_metrics = jax.lax.cond(gan_on > 0, d_update, d_skip,
+                                                               None)
+    usage_m = Q.usage_metrics(counts)
+    metrics = dict(
+        loss=g_loss, **metrics, **d_metrics, **usage_m,
+        codebook_used_fraction_ema=jnp.mean(
+            (usage >= float(qc.restart_threshold) / k).astype(jnp.float32)),
+        codes_restarted=n_restart.astype(jnp.float32),
+        psnr=VL.psnr(x, x_hat, 2.0 if self.model_cfg.pixel_range == "-1_1" else 1.0),
+        gan_active=gan_on, grad_norm=optax.global_norm(grads),
+        learning_rate=self.schedule(state.step),
+        disc_learning_rate=self.disc_schedule(state.step))
+    new_state = VQGANState(step=state.step + 1, params=params, opt_state=opt_state,
+                           disc_params=disc_params, disc_opt_state=disc_opt, lecam_ema=lecam_ema,
+                           usage_ema=usage, lpips=state.lpips)
+    return new_state, metrics
+
+  def eval_step(self, state, batch, key):
+    del key
+    x = to_model_range(batch["images"], self.model_cfg.pixel_range)
+    model = self.fm.bind(state.params)
+    x_hat, q = model(x)
+    m = dict(loss=VL.reconstruction_loss(x, x_hat, self.config.loss.reconstruction),
+             psnr=VL.psnr(x, x_hat, 2.0 if self.model_cfg.pixel_range == "-1_1" else 1.0),
+             **Q.usage_metrics(q.counts))
+    if self.perceptual_on:
+      m["perceptual_loss"] = self._perceptual(state.lpips, x, x_hat)
+    return m
+
+  def reconstruction_grid(self, state, images: np.ndarray, n: int | None = None) -> np.ndarray:
+    """An [H, 2W, 3] image in [0, 1]: originals (left column) beside reconstructions, for
+    TensorBoard (`Reporter.images`). `images` are uint8 or [0, 1] floats [b, S, S, 3]."""
+    n = n or int(self.config.train.image_grid_size)
+    images = np.asarray(images)[:n]
+    x = to_model_range(jnp.asarray(images), self.model_cfg.pixel_range)
+    x_hat, _ = self.fm.bind(jax.device_get(state.params))(x)
+    orig = np.asarray(from_model_range(x, self.model_cfg.pixel_range))
+    rec = np.clip(np.asarray(from_model_range(x_hat, self.model_cfg.pixel_range)), 0, 1)
+    rows = [np.concatenate([o, r], axis=1) for o, r in zip(orig, rec)]
+    return np.concatenate(rows, axis=0)
+
+  def params_for_export(self, state):
+    return state.params

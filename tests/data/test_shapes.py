@@ -1,0 +1,131 @@
+"""Shapes dataset: determinism, grammar, caption round trip, held-out split."""
+import numpy as np
+import pytest
+
+from muse_jax.data import shapes
+
+
+def test_same_seed_and_index_give_same_example():
+  a = shapes.generate(7, "train", seed=3, resolution=64)
+  b = shapes.generate(7, "train", seed=3, resolution=64)
+  assert a.caption == b.caption and a.scene == b.scene and a.objects == b.objects
+  np.testing.assert_array_equal(a.image, b.image)
+  assert a.image.dtype == np.uint8 and a.image.shape == (64, 64, 3)
+  others = [shapes.generate(7, "train", seed=s, resolution=64) for s in (4, 5, 6)]
+  assert any(o.caption != a.caption for o in others)
+  assert not np.array_equal(shapes.generate(8, "train", seed=3, resolution=64).image, a.image)
+
+
+def test_resolutions_render_the_same_scene():
+  multi = shapes.generate(11, "heldout", seed=0, resolution=(64, 256))
+  single = shapes.generate(11, "heldout", seed=0, resolution=256)
+  assert set(multi.image) == {64, 256}
+  assert multi.image[64].shape == (64, 64, 3) and multi.image[256].shape == (256, 256, 3)
+  np.testing.assert_array_equal(multi.image[256], single.image)
+  assert multi.caption == single.caption
+
+
+def test_rendered_objects_have_their_colour_at_their_centre():
+  ex = shapes.generate(2, "train", seed=0, resolution=256)
+  for o in ex.objects:
+    # A cross, circle and square are solid at the box centre; a triangle at 2/3 down.
+    y = o.cy + (o.size / 6 if o.shape == "triangle" else 0)
+    px = ex.image[int(y * 256), int(o.cx * 256)]
+    np.testing.assert_array_equal(px, shapes.COLOURS[o.colour])
+  corner = ex.image[0, 0]
+  np.testing.assert_array_equal(corner, shapes.BACKGROUND)
+
+
+def test_caption_round_trip_and_layout_rules():
+  ds = shapes.ShapesDataset("train", num_examples=300, seed=1, resolution=16)
+  for ex in ds:
+    assert shapes.parse_caption(ex.caption) == ex.scene
+    assert shapes.scene_to_caption(ex.scene) == ex.caption
+    counts = {g.pair: g.count for g in ex.scene.groups}
+    seen = {}
+    for o in ex.objects:
+      seen[(o.colour, o.shape)] = seen.get((o.colour, o.shape), 0) + 1
+      x0, y0, x1, y1 = o.box
+      assert 0 <= x0 and 0 <= y0 and x1 <= 1 and y1 <= 1
+    assert seen == counts
+    for i, a in enumerate(ex.objects):
+      for b in ex.objects[i + 1:]:
+        assert shapes._apart(a, b), (ex.caption, a, b)
+    means = [(np.mean([o.cx for o in ex.objects if (o.colour, o.shape) == g.pair]),
+              np.mean([o.cy for o in ex.objects if (o.colour, o.shape) == g.pair]))
+             for g in ex.scene.groups]
+    if len(means) == 1:
+      assert shapes.classify_position(*means[0]) == ex.scene.position
+    else:
+      assert shapes.classify_relation(*means) == ex.scene.relation
+
+
+def test_grammar_is_covered_by_train():
+  scenes = [ex.scene for ex in shapes.ShapesDataset("train", 400, seed=0, resolution=16)]
+  groups = [g for s in scenes for g in s.groups]
+  assert {g.colour for g in groups} == set(shapes.COLOURS)
+  assert {g.shape for g in groups} == set(shapes.SHAPES)
+  assert {g.count for g in groups} == {1, 2, 3, 4}
+  assert {s.position for s in scenes} - {None} == set(shapes.POSITIONS)
+  assert {s.relation for s in scenes} - {None} == set(shapes.RELATIONS)
+
+
+def test_heldout_pairs_never_in_train_and_always_in_heldout():
+  assert len(shapes.HELDOUT_PAIRS) == 4
+  train = list(shapes.ShapesDataset("train", 1000, seed=5, resolution=16))
+  held = list(shapes.ShapesDataset("heldout", 300, seed=5, resolution=16))
+  for ex in train:
+    assert not shapes.parse_caption(ex.caption).pairs() & shapes.HELDOUT_PAIRS, ex.caption
+    assert not {(o.colour, o.shape) for o in ex.objects} & shapes.HELDOUT_PAIRS
+  for ex in held:
+    assert shapes.parse_caption(ex.caption).pairs() & shapes.HELDOUT_PAIRS, ex.caption
+  assert not {e.caption for e in train} & {e.caption for e in held}
+  # Every held-out colour and shape is still seen in training, just not together.
+  train_pairs = {p for ex in train for p in ex.scene.pairs()}
+  for colour, shape in shapes.HELDOUT_PAIRS:
+    assert any(c == colour for c, _ in train_pairs) and any(s == shape for _, s in train_pairs)
+  assert set(shapes.pairs_for_split("train")) == train_pairs
+
+
+def test_parse_caption_synonyms_and_errors():
+  s = shapes.parse_caption("  Two RED circles,  to the LEFT of an purple cross. ")
+  assert s == shapes.Scene((shapes.Group(2, "red", "circle"), shapes.Group(1, "purple", "cross")),
+                           relation="left of")
+  assert shapes.parse_caption("2 blue squares left of one green cross").relation == "left of"
+  assert shapes.parse_caption("a yellow triangle in the middle").position == "center"
+  assert shapes.parse_caption("three green crosses at the top") == shapes.Scene(
+      (shapes.Group(3, "green", "cross"),), position="top")
+  for bad in ["a red circles on the left", "two red circle on the left", "five red circles above",
+              "a pink circle on the left", "a red circle", "a red circle above a red circle",
+              "a photo of a dog", ""]:
+    with pytest.raises(shapes.CaptionParseError):
+      shapes.parse_caption(bad)
+
+
+def test_sharding_is_disjoint_and_complete():
+  ds = shapes.ShapesDataset("train", 10, seed=0, resolution=16)
+  ids = [[e.id for e in ds.shard(i, 3)] for i in range(3)]
+  flat = sum(ids, [])
+  assert len(flat) == len(set(flat)) == 10
+  assert sorted(flat) == sorted(e.id for e in ds)
+
+
+def test_invalid_arguments():
+  with pytest.raises(ValueError, match="split"):
+    shapes.generate(0, "test")
+  with pytest.raises(ValueError, match="max_count"):
+    shapes.generate(0, "train", max_count=5)
+  with pytest.raises(IndexError):
+    shapes.ShapesDataset("train", 3)[3]
+
+
+def test_shapes_detector_and_sources_import_without_tensorflow():
+  import subprocess
+  import sys
+  code = ("import sys; sys.modules['tensorflow'] = None; "
+          "import muse_jax.data.shapes, muse_jax.data.sources, muse_jax.data.preprocess; "
+          "import muse_jax.evaluation.compositional; from configs import common_data; "
+          "c = common_data.data_config(); c.resolutions = (32,); c.shapes.num_train = 2; "
+          "assert len(list(muse_jax.data.sources.iterate_examples(c))) == 2")
+  root = __file__.rsplit("/tests/", 1)[0]
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -1,0 +1,187 @@
+"""Raw sources on fixtures written here: folder (JSONL, sidecar), TFRecord, TFDS, shapes."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import common_data
+from muse_jax.data import sources
+from muse_jax.data.preprocess import SkipCounter
+
+
+def _png(colour, size=(48, 40)):
+  buf = io.BytesIO()
+  Image.new("RGB", size, colour).save(buf, "PNG")
+  return buf.getvalue()
+
+
+def _config(source, **kw):
+  c = common_data.data_config()
+  c.source = source
+  c.resolutions = (32,)
+  c.min_size = 16
+  c.num_workers = 1
+  for k, v in kw.items():
+    section, key = k.split("__")
+    c[section][key] = v
+  return c
+
+
+def _run(config, process_index=0, process_count=1):
+  counter = SkipCounter()
+  out = list(sources.iterate_examples(config, process_index, process_count, counter))
+  return out, counter
+
+
+def _check_shards(config, total_ids, process_count):
+  seen = []
+  for i in range(process_count):
+    seen += [ex["id"] for ex in _run(config, i, process_count)[0]]
+  assert sorted(seen) == sorted(total_ids), (seen, total_ids)
+
+
+def test_folder_with_jsonl_manifest(tmp_path):
+  os.makedirs(tmp_path / "sub")
+  for i in range(4):
+    (tmp_path / "sub" / f"{i}.png").write_bytes(_png((10 * i, 100, 200)))
+  (tmp_path / "bad.jpg").write_bytes(b"not an image")
+  lines = [json.dumps({"file": f"sub/{i}.png", "caption": f"image {i}"}) for i in range(4)]
+  lines += [json.dumps({"file": "bad.jpg", "caption": "bad"}),
+            json.dumps({"file": "missing.png", "caption": "gone"}),
+            json.dumps({"file": "sub/0.png"}),
+            "{not json", ""]
+  (tmp_path / "captions.jsonl").write_text("\n".join(lines))
+  config = _config("folder", folder__root=str(tmp_path), folder__manifest="captions.jsonl")
+  out, counter = _run(config)
+  assert [ex["id"] for ex in out] == [f"sub/{i}.png" for i in range(4)]
+  assert [ex["caption"] for ex in out] == [f"image {i}" for i in range(4)]
+  assert tuple(out[2]["image"][32][5, 5]) == (20, 100, 200)
+  assert dict(counter.skipped) == {"undecodable": 1, "missing_image": 1, "missing_caption": 1,
+                                   "corrupt_record": 1}
+  assert counter.seen == 8 and counter.kept == 4
+  # Shards: disjoint and covering, also with more processes than kept examples.
+  _check_shards(config, [ex["id"] for ex in out], 3)
+
+
+def test_folder_with_sidecar_captions(tmp_path):
+  os.makedirs(tmp_path / "a" / "b")
+  names = ["x.png", "a/y.png", "a/b/z.webp", "a/b/no_caption.png"]
+  for n in names:
+    img = Image.new("RGB", (40, 40), (0, 200, 0))
+    img.save(tmp_path / n)
+    if "no_caption" not in n:
+      (tmp_path / n).with_suffix(".txt").write_text(f"  caption\nof {n} ")
+  (tmp_path / "notes.md").write_text("ignored: not an image extension")
+  config = _config("folder", folder__root=str(tmp_path))
+  out, counter = _run(config)
+  assert sorted(ex["id"] for ex in out) == sorted(["x.png", "a/y.png", "a/b/z.webp"])
+  assert {ex["caption"] for ex in out} == {f"caption of {n}" for n in names[:3]}
+  assert dict(counter.skipped) == {"missing_caption": 1}
+  _check_shards(config, [ex["id"] for ex in out], 2)
+
+
+def _write_tfrecords(tmp_path):
+  import tensorflow as tf
+  def example(**feats):
+    return tf.train.Example(features=tf.train.Features(feature={
+        k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in feats.items()
+    })).SerializeToString()
+  ids = []
+  for f in range(2):
+    with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.tfrecord")) as w:
+      for i in range(3):
+        key = f"f{f}r{i}"
+        ids.append(key)
+        w.write(example(jpg=_png((f * 100, i * 50, 30)), txt=f"record {key}".encode(),
+                        key=key.encode()))
+      w.write(example(txt=b"no image", key=f"f{f}-noimg".encode()))
+      w.write(b"\xff\xfe not a tf.train.Example")
+  # A third file, cut off in the middle of its second record.
+  path = tmp_path / "part-2.tfrecord"
+  with tf.io.TFRecordWriter(str(path)) as w:
+    w.write(example(jpg=_png((1, 2, 3)), txt=b"whole", key=b"f2r0"))
+    w.write(example(jpg=_png((4, 5, 6)), txt=b"cut", key=b"f2r1"))
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) - 40])
+  return ids + ["f2r0"]
+
+
+def test_tfrecord_source(tmp_path):
+  ids = _write_tfrecords(tmp_path)
+  config = _config("tfrecord", tfrecord__pattern=str(tmp_path / "part-*.tfrecord"),
+                   tfrecord__image_key="jpg", tfrecord__caption_key="txt",
+                   tfrecord__id_key="key")
+  out, counter = _run(config)
+  assert [ex["id"] for ex in out] == ids
+  assert out[0]["caption"] == "record f0r0"
+  assert tuple(out[4]["image"][32][0, 0]) == (100, 50, 30)
+  assert dict(counter.skipped) == {"missing_image": 2, "corrupt_record": 3}
+  _check_shards(config, ids, 2)  # by file (3 files >= 2 processes)
+  _check_shards(config, ids, 4)  # by record (3 files < 4 processes)
+  config.tfrecord.id_key = ""
+  out, _ = _run(config)
+  assert out[0]["id"] == "part-0.tfrecord:0"
+  config.tfrecord.pattern = str(tmp_path / "nothing-*")
+  with pytest.raises(FileNotFoundError, match="pattern"):
+    _run(config)
+
+
+def test_tfds_source(tmp_path):
+  import tensorflow_datasets as tfds
+
+  class MuseTinyCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+    # No checksums file next to this code (tfds would look one up via importlib_resources).
+    code_path = None
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "meta": {"caption": tfds.features.Text()},
+      }))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(7)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        img = np.full((24 + i, 40, 3), (i * 30, 10, 200), np.uint8)
+        yield i, {"image": img, "meta": {"caption": f"tiny {i}" if i != 3 else "   "}}
+
+  MuseTinyCaptions(data_dir=str(tmp_path)).download_and_prepare()
+  config = _config("tfds", tfds__name="muse_tiny_captions", tfds__data_dir=str(tmp_path),
+                   tfds__caption_key="meta/caption")
+  out, counter = _run(config)
+  assert sorted(ex["caption"] for ex in out) == sorted(f"tiny {i}" for i in range(7) if i != 3)
+  by_caption = {ex["caption"]: ex for ex in out}
+  assert tuple(by_caption["tiny 5"]["image"][32][3, 3]) == (150, 10, 200)
+  assert dict(counter.skipped) == {"empty_caption": 1}
+  _check_shards(config, [ex["id"] for ex in out], 2)
+  config.tfds.caption_key = "text"
+  with pytest.raises(ValueError, match="caption_key"):
+    _run(config)
+
+
+def test_shapes_source_and_config_validation():
+  config = common_data.data_config()
+  config.resolutions = (32, 64)
+  config.shapes.num_train = 5
+  config.num_workers = 2
+  out, counter = _run(config)
+  assert len(out) == 5 and counter.as_dict() == {"seen": 5, "kept": 5, "skipped": 0}
+  assert out[0]["image"][64].shape == (64, 64, 3) and out[0]["image"][32].shape == (32, 32, 3)
+  _check_shards(config, [ex["id"] for ex in out], 2)
+  config.shapes.split = "heldout"
+  config.shapes.num_heldout = 3
+  assert len(_run(config)[0]) == 3
+  config.source = "webdataset"
+  with pytest.raises(ValueError, match="data.source"):
+    sources.make_source(config)
+  config.source = "folder"
+  with pytest.raises(ValueError, match="folder.root"):
+    sources.make_source(config)
+  with pytest.raises(ValueError, match="process_index"):
+    list(sources.ShapesSource("train", 3, 0, (32,)).raw_examples(2, 2))
