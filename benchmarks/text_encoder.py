@@ -29,22 +29,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from muse_jax.models import t5  # pylint: disable=g-import-not-at-top
 from muse_jax.models.text_encoder import TextEncoder  # pylint: disable=g-import-not-at-top
 from muse_jax.parallel.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-
-# Peak dense bf16 TFLOP/s per chip, by substring of jax's device_kind (first match wins).
-PEAK_BF16_TFLOPS = (
-    ("TPU v6", 918.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5", 459.0),
-    ("TPU v4", 275.0), ("TPU v3", 123.0), ("H200", 989.0), ("H100", 989.0),
-    ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0), ("L4", 121.0),
-)
-
-
-def peak_tflops(device) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  for name, value in PEAK_BF16_TFLOPS:
-    if name.lower() in kind.lower():
-      return value
-  return None
-
+from muse_jax.training.flops import peak_flops_per_device  # pylint: disable=g-import-not-at-top
 
 def _table(rows: list[tuple[str, str]]) -> str:
   width = max(len(k) for k, _ in rows)
@@ -126,7 +111,8 @@ def main(argv=None) -> None:
 
   flops = cfg.flops_per_sequence(args.length) * batch
   achieved = flops / step_s / devices / 1e12
-  peak = args.peak_tflops or peak_tflops(jax.devices()[0])
+  peak = peak_flops_per_device(jax.devices()[0], args.peak_tflops) / 1e12
+  mem = jax.devices()[0].memory_stats() or {}
   param_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(encoder.params))
   rows = [
       ("model", f"T5 v1.1 {args.size} encoder, {cfg.num_params() / 1e9:.3f}B params"),
@@ -136,6 +122,8 @@ def main(argv=None) -> None:
       ("dtype / param_dtype", f"{args.dtype} / {args.param_dtype}"),
       ("params per device", f"{param_bytes / 2**30:.2f} GiB"),
       ("init / compile", f"{init_s:.1f} s / {compile_s:.1f} s"),
+      ("peak memory per device",
+       f"{mem['peak_bytes_in_use'] / 2**30:.1f} GiB" if "peak_bytes_in_use" in mem else "n/a"),
       ("step time", f"{step_s * 1e3:.2f} ms"),
       ("captions/s", f"{batch / step_s:,.1f}"),
       ("TFLOP/s per device", f"{achieved:.3f}"),

@@ -93,11 +93,11 @@ def bench_train(kind, size, batch, dtype, steps):
     state, _ = tr.initial_state()
     from muse_jax.parallel.distributed import global_batch
     batch_arr = global_batch(next(tr.train_source), tr.batch_sh)
-    state, m = tr._train_step(state, batch_arr, np.int32(0))
+    state, m = tr.train_step_fn(state, batch_arr, np.int32(0))
     jax.block_until_ready(m)
     t = time.perf_counter()
     for i in range(steps):
-      state, m = tr._train_step(state, batch_arr, np.int32(i + 1))
+      state, m = tr.train_step_fn(state, batch_arr, np.int32(i + 1))
     jax.block_until_ready(m)
     tr.ckpt.close()
     return (time.perf_counter() - t) / steps

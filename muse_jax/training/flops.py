@@ -32,7 +32,7 @@ def base_transformer_train_flops(cfg) -> float:
 
 # Dense bf16 peak TFLOP/s per chip, by `device_kind` substring (datasheet values).
 PEAK_TFLOPS = (
-    ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0),
+    ("B200", 2250.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0),
     ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
     ("TPU v5", 459.0), ("TPU v4", 275.0), ("TPU v3", 123.0),
 )

@@ -186,6 +186,7 @@ class Trainer:
     peak *= jax.device_count()
     log_every = max(int(cfg.train.log_every), 1)
     eval_every = int(cfg.train.eval_every)
+    image_every = int(cfg.train.get("image_grid_every", 0))
     eval_metrics: dict = {}
     pending = None
 
@@ -205,7 +206,8 @@ class Trainer:
     try:
       with _SignalFlag() as sigterm:
         while step < total:
-          batch = global_batch(next(self.train_source), self.batch_sh)
+          local = next(self.train_source)
+          batch = global_batch(local, self.batch_sh)
           state, metrics = self.train_step_fn(state, batch, np.int32(step))
           step += 1
           if step == start + 1:  # keep compilation out of the throughput numbers
@@ -227,6 +229,9 @@ class Trainer:
             reporter.scalars(step, eval_metrics, prefix="eval/")
             reporter.message(f"eval @ {step}: " + " ".join(
                 f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+          if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
+            for name, grid in self.stage.images(state, local).items():
+              reporter.images(step, name, grid)
           stop = sigterm.raised or self.ckpt.reached_preemption(step)
           if stop or step == total or self.ckpt.should_save(step):
             if pending is not None:

@@ -91,6 +91,10 @@ class Stage(abc.ABC):
     """Model FLOPs of one training example (forward + backward), for MFU. 0 if unknown."""
     return 0.0
 
+  def images(self, state: Any, local_batch: dict) -> dict[str, np.ndarray]:
+    """Named [H, W, 3] images in [0, 1] for TensorBoard (every `train.image_grid_every`)."""
+    return {}
+
   def params_for_export(self, state: Any) -> Any:
     """The parameters a sampler/exporter needs (EMA if kept)."""
     return state.params

@@ -382,5 +382,8 @@ class VQGANStage(Stage):
     rows = [np.concatenate([o, r], axis=1) for o, r in zip(orig, rec)]
     return np.concatenate(rows, axis=0)
 
+  def images(self, state, local_batch):
+    return {"reconstructions": self.reconstruction_grid(state, local_batch["images"])}
+
   def params_for_export(self, state):
     return state.params
