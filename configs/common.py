@@ -5,23 +5,9 @@ may appear in a config (checked by `muse_jax.config.validate`, which suggests th
 """
 import ml_collections
 
-# Logical axis -> mesh axes. Parameters: `embed` is FSDP-sharded, `mlp`/`heads`/`vocab` are
-# tensor-sharded. Activations (`act_*`) shard the batch over data x fsdp.
-DEFAULT_RULES = (
-    ("act_batch", ("data", "fsdp")),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("layers", None),
-    ("conv_out", None),
-)
+from muse_jax.parallel import sharding
+
+DEFAULT_RULES = sharding.DEFAULT_RULES
 
 
 def transformer_model(**overrides) -> ml_collections.ConfigDict:

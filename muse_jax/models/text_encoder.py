@@ -34,14 +34,8 @@ from muse_jax.models.functional import functionalize
 from muse_jax.models.layers import Precision
 from muse_jax.models.t5_tokenizer import T5Tokenizer, TokenizedBatch
 from muse_jax.parallel.mesh import make_mesh
-from muse_jax.parallel.sharding import activation_rules, named_sharding, tree_shardings
-
-# Logical -> mesh rules used when the caller passes none (the project's default rules).
-DEFAULT_RULES = (
-    ("act_batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
-    ("heads", "tensor"), ("vocab", "tensor"), ("kv", None), ("act_length", None),
-    ("act_embed", None), ("act_heads", "tensor"), ("act_mlp", "tensor"), ("layers", None),
-)
+from muse_jax.parallel.sharding import (DEFAULT_RULES, activation_rules, named_sharding,
+                                        tree_shardings)
 
 _DTYPES = ("bfloat16", "float32")
 _FORMATS = ("random", "hf", "t5x")

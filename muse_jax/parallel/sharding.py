@@ -20,6 +20,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 Rules = Sequence[tuple[str, Any]]
 
+# Logical axis -> mesh axes. Parameters: `embed` is FSDP-sharded, `mlp`/`heads`/`vocab` are
+# tensor-sharded. Activations (`act_*`) shard the batch over data x fsdp.
+DEFAULT_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("conv_out", None),
+)
+
 _ctx = threading.local()
 
 
