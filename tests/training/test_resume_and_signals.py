@@ -2,8 +2,8 @@
 SIGTERM checkpointing, the CLI resume message, and a real two-process run."""
 import os
 import signal
-import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -93,25 +93,19 @@ def test_cli_trains_then_resumes_to_more_steps(tmp_path):
   assert [r["step"] for r in read_metrics(wd) if "loss" in r][-1] == 40
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_process_run_trains_checkpoints_and_matches_one_process(tmp_path):
+  """Two real processes x 4 CPU devices over gloo, started by launch/local.py."""
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
   args = ["--config.train.num_steps=6", "--config.checkpoint.every_steps=3",
           "--config.mesh.fsdp=2", "--config.train.eval_every=0"]
-  port = free_port()
-  procs = [subprocess.Popen(
-      train_cmd(two, *args) + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                               f"--process_id={i}", "--cpu_collectives=gloo"],
-      cwd=REPO, env=cli_env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (o, e) in zip(procs, outs):
-    assert p.returncode == 0, e[-3000:]
+  launcher = [sys.executable, "launch/local.py", "--num_processes=2",
+              "--devices_per_process=4", "--"] + train_cmd(two, *args)[1:]
+  env = cli_env()
+  env.pop("XLA_FLAGS")
+  proc = subprocess.run(launcher, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stdout[-4000:]
+  assert "[0] Done: 6 steps" in proc.stdout and "[1]" in proc.stdout
   assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["3", "6"]
   run_cli(one, *args)
   np.testing.assert_allclose([r["loss"] for r in read_metrics(two)],

@@ -1,0 +1,108 @@
+r"""Where a train step's time goes: profile a few steps and rank GPU kernels by total time.
+
+  python benchmarks/profile_step.py --config=configs/base_632m.py \
+      --config.train.batch_size=64 [--steps=3 --out=/tmp/prof --top=30]
+
+Runs the real jitted train step (as benchmarks/train_step.py) under `jax.profiler.trace` with a
+Perfetto trace, then sums device-side events by kernel name and by category (matmul, attention,
+elementwise/fusion, copies, collectives, other) and prints the table. The raw trace stays in
+--out for Perfetto/TensorBoard.
+"""
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
+flags.DEFINE_integer("steps", 3, "Profiled steps (after compile and 2 warm-up steps).")
+flags.DEFINE_string("out", "/tmp/muse_profile", "Trace directory.")
+flags.DEFINE_integer("top", 30, "Kernels to list.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+CATEGORIES = (
+    ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention")),
+    ("matmul", ("gemm", "cutlass", "sm90_xmma", "xmma", "cublas", "matmul", "dot", "nvjet")),
+    ("collective", ("nccl", "all-reduce", "all-gather", "reduce-scatter")),
+    ("copy/transpose", ("copy", "transpose", "memcpy", "memset")),
+    ("fusion/elementwise", ("fusion", "loop_", "input_", "reduce", "convert", "broadcast")),
+)
+
+
+def category(name: str) -> str:
+  low = name.lower()
+  for cat, keys in CATEGORIES:
+    if any(k in low for k in keys):
+      return cat
+  return "other"
+
+
+def device_events(trace_dir: str):
+  paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+  paths += glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  if not paths:
+    raise SystemExit(f"no trace json found under {trace_dir}")
+  with gzip.open(sorted(paths)[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  pids = {}
+  for e in events:
+    if e.get("ph") == "M" and e.get("name") == "process_name":
+      pids[e["pid"]] = e.get("args", {}).get("name", "")
+  gpu_pids = {p for p, n in pids.items() if "/device:GPU" in n or "gpu" in n.lower()}
+  for e in events:
+    if e.get("ph") == "X" and e.get("pid") in gpu_pids and "dur" in e:
+      yield e["name"], float(e["dur"])
+
+
+def main(_):
+  import jax
+  import numpy as np
+  from muse_jax.parallel.distributed import global_batch
+  from muse_jax.training.loop import Trainer
+
+  cfg = FLAGS.config
+  cfg.train.tensorboard = False
+  cfg.train.eval_every = 0
+  with tempfile.TemporaryDirectory() as tmp:
+    t = Trainer(cfg, tmp)
+    batch = global_batch(next(t.train_source), t.batch_sh)
+    state = jax.jit(t.stage.init_state, out_shardings=t.state_sh)(t.init_key)
+    step = t.train_step_fn.lower(state, batch, np.int32(0)).compile()
+    for i in range(2):
+      state, m = step(state, batch, np.int32(i))
+    jax.block_until_ready(m)
+    with jax.profiler.trace(FLAGS.out, create_perfetto_trace=True):
+      for i in range(FLAGS.steps):
+        state, m = step(state, batch, np.int32(2 + i))
+      jax.block_until_ready(m)
+
+  by_name = collections.Counter()
+  count = collections.Counter()
+  for name, dur in device_events(FLAGS.out):
+    by_name[name] += dur
+    count[name] += 1
+  total = sum(by_name.values())
+  by_cat = collections.Counter()
+  for name, dur in by_name.items():
+    by_cat[category(name)] += dur
+  per_step = total / FLAGS.steps / 1e3
+  print(f"== device time per step: {per_step:.1f} ms (sum of kernel durations)")
+  for cat, dur in by_cat.most_common():
+    print(f"  {cat:<20} {dur / FLAGS.steps / 1e3:8.2f} ms  {100 * dur / total:5.1f}%")
+  print(f"== top {FLAGS.top} kernels (ms per step, calls per step)")
+  for name, dur in by_name.most_common(FLAGS.top):
+    print(f"  {dur / FLAGS.steps / 1e3:8.3f} ms {count[name] // FLAGS.steps:5d}x  "
+          f"[{category(name)}] {name[:110]}")
+
+
+if __name__ == "__main__":
+  app.run(main)
