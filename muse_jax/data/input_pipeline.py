@@ -1,0 +1,446 @@
+"""Training input over precomputed shards: resumable, per-process batches for a token stage.
+
+`make_token_source(stage, split, process_index, process_count)` reads the shards that
+`python -m muse_jax.precompute` wrote to `config.data.path` (`data.eval_path` for eval, if set)
+and yields process-local numpy batches of `train.batch_size / process_count` rows with the
+stage's `features()`:
+  tokens [T] int32      low-res tokens (base); the high-res tokens for a stage that also has
+  tokens_lo [T_lo]      (sr: tokens_lo = low-res, tokens = high-res)
+  text [S, D] float32   T5 embeddings padded with zeros to the model's text_length S
+  text_len [] int32     valid text positions (the mask is arange(S) < text_len)
+Shapes are checked against the manifest before any data is read.
+
+Readers (`data.reader`): 'tf' (tf.data, streaming, for any size), 'numpy' (all of this
+process's records in memory; no TensorFlow needed; for small datasets) or 'auto' (tf if
+TensorFlow imports). TensorFlow is imported only by the tf reader.
+
+Order. Each process reads a disjoint subset of the files (files[i::process_count]), or every
+process takes every process_count-th record when there are fewer files than processes. Train:
+epoch e visits the process's records in an order fixed by (config.seed, e) (tf: the file order
+shuffled, files interleaved, then a shuffle buffer of `data.shuffle_buffer`; numpy: a full
+permutation), and epochs follow each other forever (repeat). Eval: file order, no shuffle,
+cycling. Batches drop nothing but span epoch boundaries.
+
+Exact resume. The state is the position in this infinite, deterministic stream: `positions`
+(records consumed per process, corrupt ones included) and `batches`. Restoring rebuilds the
+stream at epoch position // records_per_epoch and skips the rest within that epoch (reading,
+not parsing, at most one epoch of this process's records), so a resumed run sees exactly the
+batches an uninterrupted one would have. `get_state` gathers every process's position (a
+collective: call it on all processes, as the loop's checkpoint does).
+
+Corrupt records. A record with a missing feature, wrong sizes (token or embedding byte
+counts, text_len out of range) or token ids >= codebook_size is skipped, counted (`corrupt`
+in the state, and a warning with the running count). The tf reader finds them as gaps in the
+record positions of a batch, so the count is exact. A record whose framing CRC fails, or that
+is not an Example at all, stops the tf reader with an error naming the files (rerun precompute
+for them: delete their index entries); the numpy reader skips and counts those too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from muse_jax.data import records
+from muse_jax.data.precompute import read_manifest
+from muse_jax.training.stage import BatchSource, Feature
+
+log = logging.getLogger(__name__)
+
+READERS = ("auto", "tf", "numpy")
+_INF_EPOCHS = 1 << 40
+
+
+def record_keys(features: dict[str, Feature]) -> dict[str, str]:
+  """Feature name -> record key: `tokens` is the high-res tokens when `tokens_lo` is fed too."""
+  out = {}
+  for name in features:
+    if name == "tokens":
+      out[name] = "tokens_hi" if "tokens_lo" in features else "tokens_lo"
+    elif name == "tokens_lo":
+      out[name] = "tokens_lo"
+    elif name == "text":
+      out[name] = "text_emb"
+    elif name == "text_len":
+      out[name] = "text_len"
+    else:
+      raise ValueError(f"feature {name!r} is not in precomputed records (they hold tokens_lo, "
+                       "tokens_hi, text_emb, text_len)")
+  return out
+
+
+def check_features(features: dict[str, Feature], spec: records.RecordSpec, where: str) -> None:
+  """Raise with what to change when the stage's features cannot come from these records."""
+  for name, key in record_keys(features).items():
+    f = features[name]
+    if key in ("tokens_lo", "tokens_hi"):
+      grid = spec.grid_lo if key == "tokens_lo" else spec.grid_hi
+      if grid == 0:
+        raise ValueError(f"{where} has no high-res tokens (precompute ran without "
+                         "sr_tokenizer): this stage needs them")
+      if f.shape != (grid * grid,):
+        side = int(round(np.sqrt(np.prod(f.shape))))
+        raise ValueError(f"{where} holds {grid}x{grid} {key} but the model expects "
+                         f"{side}x{side}: set model.grid_size={grid} (or precompute at the "
+                         "matching resolution)")
+    elif key == "text_emb":
+      length, dim = f.shape
+      if dim != spec.text_dim:
+        raise ValueError(f"{where} holds {spec.text_dim}-d text embeddings but "
+                         f"model.text_dim={dim}: set model.text_dim={spec.text_dim}")
+      if length < spec.text_max_length:
+        raise ValueError(f"{where} holds up to {spec.text_max_length} text tokens but "
+                         f"model.text_length={length}: set model.text_length >= "
+                         f"{spec.text_max_length}")
+
+
+def codebook_check(spec: records.RecordSpec, codebook_size: int, where: str) -> None:
+  if spec.codebook_size > codebook_size:
+    raise ValueError(f"{where} has token ids up to {spec.codebook_size - 1} but "
+                     f"model.codebook_size={codebook_size}: set it to >= {spec.codebook_size}")
+
+
+def process_files(files: Sequence[str], counts: Sequence[int], process_index: int,
+                  process_count: int) -> tuple[list[str], int, bool]:
+  """(this process's files, its records per epoch, record-level sharding?)."""
+  if len(files) >= process_count:
+    return (list(files[process_index::process_count]),
+            int(sum(counts[process_index::process_count])), False)
+  total = int(sum(counts))
+  return list(files), len(range(process_index, total, process_count)), True
+
+
+def _valid(example, ok):
+  del example
+  return ok
+
+
+def _example(example, ok):
+  del ok
+  return example
+
+
+def _seed(seed: int, epoch, salt: int):
+  """A shuffle seed for (seed, epoch, salt); works on ints and on tf int64 tensors."""
+  return (seed * 1_000_003 + salt) * 1_000_033 + epoch
+
+
+class _PositionState:
+  """The resumable part shared by both readers: stream position, batches, corrupt count."""
+
+  reader = ""
+
+  def __init__(self, process_index: int, process_count: int):
+    self.pi, self.pc = process_index, process_count
+    self.position = 0
+    self.batches = 0
+    self.corrupt = 0
+
+  def get_state(self) -> dict:
+    mine = [self.position >> 31, self.position & 0x7FFFFFFF, self.corrupt]
+    if self.pc > 1:
+      from jax.experimental import multihost_utils
+      rows = np.asarray(multihost_utils.process_allgather(np.asarray(mine, np.int32)))
+      rows = rows.reshape(self.pc, 3)
+    else:
+      rows = np.asarray([mine])
+    return {"reader": self.reader, "batches": self.batches,
+            "positions": [int(h) << 31 | int(l) for h, l, _ in rows],
+            "corrupt": [int(c) for c in rows[:, 2]]}
+
+  def _restore(self, state: dict) -> None:
+    if "positions" in state:
+      positions = list(state["positions"])
+      if len(positions) != self.pc:
+        log.warning("the input state was saved by %d processes, this run has %d: the data "
+                    "order cannot continue exactly; starting at the same number of batches",
+                    len(positions), self.pc)
+        self.position = int(state.get("batches", 0)) * self.batch
+      else:
+        self.position = int(positions[self.pi])
+      corrupt = state.get("corrupt", [0] * self.pc)
+      self.corrupt = int(corrupt[self.pi]) if len(corrupt) == self.pc else 0
+      if state.get("reader") and state["reader"] != self.reader:
+        log.warning("the input state comes from the %r reader, this run uses %r: the order "
+                    "of examples differs from the saved run", state["reader"], self.reader)
+    else:  # {"position": n}: every process at n (the loop's eval restart uses 0)
+      self.position, self.corrupt = int(state["position"]), 0
+    self.batches = int(state.get("batches", 0))
+
+
+class TFRecordTokenSource(_PositionState, BatchSource):
+  """tf.data over the shards (see the module docstring for order, resume and corruption)."""
+
+  reader = "tf"
+
+  def __init__(self, files: Sequence[str], counts: Sequence[int], spec: records.RecordSpec,
+               features: dict[str, Feature], *, batch: int, seed: int, shuffle: bool,
+               shuffle_buffer: int, process_index: int = 0, process_count: int = 1,
+               cycle_length: int = 16):
+    super().__init__(process_index, process_count)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self.tf = tf
+    self.spec, self.features, self.keys = spec, features, record_keys(features)
+    self.batch, self.seed, self.shuffle = int(batch), int(seed), bool(shuffle)
+    self.shuffle_buffer = max(int(shuffle_buffer), 1)
+    self.files, self.per_epoch, self.record_shard = process_files(
+        files, counts, process_index, process_count)
+    if self.per_epoch == 0:
+      raise ValueError(f"process {process_index} has no records ({len(files)} files, "
+                       f"{sum(counts)} records for {process_count} processes)")
+    for f in self.files:
+      if not tf.io.gfile.exists(f):
+        raise FileNotFoundError(f"shard {f} is listed in the manifest but missing")
+    self.cycle_length = max(1, min(int(cycle_length), len(self.files)))
+    self._it = None
+
+  # -- the deterministic stream --
+
+  def _epoch(self, epoch):
+    tf = self.tf
+    files = tf.data.Dataset.from_tensor_slices(self.files)
+    if self.shuffle:
+      files = files.shuffle(len(self.files), seed=_seed(self.seed, epoch, 1),
+                            reshuffle_each_iteration=False)
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=self.cycle_length,
+                          block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    if self.record_shard:
+      ds = ds.shard(self.pc, self.pi)
+    if self.shuffle:
+      ds = ds.shuffle(self.shuffle_buffer, seed=_seed(self.seed, epoch, 2),
+                      reshuffle_each_iteration=False)
+    n = self.per_epoch
+    return ds.enumerate().map(lambda i, r: (epoch * n + i, r))
+
+  def _parse(self, pos, raw):
+    tf, spec = self.tf, self.spec
+    desc = {"tokens_lo": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            "text_emb": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            "text_len": tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+    if spec.grid_hi:
+      desc["tokens_hi"] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    ex = tf.io.parse_single_example(raw, desc)
+    n = ex["text_len"]
+    ok = (n >= 1) & (n <= spec.text_max_length)
+    ok &= tf.strings.length(ex["text_emb"], unit="BYTE") == 2 * tf.cast(n, tf.int32) * spec.text_dim
+    sizes = {"tokens_lo": spec.tokens_lo, "tokens_hi": spec.tokens_hi}
+    for key in desc:
+      if key in sizes:
+        ok &= tf.strings.length(ex[key], unit="BYTE") == 2 * sizes[key]
+    out = {}
+    for name, key in self.keys.items():
+      if key in sizes:
+        count = sizes[key]
+        toks = tf.cond(ok, lambda k=key, c=count: tf.reshape(
+            tf.io.decode_raw(ex[k], tf.uint16, little_endian=True), [c]),
+            lambda c=count: tf.zeros([c], tf.uint16))
+        toks = tf.cast(toks, tf.int32)
+        ok &= tf.reduce_max(toks) < spec.codebook_size
+        out[name] = toks
+      elif key == "text_len":
+        out[name] = tf.cast(n, tf.int32)
+    if "text" in self.keys:
+      length, dim = self.features["text"].shape
+
+      def emb():
+        bits = tf.io.decode_raw(ex["text_emb"], tf.uint16, little_endian=True)
+        x = tf.cast(tf.bitcast(bits, tf.bfloat16), tf.float32)
+        x = tf.reshape(x, [-1, dim])
+        return tf.pad(x, [[0, length - tf.shape(x)[0]], [0, 0]])
+
+      text = tf.cond(ok, emb, lambda: tf.zeros([length, dim], tf.float32))
+      out["text"] = tf.ensure_shape(text, [length, dim])
+    out["_pos"] = pos
+    return out, ok
+
+  def _dataset(self, position: int):
+    tf = self.tf
+    start, offset = divmod(int(position), self.per_epoch)
+
+    def epoch(e):
+      return self._epoch(e).skip(tf.where(e == start, tf.constant(offset, tf.int64),
+                                          tf.constant(0, tf.int64)))
+
+    ds = tf.data.Dataset.range(start, _INF_EPOCHS).flat_map(epoch)
+    ds = ds.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.filter(_valid).map(_example)
+    ds = ds.batch(self.batch, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+  def __next__(self):
+    if self._it is None:
+      self._it = self._dataset(self.position).as_numpy_iterator()
+    try:
+      batch = next(self._it)
+    except self.tf.errors.OpError as e:
+      raise RuntimeError(
+          f"unreadable record in one of {self.files[:4]}{'...' if len(self.files) > 4 else ''}"
+          f" ({type(e).__name__}: {str(e).splitlines()[0]}); find it with "
+          "muse_jax.data.input_pipeline.verify_files, delete that shard's index entry and "
+          "rerun precompute") from None
+    pos = batch.pop("_pos")
+    last = int(pos[-1]) + 1
+    gaps = last - self.position - len(pos)
+    if gaps:
+      self.corrupt += gaps
+      log.warning("skipped %d corrupt record(s) (wrong sizes or values); %d so far on this "
+                  "process", gaps, self.corrupt)
+    self.position = last
+    self.batches += 1
+    return batch
+
+  def set_state(self, state: dict) -> None:
+    self._restore(state)
+    self._it = None
+
+
+class NumpyTokenSource(_PositionState, BatchSource):
+  """This process's records in memory, no TensorFlow: for small datasets and TF-less hosts."""
+
+  reader = "numpy"
+
+  def __init__(self, files: Sequence[str], counts: Sequence[int], spec: records.RecordSpec,
+               features: dict[str, Feature], *, batch: int, seed: int, shuffle: bool,
+               process_index: int = 0, process_count: int = 1):
+    super().__init__(process_index, process_count)
+    self.spec, self.features, self.keys = spec, features, record_keys(features)
+    self.batch, self.seed, self.shuffle = int(batch), int(seed), bool(shuffle)
+    own, _, record_shard = process_files(files, counts, process_index, process_count)
+    self.skipped: dict[str, int] = {}
+    rows = []
+    index = 0
+    for path in own:
+      for item in records.read_tfrecord(path):
+        mine = not record_shard or index % process_count == process_index
+        index += 1
+        if not mine:
+          continue
+        try:
+          if isinstance(item, records.CorruptRecord):
+            raise item
+          rows.append(records.decode_example(item, spec))
+        except records.CorruptRecord as e:
+          self.skipped[e.reason] = self.skipped.get(e.reason, 0) + 1
+    if self.skipped:
+      log.warning("skipped %d corrupt record(s) in %d files: %s", sum(self.skipped.values()),
+                  len(own), self.skipped)
+    if not rows:
+      raise ValueError(f"process {process_index} has no valid records in {len(own)} files")
+    self.data = self._stack(rows)
+    self.size = len(rows)
+    self._perm_epoch, self._perm = -1, None
+
+  def _stack(self, rows: list[dict]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, key in self.keys.items():
+      if key == "text_emb":
+        length, dim = self.features[name].shape
+        text = np.zeros((len(rows), length, dim), np.float32)
+        for i, r in enumerate(rows):
+          text[i, :r["text_len"]] = r["text_emb"].astype(np.float32)
+        out[name] = text
+      elif key == "text_len":
+        out[name] = np.asarray([r["text_len"] for r in rows], np.int32)
+      else:
+        out[name] = np.stack([r[key] for r in rows]).astype(np.int32)
+    return out
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      self._perm_epoch = epoch
+      self._perm = (np.random.default_rng([self.seed, epoch]).permutation(self.size)
+                    if self.shuffle else np.arange(self.size))
+    return self._perm
+
+  def __next__(self):
+    idx = np.empty(self.batch, np.int64)
+    for j in range(self.batch):
+      epoch, i = divmod(self.position + j, self.size)
+      idx[j] = self._order(epoch)[i]
+    self.position += self.batch
+    self.batches += 1
+    return {k: v[idx] for k, v in self.data.items()}
+
+  def set_state(self, state: dict) -> None:
+    self._restore(state)
+
+
+def verify_files(files: Sequence[str], spec: records.RecordSpec) -> dict[str, dict[str, int]]:
+  """{file: {reason: count}} of every unreadable or corrupt record (numpy; reads everything)."""
+  bad = {}
+  for path in files:
+    counts: dict[str, int] = {}
+    for item in records.read_tfrecord(path):
+      try:
+        if isinstance(item, records.CorruptRecord):
+          raise item
+        records.decode_example(item, spec)
+      except records.CorruptRecord as e:
+        counts[e.reason] = counts.get(e.reason, 0) + 1
+    if counts:
+      bad[path] = counts
+  return bad
+
+
+def _tf_available() -> bool:
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+def split_files(path: str, split: str) -> tuple[list[str], list[int], records.RecordSpec]:
+  """(files, records per file, spec) of `split` in the precompute output at `path`."""
+  manifest = read_manifest(path)
+  if split not in manifest["splits"]:
+    raise ValueError(f"{path} has no split {split!r} (it has {sorted(manifest['splits'])}); "
+                     "set data.train_split / data.eval_split")
+  s = manifest["splits"][split]
+  shard_dir = os.path.join(path, manifest.get("shard_dir", "shards"))
+  files = [os.path.join(shard_dir, f) for f in s["files"]]
+  counts = [int(c) for c in s["records_per_file"]]
+  nonempty = [(f, c) for f, c in zip(files, counts) if c > 0]
+  if not nonempty:
+    raise ValueError(f"split {split!r} in {path} has no records")
+  return ([f for f, _ in nonempty], [c for _, c in nonempty],
+          records.RecordSpec.from_json(manifest["spec"]))
+
+
+def make_token_source(stage, split: str, process_index: int, process_count: int) -> BatchSource:
+  """The stage's `split` ('train' or 'eval') input from `config.data` (source=precomputed)."""
+  cfg = stage.config
+  data = cfg.data
+  if split == "train":
+    path, name, shuffle = data.path, data.get("train_split", "train"), True
+  else:
+    path, name, shuffle = data.eval_path or data.path, data.get("eval_split", "heldout"), False
+  if not path:
+    raise ValueError("data.path is empty: set it to the precompute output directory "
+                     "(python -m muse_jax.precompute --workdir=DIR)")
+  files, counts, spec = split_files(path, name)
+  features = stage.features()
+  where = f"{path} ({name})"
+  check_features(features, spec, where)
+  codebook_check(spec, int(cfg.model.codebook_size), where)
+  global_batch = int(cfg.train.batch_size)
+  if global_batch % process_count:
+    raise ValueError(f"train.batch_size={global_batch} is not divisible by {process_count} "
+                     "processes")
+  reader = data.get("reader", "auto")
+  if reader not in READERS:
+    raise ValueError(f"data.reader={reader!r}; choose one of {READERS}")
+  if reader == "auto":
+    reader = "tf" if _tf_available() else "numpy"
+  kwargs: dict[str, Any] = dict(batch=global_batch // process_count, seed=int(cfg.seed),
+                                shuffle=shuffle, process_index=process_index,
+                                process_count=process_count)
+  if reader == "numpy":
+    return NumpyTokenSource(files, counts, spec, features, **kwargs)
+  return TFRecordTokenSource(files, counts, spec, features,
+                             shuffle_buffer=int(data.shuffle_buffer), **kwargs)
