@@ -74,6 +74,9 @@ def validate(config, reference=None) -> None:
     raise ConfigError(f"optimizer.name={o.name!r}; choose adafactor or adamw")
   if o.learning_rate <= 0:
     raise ConfigError(f"optimizer.learning_rate={o.learning_rate} must be > 0")
+  if config.stage == "sr":
+    from muse_jax.training.sr_stage import check_superres
+    check_superres(config.model)
   if config.stage in ("base", "sr"):
     check_transformer(config.model)
     if not 0.0 <= config.objective.cfg_dropout < 1.0:

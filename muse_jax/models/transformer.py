@@ -144,15 +144,27 @@ class MaskedTransformer(nnx.Module):
     ctx_len = jnp.maximum(text_len, 1).astype(jnp.int32)
     return constrain(ctx, ACT), ctx_len
 
-  def __call__(self, tokens, text, text_len, *, dropout_key=None):
-    """tokens [B, T] int32, text [B, S, text_dim], text_len [B] int32 -> logits [B, T, V]."""
+  def encode_context(self, text, text_len):
+    """(context [B, S, D], valid length [B]) that the token decoder attends to.
+
+    Constant over the decoding steps of one image, so a sampler computes it once
+    (same interface as `SuperResTransformer.encode_context`, without the low-res tokens).
+    """
+    return self.embed_context(text, text_len)
+
+  def decode(self, tokens, context, context_len, *, dropout_key=None):
+    """tokens [B, T] int32 (masked = mask_id) + encoded context -> logits [B, T, V] (fp32)."""
     if tokens.shape[1] != self.seq_len:
       raise ValueError(f"expected {self.seq_len} tokens per image, got {tokens.shape[1]}")
     dtype = self.precision.dtype
     x = jnp.take(self.token_embed[...], tokens, axis=0).astype(dtype)
     x = x + self.pos_embed[...].astype(dtype)[None]
     x = constrain(x, ACT)
-    context, context_len = self.embed_context(text, text_len)
     x = self.stack(x, context, context_len, dropout_key)
     logits = self.head(self.final_norm(x)).astype(jnp.float32)
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
+
+  def __call__(self, tokens, text, text_len, *, dropout_key=None):
+    """tokens [B, T] int32, text [B, S, text_dim], text_len [B] int32 -> logits [B, T, V]."""
+    context, context_len = self.encode_context(text, text_len)
+    return self.decode(tokens, context, context_len, dropout_key=dropout_key)

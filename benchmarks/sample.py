@@ -1,0 +1,396 @@
+r"""Sampling latency and images/s of the Muse cascade, with random weights.
+
+  python benchmarks/sample.py                 # all rows (accelerator; compiles take minutes)
+  python benchmarks/sample.py --rows=amused   # the aMUSEd-size row only
+  python benchmarks/sample.py --tiny          # tiny models: a CPU smoke run in seconds
+
+Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond):
+  base256_b{1,16}     base_632m, 16x16 tokens, 24 steps, then f16 VQ decode to 256 px
+  cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64 tokens) -> f8 VQ decode
+                      to 512 px
+  amused              ~604M masked transformer of aMUSEd's width (hidden 1024, 35 layers,
+                      16 heads, MLP 4096, 768-d text padded to 128 tokens), 256 tokens, 12
+                      steps, batch 1; its latency is the transformer loop alone (what the
+                      25 ms goal and the 54 ms plain-JAX reference time), the aMUSEd VQ
+                      decoder (146M, 256 px) is timed beside it.
+Text embeddings are random and made once (T5 is not timed: it runs once per prompt; see
+benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
+(`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
+computed once per image, then `parallel_decode.decode` loops over the steps, all in one jit
+with the VQ decode; parameters are bf16 (cast once, not per step), attention is
+`--attention` (auto = cuDNN flash attention on GPUs), layers unrolled (`--scan` to scan).
+
+Reported per row: compile time, latency (median of --runs after --warmup, each ended by
+block_until_ready), images/s, the VQ decode alone, one guided forward of the transformer
+(2B rows) and the sampler overhead = loop - steps x forward, and two floors of the loop:
+compute (model FLOPs / peak bf16 FLOP/s) and weights (steps x bf16 weight bytes / HBM
+bandwidth). `limit` names the largest share: compute, weights (HBM), per-step overhead
+(kernels and launches beyond both floors) or the sampler (top-k/sort/noise work between
+forwards). The table is printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import statistics
+import sys
+import time
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# HBM bandwidth in bytes/s by device_kind substring (datasheet values).
+HBM_BYTES_PER_S = (
+    ("H200", 4.8e12), ("H100", 3.35e12), ("B200", 8.0e12), ("A100", 2.0e12), ("L4", 0.3e12),
+    ("TPU v6", 1.64e12), ("TPU v5p", 2.76e12), ("TPU v5 lite", 0.82e12),
+    ("TPU v5e", 0.82e12), ("TPU v4", 1.2e12),
+)
+
+ROWS = ("base256_b1", "base256_b16", "cascade512_b1", "cascade512_b16", "amused")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--rows", default=",".join(ROWS),
+                 help=f"comma-separated rows to run, from {','.join(ROWS)}")
+  p.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run)")
+  p.add_argument("--runs", type=int, default=10, help="timed runs per measurement")
+  p.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling")
+  p.add_argument("--attention", default="auto", choices=("auto", "cudnn", "xla"))
+  p.add_argument("--scan", action="store_true", help="scan over layers instead of unrolling")
+  p.add_argument("--guidance", type=float, default=4.0, help="CFG scale t (0 = no CFG)")
+  p.add_argument("--rng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                 help="PRNG implementation of the sampling keys")
+  p.add_argument("--param_dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  return p.parse_args(argv)
+
+
+@dataclasses.dataclass
+class RowSpec:
+  name: str
+  batch: int
+  base: object                 # base training config (model section used)
+  base_steps: int
+  sr: Optional[object] = None  # sr training config
+  sr_steps: int = 0
+  vq: Optional[object] = None  # vqgan `model` ConfigDict of the last stage's tokenizer
+  vq_in_latency: bool = True   # False: the VQ decode is reported beside, not in, the latency
+
+
+def _model_overrides(cfg, args, tiny):
+  with cfg.unlocked():
+    cfg.model.param_dtype = args.param_dtype
+    cfg.model.scan_layers = bool(args.scan)
+    if not tiny:
+      cfg.model.dtype = "bfloat16"
+      cfg.model.attention = args.attention
+  return cfg
+
+
+def amused_size_config(tiny: bool):
+  """aMUSEd's width and parameter count as a Muse base transformer (see module docstring)."""
+  from configs import common, tiny as tiny_cfg
+  if tiny:
+    c = tiny_cfg.get_config()
+    c.model.update(dict(num_layers=3, text_dim=16))
+    return c
+  c = common.get_config("base")
+  c.model.update(dict(grid_size=16, codebook_size=8192, hidden_size=1024, num_layers=35,
+                      num_heads=16, head_dim=64, mlp_dim=4096, text_dim=768, text_length=128))
+  return c
+
+
+def row_specs(args):
+  from configs import base_632m, common_vqgan, sr_268m, sr_tiny, tiny as tiny_cfg
+  if args.tiny:
+    base = tiny_cfg.get_config()
+    sr = sr_tiny.get_config()
+    sr.model.update(dict(lowres_grid_size=4, grid_size=8))
+    vq_lo = vq_hi = common_vqgan.vqgan_model("tiny")
+    vq_amused = common_vqgan.vqgan_model("tiny")
+  else:
+    base, sr = base_632m.get_config(), sr_268m.get_config()
+    vq_lo, vq_hi = common_vqgan.vqgan_model("f16"), common_vqgan.vqgan_model("f8")
+    vq_amused = common_vqgan.vqgan_model("amused")
+  for cfg in (base, sr):
+    _model_overrides(cfg, args, args.tiny)
+  amused = _model_overrides(amused_size_config(args.tiny), args, args.tiny)
+  for vq in (vq_lo, vq_hi, vq_amused):
+    vq.param_dtype = args.param_dtype
+    if not args.tiny:
+      vq.dtype = "bfloat16"
+  specs = {
+      "base256_b1": RowSpec("base256_b1", 1, base, 24, vq=vq_lo),
+      "base256_b16": RowSpec("base256_b16", 16, base, 24, vq=vq_lo),
+      "cascade512_b1": RowSpec("cascade512_b1", 1, base, 24, sr, 8, vq=vq_hi),
+      "cascade512_b16": RowSpec("cascade512_b16", 16, base, 24, sr, 8, vq=vq_hi),
+      "amused": RowSpec("amused", 1, amused, 12, vq=vq_amused, vq_in_latency=False),
+  }
+  names = [r.strip() for r in args.rows.split(",") if r.strip()]
+  unknown = [n for n in names if n not in specs]
+  if unknown:
+    raise SystemExit(f"unknown rows {unknown}; choose from {','.join(ROWS)}")
+  return [specs[n] for n in names]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def timed(fn, *args, runs: int, warmup: int):
+  """(compile seconds, median seconds per call, compiled fn) of a jitted fn on fixed inputs."""
+  import jax
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return compile_s, statistics.median(times), compiled
+
+
+def n_params(tree) -> int:
+  import jax
+  import numpy as np
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def device_rates(device):
+  from muse_jax.training.flops import peak_flops_per_device
+  kind = getattr(device, "device_kind", "")
+  bw = next((b for name, b in HBM_BYTES_PER_S if name.lower() in kind.lower()), 0.0)
+  return peak_flops_per_device(device), bw
+
+
+def forward_flops(cfg, sr: bool) -> float:
+  """Model FLOPs of one forward of one example in the sampling loop (context excluded)."""
+  from muse_jax.training.flops import block_forward_flops
+  m = cfg.model
+  t = m.grid_size ** 2
+  kv = m.text_length + (m.lowres_grid_size ** 2 if sr else 0)
+  return m.num_layers * block_forward_flops(m, t, kv) + 2 * t * m.hidden_size * m.codebook_size
+
+
+def loop_params(params, sr: bool) -> int:
+  """Parameters read by every decoding step (not the text projection / low-res encoder)."""
+  skip = ("text_proj", "lowres_embed", "lowres_pos_embed", "lowres_stack", "lowres_norm")
+  return n_params({k: v for k, v in params.items() if k not in skip})
+
+
+def run_row(spec: RowSpec, args):
+  import jax
+  import jax.numpy as jnp
+  from muse_jax.models import vqgan as V
+  from muse_jax.models.functional import functionalize
+  from muse_jax.models.superres import SuperResTransformer
+  from muse_jax.models.tokenizer import from_model_range
+  from muse_jax.models.transformer import MaskedTransformer
+  from muse_jax.sampling import parallel_decode
+  from muse_jax.sampling.pipeline import sample_stage
+
+  b = spec.batch
+  key = jax.random.key(0, impl=args.rng)
+  k_init, k_text = jax.random.split(jax.random.key(0))
+
+  def init(config, k):
+    cls = MaskedTransformer if config.stage == "base" else SuperResTransformer
+    fm, init_fn = functionalize(lambda r: cls(config.model, rngs=r))
+    return fm, jax.jit(init_fn)(k)
+
+  base_def, base_params = init(spec.base, jax.random.fold_in(k_init, 0))
+  bm = spec.base.model
+  opts = dict(schedule="cosine", guidance_scale=args.guidance, guidance_schedule="linear",
+              temperature=1.0, choice_temperature=parallel_decode.DEFAULT_CHOICE_TEMPERATURE)
+  base_opts = dict(opts, num_steps=spec.base_steps)
+  sr_def = sr_params = None
+  if spec.sr is not None:
+    sr_def, sr_params = init(spec.sr, jax.random.fold_in(k_init, 1))
+  vq_cfg = V.VQGANConfig.from_config(spec.vq)
+  vq_def, vq_init = functionalize(lambda r: V.VQGAN(vq_cfg, rngs=r))
+  vq_params = jax.jit(vq_init)(jax.random.fold_in(k_init, 2))
+
+  text_dtype = jnp.bfloat16 if bm.dtype == "bfloat16" else jnp.float32
+  text = jax.random.normal(k_text, (b, bm.text_length, bm.text_dim), text_dtype)
+  text_len = jnp.full((b,), min(20, bm.text_length), jnp.int32)
+  utext = jnp.zeros_like(text)
+  ulen = jnp.zeros((b,), jnp.int32)
+  t_lo = bm.grid_size ** 2
+  lo_start = jnp.full((b, t_lo), int(bm.codebook_size), jnp.int32)
+  lo_mask = jnp.ones((b, t_lo), bool)
+  base_fn = functools.partial(sample_stage, base_def, "base", "decode", base_opts,
+                              int(bm.codebook_size))
+  if spec.sr is not None:
+    sm = spec.sr.model
+    t_hi = sm.grid_size ** 2
+    hi_start = jnp.full((b, t_hi), int(sm.codebook_size), jnp.int32)
+    hi_mask = jnp.ones((b, t_hi), bool)
+    sr_fn = functools.partial(sample_stage, sr_def, "sr", "decode",
+                              dict(opts, num_steps=spec.sr_steps), int(sm.codebook_size))
+    last_grid = sm.grid_size
+  else:
+    last_grid = bm.grid_size
+
+  def vq_decode(pv, ids):
+    model = vq_def.bind(pv)
+    img = from_model_range(model.decode(ids.reshape(ids.shape[0], last_grid, last_grid)),
+                           vq_cfg.pixel_range)
+    return jnp.clip(img, 0.0, 1.0)
+
+  def tokens_only(pb, ps, text, text_len, utext, ulen, key):
+    k_lo, k_hi = jax.random.split(key)
+    lo = base_fn(pb, lo_start, lo_mask, text, text_len, utext, ulen, k_lo, None)
+    if spec.sr is None:
+      return lo
+    return sr_fn(ps, hi_start, hi_mask, text, text_len, utext, ulen, k_hi, lo)
+
+  def full(pb, ps, pv, text, text_len, utext, ulen, key):
+    return vq_decode(pv, tokens_only(pb, ps, text, text_len, utext, ulen, key))
+
+  row = dict(name=spec.name, batch=b,
+             size=last_grid * vq_cfg.downsample_factor,
+             params=n_params(base_params) + (n_params(sr_params) if sr_params else 0))
+  inputs = (base_params, sr_params, text, text_len, utext, ulen, key)
+  if spec.vq_in_latency:
+    c_s, lat, compiled = timed(jax.jit(full), base_params, sr_params, vq_params, *inputs[2:],
+                               runs=args.runs, warmup=args.warmup)
+  else:
+    c_s, lat, compiled = timed(jax.jit(tokens_only), *inputs, runs=args.runs,
+                               warmup=args.warmup)
+  # The VQ decoder's time does not depend on the ids: random ones avoid a second loop compile.
+  last_cb = int((spec.sr or spec.base).model.codebook_size)
+  ids = jax.random.randint(k_text, (b, last_grid ** 2), 0, last_cb, jnp.int32)
+  _, vq_s, _ = timed(jax.jit(vq_decode), vq_params, ids, runs=args.runs, warmup=args.warmup)
+  row.update(compile_s=c_s, latency_s=lat, vq_s=vq_s, images_per_s=b / lat)
+
+  # One guided forward (2B rows on a precomputed context) of the stage that dominates.
+  fwd_def, fwd_params, fwd_cfg, is_sr = ((sr_def, sr_params, spec.sr, True)
+                                         if spec.sr is not None else
+                                         (base_def, base_params, spec.base, False))
+  m = fwd_cfg.model
+  use_cfg = args.guidance != 0
+  rows = 2 * b if use_cfg else b
+
+  def forward_only(p, tokens, ctx, ctx_len):
+    return fwd_def.bind(p).decode(tokens, ctx, ctx_len)
+
+  tokens = jnp.full((rows, m.grid_size ** 2), 3, jnp.int32)
+  rtext = jnp.concatenate([text] * (rows // b))
+  rlen = jnp.concatenate([text_len] * (rows // b))
+  tokens_lo = (jnp.zeros((rows, m.lowres_grid_size ** 2), jnp.int32) if is_sr else None)
+  ctx = jax.jit(lambda p, t, tl, lo: (fwd_def.bind(p).encode_context(lo, t, tl) if is_sr else
+                                      fwd_def.bind(p).encode_context(t, tl)))(
+                                          fwd_params, rtext, rlen, tokens_lo)
+  _, fwd_s, _ = timed(jax.jit(forward_only), fwd_params, tokens, *ctx, runs=args.runs,
+                      warmup=args.warmup)
+  steps = spec.sr_steps if is_sr else spec.base_steps
+  loop_s = lat - (vq_s if spec.vq_in_latency else 0.0)
+  flops_step = forward_flops(fwd_cfg, is_sr) * rows
+  weight_bytes = loop_params(fwd_params, is_sr) * (2 if args.param_dtype == "bfloat16" else 4)
+  peak, bw = device_rates(jax.devices()[0])
+  row.update(forward_s=fwd_s, steps=steps, loop_s=loop_s,
+             compute_floor_s=(flops_step / peak) if peak else None,
+             weight_floor_s=(weight_bytes / bw) if bw else None)
+  attribute(row, base_loop_s=0.0)
+  return row
+
+
+def attribute(row, base_loop_s: Optional[float]):
+  """Sampler overhead = this stage's loop - steps x forward, and the limit it implies.
+
+  Cascade rows hold the base loop too: pass the base-only row's loop time of the same batch
+  (None when that row did not run: the overhead is then unknown).
+  """
+  if base_loop_s is None:
+    row["sampler_s"] = None
+  else:
+    stage_loop = row["loop_s"] - base_loop_s
+    row["sampler_s"] = max(stage_loop - row["steps"] * row["forward_s"], 0.0)
+  row["limit"] = name_limit(row)
+
+
+def name_limit(row) -> str:
+  """The largest share of one step: compute floor, weight floor, kernel overhead, sampler."""
+  steps, fwd = row["steps"], row["forward_s"]
+  compute = row["compute_floor_s"] or 0.0
+  weights = row["weight_floor_s"] or 0.0
+  floor = max(compute, weights)
+  sampler = row["sampler_s"] or 0.0
+  if not (compute or weights):  # CPU or unknown device: only overhead vs model is known
+    return ("sampler between forwards" if sampler > fwd * steps else
+            "model forwards (floors unknown)")
+  shares = {
+      "compute": compute * steps,
+      "HBM weights": weights * steps if weights > compute else 0.0,
+      "per-step kernel overhead": max(fwd - floor, 0.0) * steps,
+      "sampler between forwards": sampler,
+  }
+  total = sum(shares.values()) or 1.0
+  name, value = max(shares.items(), key=lambda kv: kv[1])
+  return f"{name} ({100 * value / total:.0f}%)"
+
+
+def fmt_ms(s) -> str:
+  return "n/a" if s is None else f"{1e3 * s:.1f}"
+
+
+def print_table(rows, device):
+  cols = [("row", lambda r: r["name"]), ("batch", lambda r: str(r["batch"])),
+          ("px", lambda r: str(r["size"])), ("params", lambda r: f"{r['params'] / 1e6:.1f}M"),
+          ("compile s", lambda r: f"{r['compile_s']:.1f}"),
+          ("latency ms", lambda r: fmt_ms(r["latency_s"])),
+          ("img/s", lambda r: f"{r['images_per_s']:.2f}"),
+          ("vq ms", lambda r: fmt_ms(r["vq_s"])),
+          ("steps x fwd ms", lambda r: f"{r['steps']} x {fmt_ms(r['forward_s'])}"),
+          ("sampler ms", lambda r: fmt_ms(r["sampler_s"])),
+          ("floor comp/HBM ms", lambda r: f"{fmt_ms(_times(r, 'compute_floor_s'))} / "
+                                          f"{fmt_ms(_times(r, 'weight_floor_s'))}"),
+          ("limit", lambda r: r["limit"])]
+  table = [[h for h, _ in cols]] + [[f(r) for _, f in cols] for r in rows]
+  widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+  print(f"\ndevice: {device}")
+  for i, line in enumerate(table):
+    print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
+    if i == 0:
+      print("  ".join("-" * w for w in widths))
+  print("latency: whole jitted sampler (median); amused: transformer loop only (vq ms beside)."
+        "\nsteps x fwd: one guided forward (2B rows) of the last transformer stage; floors are"
+        " for those steps.")
+
+
+def _times(r, key):
+  v = r[key]
+  return None if v is None else v * r["steps"]
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import jax
+  specs = row_specs(args)
+  device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
+  print(f"device: {device}; attention={args.attention} scan={args.scan} "
+        f"param_dtype={args.param_dtype} guidance={args.guidance} rng={args.rng}", flush=True)
+  rows, base_loops = [], {}
+  for spec in specs:
+    t0 = time.perf_counter()
+    row = run_row(spec, args)
+    if spec.sr is None and spec.name.startswith("base"):
+      base_loops[spec.batch] = row["loop_s"]
+    else:
+      if spec.sr is not None:
+        attribute(row, base_loops.get(spec.batch))
+    rows.append(row)
+    print(f"  {spec.name}: latency {fmt_ms(row['latency_s'])} ms, "
+          f"{row['images_per_s']:.2f} img/s ({time.perf_counter() - t0:.0f} s incl. compile)",
+          flush=True)
+  print_table(rows, device)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,589 @@
+"""The cascaded Muse sampler: text -> T5 -> base tokens -> SR tokens -> VQ decode -> images.
+
+  pipe = Pipeline.from_config(config, workdir)        # config: configs/common_pipeline.py
+  out = pipe.generate(["a red cube on a blue sphere"], negative_prompt="blurry", seed=0)
+  out.images                                           # float32 [B, H, W, 3] in [0, 1]
+
+Stages (Muse Sec. 2, 3.3):
+  1. T5 encodes the prompts once -> embeddings [B, S, D] and valid lengths [B]. The negative
+     prompt (if any) is encoded the same way and replaces the null condition (text_len 0) as
+     the unconditional branch of classifier-free guidance (Sec. 2.7).
+  2. Base: parallel decoding of the low-res grid (e.g. 16x16) from all-mask tokens
+     (`sampling.base_steps`, cosine schedule, guidance from the `sampling` section).
+  3. SR (optional): parallel decoding of the high-res grid (e.g. 64x64) conditioned on the
+     base tokens and the same text (`sampling.sr_steps`).
+  4. The VQ decoder of the last stage's tokenizer turns tokens into pixels.
+
+Each transformer stage is ONE jitted function: the text context (and, for SR, the low-res
+encoder) is computed once, outside the decoding loop, for the conditional and unconditional
+rows; the loop (`parallel_decode.decode`) runs one 2B forward per step on the cached context.
+Compiled functions are cached per (stage, mode, options); the parameters are arguments, never
+constants.
+
+Editing (Sec. 3.3), from an image at the output resolution and a pixel mask (True/white =
+regenerate):
+  inpaint / outpaint: the image is VQ-encoded at both resolutions (downsampled for the base
+    tokenizer); the one pixel mask becomes a token mask on each grid; the base stage inpaints
+    the low-res tokens, then the SR stage inpaints the high-res tokens conditioned on them.
+    Tokens outside the mask are kept exactly.
+  mask-free: `editing.mask_free_edit` (100 iterations, 8% resampled, guidance 4, top-k 3 by
+    default; `sampling.editing`) on the low-res tokens with the base model, then on the
+    high-res tokens with the SR model conditioned on the edited low-res tokens.
+
+Everything runs on one device (the first local one); T5-XXL in bf16 plus the 632M/268M stages
+fit one 80 GB accelerator. Transformer stages whose model dtype is bfloat16 keep their
+parameters in bfloat16 (cast once at load). No TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from muse_jax.sampling import checkpoints as ckpt
+from muse_jax.sampling import editing, parallel_decode
+
+TRANSFORMER_STAGES = ("base", "sr")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage configs and loading.
+# --------------------------------------------------------------------------------------------
+
+
+def _to_python(value):
+  if isinstance(value, list):
+    return tuple(_to_python(v) for v in value)
+  return value
+
+
+def stage_workdir(section, name: str, root: Optional[str]) -> str:
+  """`section.workdir`, or ROOT/<name> when it is empty and a root workdir is given."""
+  if section.workdir:
+    return str(section.workdir)
+  return os.path.join(root, name) if root else ""
+
+
+def stage_config(section, workdir: str = "") -> ml_collections.ConfigDict:
+  """The training config of one pipeline stage, with the section's model overrides applied.
+
+  When `workdir` holds the trainer's config.json, its shape-defining model keys win (the
+  checkpoint was trained with them); runtime keys (dtype, attention, ...) follow the section.
+  """
+  config = ckpt.config_from_name(str(section.config))
+  with config.unlocked():
+    for key, value in section.model.items():
+      if key not in config.model:
+        raise ValueError(f"pipeline stage {section.config}: model.{key} is not a key of the "
+                         f"training config's model section ({sorted(config.model.keys())})")
+      config.model[key] = _to_python(value)
+  if workdir:
+    ckpt.adopt_saved_model_config(config, workdir)
+    with config.unlocked():
+      for key in list(config.model.keys()):
+        config.model[key] = _to_python(config.model[key])
+  return config
+
+
+@dataclasses.dataclass
+class LoadedStage:
+  """A transformer stage ready to sample: its training config, model definition, params."""
+  name: str
+  config: ml_collections.ConfigDict
+  model_def: Any
+  params: Any
+  step: int = 0
+
+  @property
+  def model(self):
+    return self.config.model
+
+  @property
+  def mask_id(self) -> int:
+    return int(self.config.model.codebook_size)
+
+  @property
+  def grid(self) -> int:
+    return int(self.config.model.grid_size)
+
+
+def load_transformer(section, name: str, root: Optional[str] = None) -> LoadedStage:
+  """Loads the base or SR stage a pipeline section names (only its parameters)."""
+  workdir = stage_workdir(section, name, root)
+  config = stage_config(section, workdir)
+  if config.stage != ("base" if name == "base" else "sr"):
+    raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
+                     f"config; pipeline.{name} needs a {'base' if name == 'base' else 'sr'} "
+                     "training config")
+  params, step = ckpt.load_stage_params(config, workdir, step=section.step, name=name,
+                                        config_name=str(section.config))
+  return LoadedStage(name, config, ckpt.stage_model(config),
+                     cast_params(params, config.model.dtype), step)
+
+
+def cast_params(params, dtype: str):
+  """Floating params in the compute dtype when it is 16-bit (cast once at load, so the
+  decoding loop reads half the bytes and never converts weights); else unchanged."""
+  if jnp.dtype(dtype).itemsize != 2:
+    return params
+  return jax.tree.map(
+      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
+def _is_diffusers(path: str) -> bool:
+  return path.endswith(".safetensors") or os.path.isfile(
+      os.path.join(path, "diffusion_pytorch_model.safetensors"))
+
+
+def load_vq(section, name: str, root: Optional[str], mesh: Mesh):
+  """The VQTokenizer a pipeline section names: a vqgan workdir or a diffusers VQModel."""
+  from muse_jax.models import vqgan as V
+  from muse_jax.models.tokenizer import VQTokenizer
+  workdir = stage_workdir(section, name, root)
+  if workdir and _is_diffusers(workdir):
+    return VQTokenizer.from_diffusers(workdir, mesh, dtype=section.model.get("dtype"))
+  config = stage_config(section, workdir)
+  if config.stage != "vqgan":
+    raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
+                     "config; tokenizers need a vqgan training config")
+  params, _ = ckpt.load_stage_params(config, workdir, step=section.step, name=name,
+                                     config_name=str(section.config))
+  return VQTokenizer(V.VQGANConfig.from_config(config.model), params, mesh)
+
+
+def single_device_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+
+
+# --------------------------------------------------------------------------------------------
+# Images and masks on the host.
+# --------------------------------------------------------------------------------------------
+
+
+def as_float_images(images) -> np.ndarray:
+  """[H, W, 3] or [B, H, W, 3], uint8 or float in [0, 1] -> float32 [B, H, W, 3]."""
+  x = np.asarray(images)
+  if x.ndim == 3:
+    x = x[None]
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f"images must be [H, W, 3] or [B, H, W, 3] RGB, got shape {x.shape}")
+  if x.dtype == np.uint8:
+    return x.astype(np.float32) / 255.0
+  return np.clip(x.astype(np.float32), 0.0, 1.0)
+
+
+def as_bool_masks(mask, batch: int) -> np.ndarray:
+  """[H, W] or [B, H, W] (bool, 0/1 or 0..255) -> bool [B, H, W]; True = regenerate."""
+  m = np.asarray(mask)
+  if m.ndim == 2:
+    m = np.broadcast_to(m[None], (batch,) + m.shape)
+  if m.ndim != 3 or m.shape[0] != batch:
+    raise ValueError(f"mask must be [H, W] or [{batch}, H, W], got shape {m.shape}")
+  if m.dtype == np.bool_:
+    return m
+  threshold = 127 if m.dtype == np.uint8 or m.max() > 1 else 0.5
+  return m > threshold
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Area-style (antialiased) resize of float [B, H, W, 3] to [B, size, size, 3]."""
+  if images.shape[1:3] == (size, size):
+    return images
+  out = jax.image.resize(jnp.asarray(images), (images.shape[0], size, size, 3), "linear",
+                         antialias=True)
+  return np.clip(np.asarray(out), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+  """images float32 [B, H, W, 3] in [0, 1]; tokens of each stage, int32 [B, T]."""
+  images: np.ndarray
+  tokens_lo: np.ndarray
+  tokens_hi: Optional[np.ndarray] = None
+
+
+class Pipeline:
+  """The loaded cascade. Build it with `from_config`, or from parts (tests, custom stages).
+
+  Args:
+    sampling: the `sampling` ConfigDict (configs/common_sampling.py); read at call time, so
+      changing it (steps, guidance, ...) affects later calls.
+    text_encoder: a `TextEncoder` (or anything with `encode(list[str]) -> (emb, mask)` and a
+      `config.d_model`).
+    vq_lo: the tokenizer of the base tokens (`VQTokenizer`).
+    base: the base `LoadedStage`.
+    sr, vq_hi: the SR `LoadedStage` and its tokenizer, or None for base-only sampling.
+    rng_impl: PRNG implementation of the sampling keys (None = JAX's default threefry;
+      'rbg' is cheaper to compile and run, with different random streams).
+  """
+
+  def __init__(self, sampling, text_encoder, vq_lo, base: LoadedStage,
+               sr: Optional[LoadedStage] = None, vq_hi=None, *, rng_impl: Optional[str] = None):
+    self.sampling = sampling
+    self.rng_impl = rng_impl
+    self.text_encoder = text_encoder
+    self.vq_lo, self.vq_hi = vq_lo, vq_hi
+    self.base, self.sr = base, sr
+    self._check()
+
+  @classmethod
+  def from_config(cls, config, workdir: Optional[str] = None, *,
+                  rng_impl: Optional[str] = None) -> "Pipeline":
+    """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>."""
+    from muse_jax.models.text_encoder import TextEncoder
+    p = config.pipeline
+    mesh = single_device_mesh()
+    use_sr = bool(p.sr.config)
+    # Checkpoints first: a missing one should fail before T5 is loaded.
+    base = load_transformer(p.base, "base", workdir)
+    sr = load_transformer(p.sr, "sr", workdir) if use_sr else None
+    vq_lo = load_vq(p.vq_lo, "vq_lo", workdir, mesh)
+    vq_hi = None
+    if use_sr:
+      if not p.vq_hi.config and not p.vq_hi.workdir:
+        raise ValueError("pipeline.sr is set but pipeline.vq_hi is empty: give the tokenizer "
+                         "of the SR tokens, or disable SR with --config.pipeline.sr.config=''")
+      vq_hi = load_vq(p.vq_hi, "vq_hi", workdir, mesh)
+    text_encoder = TextEncoder.from_config(p.text_encoder, mesh=mesh)
+    if text_encoder.tokenizer is None:
+      raise ValueError("pipeline.text_encoder.spiece_model is empty: give the sentencepiece "
+                       "model the training shards were precomputed with (T5's spiece.model)")
+    return cls(config.sampling, text_encoder, vq_lo, base, sr, vq_hi, rng_impl=rng_impl)
+
+  # --- shapes ------------------------------------------------------------------------------
+
+  def _check(self):
+    b = self.base.model
+    d = int(self.text_encoder.config.d_model)
+    max_len = int(getattr(self.text_encoder, "max_length", b.text_length))
+    stages = [self.base] + ([self.sr] if self.sr is not None else [])
+    for s in stages:
+      if int(s.model.text_dim) != d:
+        raise ValueError(f"pipeline.{s.name}: model.text_dim={s.model.text_dim} but the text "
+                         f"encoder outputs {d}-d embeddings; use the encoder it was trained on")
+      if max_len > int(s.model.text_length):
+        raise ValueError(f"pipeline.text_encoder.max_length={max_len} exceeds "
+                         f"pipeline.{s.name} model.text_length={s.model.text_length}")
+    if self.vq_lo.cfg.codebook_size != int(b.codebook_size):
+      raise ValueError(f"vq_lo has {self.vq_lo.cfg.codebook_size} codes but the base model "
+                       f"{b.codebook_size}")
+    if self.sr is not None:
+      s = self.sr.model
+      if self.vq_hi is None:
+        raise ValueError("an SR stage needs its tokenizer (vq_hi)")
+      if int(s.lowres_grid_size) != int(b.grid_size):
+        raise ValueError(f"sr model.lowres_grid_size={s.lowres_grid_size} but the base model "
+                         f"makes {b.grid_size}x{b.grid_size} tokens")
+      if int(s.codebook_size) != int(b.codebook_size):
+        raise ValueError(f"sr codebook_size={s.codebook_size} differs from base "
+                         f"{b.codebook_size}; the SR model reads the base tokens")
+      if self.vq_hi.cfg.codebook_size != int(s.codebook_size):
+        raise ValueError(f"vq_hi has {self.vq_hi.cfg.codebook_size} codes but the SR model "
+                         f"{s.codebook_size}")
+
+  @property
+  def lo_size(self) -> int:
+    """Image side of the base stage (grid x tokenizer factor), e.g. 256."""
+    return self.base.grid * self.vq_lo.downsample_factor
+
+  @property
+  def hi_size(self) -> Optional[int]:
+    return None if self.sr is None else self.sr.grid * self.vq_hi.downsample_factor
+
+  @property
+  def image_size(self) -> int:
+    """Side of the images this pipeline makes and edits."""
+    return self.lo_size if self.sr is None else self.hi_size
+
+  # --- text --------------------------------------------------------------------------------
+
+  def encode_text(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+    """Prompts -> (embeddings [B, S, D] float32, valid lengths [B] int32).
+
+    S = the base model's text_length (zero-padded past the encoder's max_length; `run_stage`
+    pads again for an SR stage with a longer text_length).
+    """
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    emb, mask = self.text_encoder.encode(list(prompts))
+    emb = jnp.asarray(emb, jnp.float32)
+    length = jnp.sum(jnp.asarray(mask), axis=-1).astype(jnp.int32)
+    return _pad_text((emb, length), int(self.base.model.text_length))
+
+  def null_text(self, batch: int) -> tuple[jax.Array, jax.Array]:
+    """The null condition: zero embeddings with text_len 0."""
+    m = self.base.model
+    return (jnp.zeros((batch, int(m.text_length), int(m.text_dim)), jnp.float32),
+            jnp.zeros((batch,), jnp.int32))
+
+  def conditions(self, prompts, negative_prompt: Optional[str] = None):
+    """(cond, uncond) text pairs; a non-empty negative prompt replaces the null condition."""
+    cond = self.encode_text(prompts)
+    batch = cond[0].shape[0]
+    if negative_prompt is None:
+      negative_prompt = str(self.sampling.get("negative_prompt", "") or "")
+    if negative_prompt:
+      emb, length = self.encode_text([negative_prompt])
+      uncond = (jnp.broadcast_to(emb, (batch,) + emb.shape[1:]),
+                jnp.broadcast_to(length, (batch,)))
+    else:
+      uncond = self.null_text(batch)
+    return cond, uncond
+
+  # --- jitted stages -----------------------------------------------------------------------
+
+  def options(self, stage: str, mode: str) -> dict:
+    """Static sampler options from the `sampling` section: decode or mask-free editing."""
+    if mode == "decode":
+      return parallel_decode.decode_options(self.sampling, stage)
+    return editing.mask_free_options(self.sampling)
+
+  def _fn(self, stage: str, mode: str):
+    loaded = getattr(self, stage)
+    return _stage_fn(loaded.model_def, stage, mode, self.options(stage, mode), loaded.mask_id)
+
+  def _keys(self, seed: int):
+    key = (jax.random.key(seed) if self.rng_impl is None else
+           jax.random.key(seed, impl=self.rng_impl))
+    return jax.random.split(key)
+
+  def run_stage(self, stage: str, mode: str, tokens, mask, cond, uncond, key, tokens_lo=None):
+    """One transformer stage on [B, T] tokens.
+
+    mode 'decode': regenerate where mask is True (all True = text-to-image), keep the rest.
+    mode 'maskfree': mask-free editing, resampling only where mask is True.
+    """
+    loaded = getattr(self, stage)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    mask = jnp.asarray(mask, bool)
+    length = int(loaded.model.text_length)  # each stage gets text padded to its own length
+    cond, uncond = (_pad_text(c, length) for c in (cond, uncond))
+    fn = self._fn(stage, mode)
+    out = fn(loaded.params, tokens, mask, cond[0], cond[1], uncond[0], uncond[1], key,
+             None if tokens_lo is None else jnp.asarray(tokens_lo, jnp.int32))
+    return out
+
+  def decode_tokens(self, tokens_lo, tokens_hi=None) -> np.ndarray:
+    """VQ-decode the last stage's tokens -> float32 images [B, H, W, 3] in [0, 1]."""
+    if tokens_hi is not None:
+      g = self.sr.grid
+      ids = np.asarray(tokens_hi).reshape(-1, g, g)
+      return np.asarray(self.vq_hi.decode(ids))
+    g = self.base.grid
+    return np.asarray(self.vq_lo.decode(np.asarray(tokens_lo).reshape(-1, g, g)))
+
+  # --- public API --------------------------------------------------------------------------
+
+  def generate(self, prompts: Sequence[str], *, negative_prompt: Optional[str] = None,
+               seed: int = 0) -> Result:
+    """Text-to-image: one image per prompt."""
+    cond, uncond = self.conditions(prompts, negative_prompt)
+    batch = cond[0].shape[0]
+    k_lo, k_hi = self._keys(seed)
+    t_lo = self.base.grid ** 2
+    lo = self.run_stage("base", "decode", jnp.full((batch, t_lo), self.base.mask_id),
+                        jnp.ones((batch, t_lo), bool), cond, uncond, k_lo)
+    hi = None
+    if self.sr is not None:
+      t_hi = self.sr.grid ** 2
+      hi = self.run_stage("sr", "decode", jnp.full((batch, t_hi), self.sr.mask_id),
+                          jnp.ones((batch, t_hi), bool), cond, uncond, k_hi, tokens_lo=lo)
+    return self._result(lo, hi)
+
+  def encode_image(self, images) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Images at `image_size` -> (low-res tokens [B, T_lo], high-res tokens [B, T_hi] or None).
+
+    The base tokenizer sees the image downsampled to `lo_size` (Muse Sec. 3.3.1).
+    """
+    x = as_float_images(images)
+    if x.shape[1:3] != (self.image_size, self.image_size):
+      raise ValueError(f"edit images must be {self.image_size}x{self.image_size}, got "
+                       f"{x.shape[1]}x{x.shape[2]}; resize them first (the CLI does)")
+    lo = np.asarray(self.vq_lo.encode(resize_images(x, self.lo_size))).reshape(x.shape[0], -1)
+    hi = None
+    if self.sr is not None:
+      hi = np.asarray(self.vq_hi.encode(x)).reshape(x.shape[0], -1)
+    return lo, hi
+
+  def token_masks(self, mask, batch: int) -> tuple[jax.Array, Optional[jax.Array]]:
+    """Pixel mask [H, W] / [B, H, W] (True = regenerate) -> token masks [B, T] per grid."""
+    m = as_bool_masks(mask, batch)
+    lo = editing.pixel_mask_to_token_mask(m, self.base.grid).reshape(batch, -1)
+    hi = None
+    if self.sr is not None:
+      hi = editing.pixel_mask_to_token_mask(m, self.sr.grid).reshape(batch, -1)
+    return lo, hi
+
+  def inpaint(self, images, mask, prompts: Sequence[str], *,
+              negative_prompt: Optional[str] = None, seed: int = 0) -> Result:
+    """Regenerates the masked region (True/white) of images at `image_size` (Sec. 3.3.1).
+
+    Low-res tokens are inpainted by the base model, then high-res tokens by the SR model
+    conditioned on them; tokens outside the mask are kept exactly at both resolutions.
+    """
+    x = as_float_images(images)
+    prompts = self._prompts_for(prompts, x.shape[0])
+    cond, uncond = self.conditions(prompts, negative_prompt)
+    tokens_lo, tokens_hi = self.encode_image(x)
+    mask_lo, mask_hi = self.token_masks(mask, x.shape[0])
+    k_lo, k_hi = self._keys(seed)
+    lo = self.run_stage("base", "decode", tokens_lo, mask_lo, cond, uncond, k_lo)
+    hi = None
+    if self.sr is not None:
+      hi = self.run_stage("sr", "decode", tokens_hi, mask_hi, cond, uncond, k_hi, tokens_lo=lo)
+    return self._result(lo, hi)
+
+  def outpaint(self, images, keep_box: Sequence[int], prompts: Sequence[str], *,
+               negative_prompt: Optional[str] = None, seed: int = 0) -> Result:
+    """Regenerates everything outside keep_box = (top, left, bottom, right) in pixels."""
+    size = self.image_size
+    mask = np.asarray(editing.outpaint_pixel_mask(size, size, keep_box))
+    return self.inpaint(images, mask, prompts, negative_prompt=negative_prompt, seed=seed)
+
+  def mask_free_edit(self, images, prompts: Sequence[str], *, mask=None,
+                     negative_prompt: Optional[str] = None, seed: int = 0) -> Result:
+    """Mask-free editing towards `prompts` (Sec. 3.3.2): base tokens first, then SR tokens.
+
+    `mask` (optional, True = editable) restricts which tokens may change.
+    """
+    x = as_float_images(images)
+    batch = x.shape[0]
+    prompts = self._prompts_for(prompts, batch)
+    cond, uncond = self.conditions(prompts, negative_prompt)
+    tokens_lo, tokens_hi = self.encode_image(x)
+    if mask is None:
+      mask_lo = np.ones_like(tokens_lo, bool)
+      mask_hi = None if tokens_hi is None else np.ones_like(tokens_hi, bool)
+    else:
+      mask_lo, mask_hi = self.token_masks(mask, batch)
+    k_lo, k_hi = self._keys(seed)
+    lo = self.run_stage("base", "maskfree", tokens_lo, mask_lo, cond, uncond, k_lo)
+    hi = None
+    if self.sr is not None:
+      hi = self.run_stage("sr", "maskfree", tokens_hi, mask_hi, cond, uncond, k_hi,
+                          tokens_lo=lo)
+    return self._result(lo, hi)
+
+  # --- helpers -----------------------------------------------------------------------------
+
+  @staticmethod
+  def _prompts_for(prompts, batch: int) -> list[str]:
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    prompts = list(prompts)
+    if len(prompts) == 1 and batch > 1:
+      prompts = prompts * batch
+    if len(prompts) != batch:
+      raise ValueError(f"{len(prompts)} prompts for {batch} images; give one or one per image")
+    return prompts
+
+  def _result(self, lo, hi) -> Result:
+    images = self.decode_tokens(lo, hi)
+    return Result(images=images, tokens_lo=np.asarray(lo),
+                  tokens_hi=None if hi is None else np.asarray(hi))
+
+
+def _pad_text(text_and_len, length: int):
+  emb, text_len = text_and_len
+  if emb.shape[1] < length:
+    emb = jnp.pad(emb, ((0, 0), (0, length - emb.shape[1]), (0, 0)))
+  return emb, text_len
+
+
+# Jitted stage functions, shared by pipelines that hold the same model definition (the value
+# keeps the model definition alive, so its id is never reused while cached).
+_STAGE_FNS: dict = {}
+
+
+def _stage_fn(model_def, stage: str, mode: str, opts: dict, mask_id: int):
+  cache_key = (id(model_def), stage, mode, tuple(sorted(opts.items())), mask_id)
+  if cache_key not in _STAGE_FNS:
+    fn = jax.jit(functools.partial(sample_stage, model_def, stage, mode, opts, mask_id))
+    _STAGE_FNS[cache_key] = (model_def, fn)
+  return _STAGE_FNS[cache_key][1]
+
+
+def sample_stage(model_def, stage, mode, opts, mask_id, params, tokens, mask, text, text_len,
+                 utext, ulen, key, tokens_lo):
+  """One transformer stage, traceable (jit it): the context once, then the decoding loop.
+
+  Args:
+    model_def: the stage's FunctionalModel; params: its parameters.
+    stage: 'base' or 'sr'; mode: 'decode' (mask = regenerate) or 'maskfree' (mask = editable).
+    opts: static `parallel_decode.decode` / `editing.mask_free_edit` options.
+    mask_id: the mask token id.
+    tokens, mask: int32 / bool [B, T].
+    text, text_len, utext, ulen: conditional and unconditional text ([B, S, D], [B]).
+    key: PRNG key.
+    tokens_lo: int32 [B, T_lo] low-res tokens (sr only; None for base).
+  Returns:
+    int32 [B, T].
+  """
+  model = model_def.bind(params)
+  if stage == "base":
+    ctx = model.encode_context(text, text_len)
+    uctx = model.encode_context(utext, ulen)
+  else:
+    ctx = model.encode_context(tokens_lo, text, text_len)
+    uctx = model.encode_context(tokens_lo, utext, ulen)
+
+  def logits_fn(t, c):
+    return model.decode(t, c[0], c[1])
+
+  if mode == "decode":
+    return parallel_decode.decode(logits_fn, tokens, ctx, uctx, key, mask_id=mask_id,
+                                  known_mask=~mask, **opts)
+  if mode == "maskfree":
+    return editing.mask_free_edit(logits_fn, tokens, ctx, uctx, key, mask_id=mask_id,
+                                  editable_mask=mask, **opts)
+  raise ValueError(f"mode={mode!r}; use 'decode' or 'maskfree'")
+
+
+def save_images(images: np.ndarray, path: str) -> list[str]:
+  """Writes float [B, H, W, 3] in [0, 1] as PNG: PATH for one image, PATH_<i>.png for more."""
+  from PIL import Image
+  images = np.asarray(images)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  stem, ext = os.path.splitext(path)
+  ext = ext or ".png"
+  paths = [stem + ext] if len(images) == 1 else [f"{stem}_{i}{ext}" for i in range(len(images))]
+  for img, p in zip(images, paths):
+    Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(p)
+  return paths
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  """An RGB image file, center-cropped to a square and resized to size x size; float [0, 1]."""
+  from PIL import Image
+  with Image.open(path) as im:
+    im = im.convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    im = im.resize((size, size), Image.BICUBIC)
+    return np.asarray(im, np.float32) / 255.0
+
+
+def load_mask(path: str, size: int) -> np.ndarray:
+  """A mask image (white = regenerate) cropped like `load_image`, nearest-resized: bool."""
+  from PIL import Image
+  with Image.open(path) as im:
+    im = im.convert("L")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    im = im.resize((size, size), Image.NEAREST)
+    return np.asarray(im) > 127

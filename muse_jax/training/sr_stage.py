@@ -1,0 +1,79 @@
+"""Stage `sr`: the super-resolution masked transformer (Muse Sec. 2.4).
+
+The objective is the base stage's (`MaskedTokenStage`): mask a cosine-distributed fraction of
+the high-res `tokens`, drop the text for `objective.cfg_dropout` of the examples, and minimise
+the cross-entropy on masked positions. The low-res tokens `tokens_lo` are never masked and are
+never dropped: the null condition removes only the text (see muse_jax/models/superres.py).
+
+Batch format (per example): tokens [grid_size**2] int32 (high-res, the target),
+tokens_lo [lowres_grid_size**2] int32, text [text_length, text_dim] float32, text_len [] int32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from muse_jax.config import ConfigError
+from muse_jax.models.superres import SuperResTransformer
+from muse_jax.training.flops import block_forward_flops
+from muse_jax.training.masked_stage import MaskedTokenStage
+from muse_jax.training.stage import Feature
+
+
+def check_superres(m) -> None:
+  """SR-specific checks of `config.model` (beyond `config.check_transformer`)."""
+  for name in ("lowres_grid_size", "lowres_num_layers"):
+    if name not in m:
+      raise ConfigError(f"model.{name} is missing; an sr config starts from "
+                        "configs/common_sr.get_config()")
+    v = m[name]
+    if not isinstance(v, int) or v <= 0:
+      raise ConfigError(f"model.{name}={v!r} must be a positive integer")
+  if m.lowres_grid_size > m.grid_size:
+    raise ConfigError(f"model.lowres_grid_size={m.lowres_grid_size} exceeds "
+                      f"model.grid_size={m.grid_size}; the SR model upsamples")
+  kv = m.lowres_grid_size ** 2 + m.text_length
+  if m.attention == "cudnn" and kv % 64:
+    raise ConfigError(f"cross-attention KV length lowres_grid_size**2 + text_length = {kv}: "
+                      "cuDNN flash attention needs a multiple of 64; or use "
+                      "model.attention=xla")
+
+
+def sr_transformer_train_flops(cfg) -> float:
+  """Forward+backward FLOPs of one example of the SR model (`config.model`)."""
+  t_hi, t_lo, s = cfg.grid_size ** 2, cfg.lowres_grid_size ** 2, cfg.text_length
+  fwd = cfg.lowres_num_layers * block_forward_flops(cfg, t_lo, None)  # low-res encoder
+  fwd += cfg.num_layers * block_forward_flops(cfg, t_hi, t_lo + s)     # high-res decoder
+  fwd += 2 * s * cfg.text_dim * cfg.hidden_size                       # text projection
+  fwd += 2 * t_hi * cfg.hidden_size * cfg.codebook_size               # logits
+  return 3.0 * fwd
+
+
+class SuperResStage(MaskedTokenStage):
+  name = "sr"
+
+  def __init__(self, config, mesh):
+    check_superres(config.model)
+    super().__init__(config, mesh)
+
+  def make_model(self, rngs):
+    return SuperResTransformer(self.config.model, rngs=rngs)
+
+  def apply_model(self, model, inputs, dropout_key):
+    return model(inputs["tokens"], inputs["tokens_lo"], inputs["text"], inputs["text_len"],
+                 dropout_key=dropout_key)
+
+  def features(self):
+    m = self.config.model
+    return {
+        "tokens": Feature((m.grid_size ** 2,), np.int32, ("act_batch", None)),
+        "tokens_lo": Feature((m.lowres_grid_size ** 2,), np.int32, ("act_batch", None)),
+        "text": Feature((m.text_length, m.text_dim), np.float32, ("act_batch", None, None)),
+        "text_len": Feature((), np.int32, ("act_batch",)),
+    }
+
+  def make_source(self, split, process_index, process_count):
+    from muse_jax.data.sources_for_training import make_source
+    return make_source(self, split, process_index, process_count)
+
+  def flops_per_example(self):
+    return sr_transformer_train_flops(self.config.model)
