@@ -66,7 +66,6 @@ def device_events(trace_dir: str):
 def main(_):
   import jax
   import numpy as np
-  from muse_jax.parallel.distributed import global_batch
   from muse_jax.training.loop import Trainer
 
   cfg = FLAGS.config
@@ -74,8 +73,7 @@ def main(_):
   cfg.train.eval_every = 0
   with tempfile.TemporaryDirectory() as tmp:
     t = Trainer(cfg, tmp)
-    batch = global_batch(next(t.train_source), t.batch_sh)
-    state = jax.jit(t.stage.init_state, out_shardings=t.state_sh)(t.init_key)
+    state, batch = t.fresh_state_and_batch()
     step = t.train_step_fn.lower(state, batch, np.int32(0)).compile()
     for i in range(2):
       state, m = step(state, batch, np.int32(i))

@@ -29,7 +29,6 @@ FLAGS = flags.FLAGS
 def main(_):
   import jax
   import numpy as np
-  from muse_jax.parallel.distributed import global_batch
   from muse_jax.training.flops import peak_flops_per_device
   from muse_jax.training.loop import Trainer
 
@@ -39,8 +38,7 @@ def main(_):
   with tempfile.TemporaryDirectory() as tmp:
     t = Trainer(cfg, tmp)
     b = int(cfg.train.batch_size)
-    batch = global_batch(next(t.train_source), t.batch_sh)
-    state = jax.jit(t.stage.init_state, out_shardings=t.state_sh)(t.init_key)
+    state, batch = t.fresh_state_and_batch()
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     compiled = t.train_step_fn.lower(state, batch, np.int32(0)).compile()

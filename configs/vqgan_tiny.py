@@ -14,7 +14,7 @@ def get_config():
       32, base_channels=8, channel_multipliers=(2, 2), max_channels=16, mbstd_group=2,
       dtype="float32")
   c.loss.update(dict(disc_start_step=10, perceptual_dtype="float32"))
-  c.quantizer.update(dict(restart_every=20))
+  c.quantizer.update(dict(restart_every=20, usage_ema_decay=0.9))
   c.optimizer.update(dict(learning_rate=2e-3, warmup_steps=5, weight_decay=0.0))
   c.disc_optimizer.update(dict(learning_rate=2e-3, warmup_steps=5, weight_decay=0.0))
   c.data.image_size = 32

@@ -31,14 +31,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from muse_jax.parallel import distributed
+
 config_flags.DEFINE_config_file("config", None, "Path to a precompute config, e.g. "
                                 "configs/shapes_precompute.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (shards, index, manifest.json).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-flags.DEFINE_string("cpu_collectives", None, "CPU collectives for multi-process CPU runs "
-                    "(gloo).")
+distributed.define_flags()
+flags.adopt_module_key_flags(distributed)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -46,9 +45,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from muse_jax.parallel import distributed
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                         FLAGS.cpu_collectives)
+  distributed.initialize_from_flags()
   from muse_jax.data.precompute import run_precompute
   from muse_jax.parallel.mesh import MeshError
   try:

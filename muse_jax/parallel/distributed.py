@@ -42,6 +42,22 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return True
 
 
+def define_flags() -> None:
+  """The multi-process flags shared by the entry points (train, precompute, demo)."""
+  from absl import flags
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+  flags.DEFINE_string("cpu_collectives", None,
+                      "CPU collectives for multi-process CPU runs (gloo).")
+
+
+def initialize_from_flags() -> bool:
+  from absl import flags
+  f = flags.FLAGS
+  return initialize(f.coordinator_address, f.num_processes, f.process_id, f.cpu_collectives)
+
+
 def global_batch(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
   """Process-local numpy rows -> global jax.Arrays laid out by `shardings` (batch dim 0)."""
   return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))

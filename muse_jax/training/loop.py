@@ -144,6 +144,12 @@ class Trainer:
     self.train_source.set_state(data_state)
     return state, latest
 
+  def fresh_state_and_batch(self):
+    """A newly initialised state and the first global batch (for benchmarks and profiling)."""
+    batch = global_batch(next(self.train_source), self.batch_sh)
+    state = jax.jit(self.stage.init_state, out_shardings=self.state_sh)(self.init_key)
+    return state, batch
+
   def compile(self):
     """Ahead-of-time compile of the train step (catches OOMs before any data is read)."""
     b = int(self.config.train.batch_size)
