@@ -39,30 +39,30 @@ def wait_for_step(workdir, step, proc, timeout=240):
   raise AssertionError("timed out waiting for training progress")
 
 
-STEPS = ["--config.train.num_steps=400", "--config.checkpoint.every_steps=25",
-         "--config.train.log_every=400", "--config.train.eval_every=0"]
+STEPS = ["--config.train.num_steps=200", "--config.checkpoint.every_steps=20",
+         "--config.train.log_every=200", "--config.train.eval_every=0"]
 
 
 def test_resume_after_sigkill_is_exact(tmp_path):
   full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
   proc = subprocess.Popen(train_cmd(killed, *STEPS), cwd=REPO, env=cli_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  wait_for_step(killed, 60, proc)
+  wait_for_step(killed, 50, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps_at_kill = Checkpointer(os.path.join(killed, "checkpoints"),
                                tiny_config().checkpoint).all_steps()
-  assert steps_at_kill and max(steps_at_kill) < 400, steps_at_kill
+  assert steps_at_kill and max(steps_at_kill) < 200, steps_at_kill
   resumed = run_cli(killed, *STEPS)
   assert f"Resuming from step {max(steps_at_kill)}" in resumed.stdout
   run_cli(full, *STEPS)
-  a, a_data = restore_params(killed, 400)
-  b, b_data = restore_params(full, 400)
-  assert a_data == b_data == {"position": 400}
+  a, a_data = restore_params(killed, 200)
+  b, b_data = restore_params(full, 200)
+  assert a_data == b_data == {"position": 200}
   for k in b:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   la, lb = read_metrics(killed), read_metrics(full)
-  assert [r["step"] for r in la] == list(range(1, 401))
+  assert [r["step"] for r in la] == list(range(1, 201))
   np.testing.assert_array_equal([r["loss"] for r in la], [r["loss"] for r in lb])
 
 

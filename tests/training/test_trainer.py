@@ -49,7 +49,8 @@ def test_tiny_model_overfits_a_fixed_batch(tmp_path):
   assert np.mean(losses[-10:]) < np.mean(losses[:5]) / 8
 
 
-@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=4, tensor=2)])
+# (fsdp=4 x tensor=2 is covered by test_restore_onto_a_different_mesh)
+@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_training_matches_one_device(tmp_path, mesh):
   def run(name, mesh_cfg, devices):
     c = tiny_config(num_steps=4, batch_size=8, grad_accum=2, ema_decay=0.9)
