@@ -24,8 +24,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m muse_jax.train --config=configs/tiny.py --workdir=demo_out/base_tiny \
-	  --config.train.num_steps=100
+	$(VENV)/bin/python -m muse_jax.demo --config=configs/demo_cpu.py --workdir=demo_out
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -1,0 +1,113 @@
+"""The end-to-end demo on the shapes dataset, sized for 2 CPU cores (<= 15 minutes).
+
+COMMAND: python -m muse_jax.demo --config=configs/demo_cpu.py --workdir=demo_out
+         (= `make demo`)
+Trains an f4 VQGAN tokenizer on 64px shapes images, precomputes tokens (32px -> 8x8 for the
+base stage, 64px -> 16x16 for SR) and random tiny-T5 caption embeddings, trains the base and
+SR transformers, then writes demo_out/samples_train.png, samples_heldout.png, inpaint.png,
+outpaint.png, maskfree.png and metrics.json (detector accuracy per attribute on train-like and
+held-out captions, with and without CFG; stage timings; configs). Rerun to resume.
+
+Sections: `vqgan`, `precompute`, `base`, `sr` are full stage configs (override any key, e.g.
+--config.base.train.num_steps=600); the keys that link stages (tokenizer weights and
+resolutions, data paths, codebook size, token grids, text width/length) are set by
+muse_jax.demo. `sampling` is configs/common_sampling.py; `eval` and `edits` are the demo's.
+"""
+import ml_collections
+
+from configs import common, common_data, common_sampling, common_sr, common_t5, common_vqgan
+
+
+def vqgan_config():
+  """f4 tiny tokenizer: L2 reconstruction, no GAN (flat shapes need none; it halves the step)."""
+  c = common_vqgan.get_config()
+  c.model = common_vqgan.vqgan_model("tiny", codebook_size=256, latent_channels=8)
+  c.discriminator = common_vqgan.discriminator(
+      64, base_channels=8, channel_multipliers=(2, 2), max_channels=16, mbstd_group=2,
+      dtype="float32")
+  # L2: the few object pixels dominate the gradient (with L1 the tokenizer first learns to
+  # draw only background). disc_start_step beyond num_steps: the discriminator never runs.
+  c.loss.update(dict(reconstruction="l2", disc_start_step=1_000_000, perceptual_dtype="float32"))
+  # Background patches dominate, so codes die fast: short usage memory, frequent restarts.
+  c.quantizer.update(dict(usage_ema_decay=0.9, restart_every=10))
+  c.optimizer.update(dict(learning_rate=3e-3, warmup_steps=10, weight_decay=0.0))
+  c.disc_optimizer.update(dict(learning_rate=1e-3, warmup_steps=10, weight_decay=0.0))
+  c.data.update(dict(source="shapes", image_size=64))
+  c.train.update(dict(batch_size=16, num_steps=250, log_every=25, eval_every=0,
+                      image_grid_every=0))
+  c.checkpoint.update(dict(every_steps=50, keep=1))
+  return c
+
+
+def precompute_config():
+  c = ml_collections.ConfigDict()
+  c.data = common_data.data_config()
+  c.data.source = "shapes"
+  c.data.shapes.update(dict(num_train=4096, num_heldout=256))
+  c.data.num_workers = 1
+  # model / weights / resolution of both tokenizer sections are set by muse_jax.demo.
+  section = lambda: ml_collections.ConfigDict(dict(  # noqa: E731
+      model=common_vqgan.vqgan_model("tiny"), weights="", resolution=0, seed=0))
+  c.tokenizer = section()
+  c.sr_tokenizer = section()
+  # A random-init tiny T5 (seeded): deterministic random features of the caption tokens.
+  c.text_encoder = common_t5.text_encoder_config("tiny")
+  c.text_encoder.update(dict(max_length=32, dtype="float32", param_dtype="float32",
+                             output_dtype="float32", weights_format="random"))
+  c.precompute = ml_collections.ConfigDict(dict(
+      splits=("train", "heldout"), batch_size=128, examples_per_shard=1024, log_every=16,
+      spiece_vocab_size=64, spiece_corpus_size=2000))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1,
+                                          rules=common.DEFAULT_RULES))
+  return c
+
+
+def _token_stage(c, *, batch_size, num_steps, learning_rate):
+  c.optimizer.update(dict(name="adamw", learning_rate=learning_rate, warmup_steps=20,
+                          weight_decay=0.0, end_lr_fraction=0.05))
+  c.data.update(dict(source="precomputed", reader="numpy", shuffle_buffer=4096))
+  c.train.update(dict(batch_size=batch_size, num_steps=num_steps, log_every=25,
+                      eval_every=num_steps, eval_batches=2))
+  c.checkpoint.update(dict(every_steps=100, keep=1))
+  return c
+
+
+def base_config():
+  c = common.get_config("base")
+  # codebook_size, grid_size, text_dim, text_length: set by muse_jax.demo.
+  c.model.update(dict(hidden_size=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=512,
+                      dtype="float32", attention="xla"))
+  return _token_stage(c, batch_size=64, num_steps=250, learning_rate=2e-3)
+
+
+def sr_config():
+  c = common_sr.get_config()
+  c.model.update(dict(hidden_size=64, num_layers=2, lowres_num_layers=1, num_heads=4,
+                      head_dim=16, mlp_dim=256, dtype="float32", attention="xla"))
+  return _token_stage(c, batch_size=32, num_steps=150, learning_rate=2e-3)
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.image_size = 64    # SR output side: the tokenizer trains here and the detector reads it
+  c.lowres_size = 32   # base output side
+  c.png_scale = 2      # PNGs are upscaled (nearest) by this factor for viewing
+  c.vqgan = vqgan_config()
+  c.precompute = precompute_config()
+  c.base = base_config()
+  c.sr = sr_config()
+  c.sampling = common_sampling.get_sampling_config()
+  # guidance_scale / sr_guidance_scale are the `cfg` setting of the metrics (`no_cfg`: 0).
+  c.sampling.update(dict(base_steps=12, sr_steps=6, guidance_scale=3.0, sr_guidance_scale=3.0))
+  c.sampling.editing.mask_free_iterations = 24
+  c.eval = ml_collections.ConfigDict(dict(
+      num_captions=64,        # per split (train-like, held-out)
+      batch_size=64,          # sampling batch
+      caption_seed_offset=1,  # eval scenes: shapes seed = seed + this
+      grid_images=32,         # images in samples_<split>.png
+      grid_columns=8,
+      rng_impl="",            # '' = JAX default PRNG
+  ))
+  c.edits = ml_collections.ConfigDict(dict(png_scale=4))
+  return c

@@ -1,0 +1,95 @@
+"""The end-to-end demo (muse_jax.demo) with a micro config: every stage, outputs, resume."""
+import io
+import json
+import os
+import sys
+
+import pytest
+
+from configs import demo_cpu, demo_gpu
+from muse_jax import demo
+from muse_jax.config import validate
+
+
+def micro_config():
+  """demo_cpu shrunk to a few steps per stage: 16px base / 32px SR, tiny models."""
+  c = demo_cpu.get_config()
+  c.image_size, c.lowres_size = 32, 16
+  c.png_scale = 1
+  c.vqgan.train.update(dict(batch_size=8, num_steps=3, log_every=1))
+  c.vqgan.checkpoint.every_steps = 2
+  c.precompute.data.shapes.update(dict(num_train=48, num_heldout=16))
+  c.precompute.precompute.update(dict(batch_size=16, examples_per_shard=32,
+                                      spiece_corpus_size=200))
+  for name in ("base", "sr"):
+    s = c[name]
+    s.model.update(dict(hidden_size=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64))
+    s.train.update(dict(batch_size=8, num_steps=3, log_every=1, eval_every=0))
+    s.checkpoint.every_steps = 2
+  c.sr.model.lowres_num_layers = 1
+  c.sampling.update(dict(base_steps=2, sr_steps=2))
+  c.sampling.editing.mask_free_iterations = 2
+  # Batch 1: the guided sampler compiled for the metrics is reused by in/outpainting.
+  c.eval.update(dict(num_captions=2, batch_size=1, grid_images=2, grid_columns=2))
+  c.edits.png_scale = 1
+  return c
+
+
+def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
+  # The demo path must run where TensorFlow is not installed (GPU machines): any import of it
+  # from here on fails.
+  monkeypatch.setitem(sys.modules, "tensorflow", None)
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+  workdir = str(tmp_path / "demo")
+  out = io.StringIO()
+  metrics = demo.Demo(micro_config(), workdir, stream=out, argv=["demo"]).run()
+  log = out.getvalue()
+  for stage in demo.STAGES:
+    assert f" {stage}]" in log, stage
+
+  for name in ("samples_train.png", "samples_heldout.png", "inpaint.png", "outpaint.png",
+               "maskfree.png", "metrics.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    saved = json.load(f)
+  assert saved["accuracy"] == metrics["accuracy"]
+  for split in ("train", "heldout"):
+    for mode in ("cfg", "no_cfg"):
+      acc = saved["accuracy"][split][mode]
+      assert set(acc) == {"count", "colour", "shape", "position", "overall", "num_examples"}
+      assert acc["num_examples"] == 2
+      assert all(0.0 <= acc[k] <= 1.0 for k in ("count", "colour", "shape", "position"))
+    assert len(saved["samples"][split]["grid_captions"]) == 2
+    assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
+  assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
+  assert set(saved["stage_seconds"]) >= set(demo.STAGES) - {"report"}
+  assert saved["training"]["base"]["steps"] == 3
+  assert "loss_first" in saved["training"]["sr"] and "loss_last" in saved["training"]["tokenizer"]
+  assert saved["configs"]["base"]["model"]["grid_size"] == 4      # 16 px / f4
+  assert saved["configs"]["sr"]["model"]["lowres_grid_size"] == 4
+  assert saved["configs"]["sr"]["model"]["grid_size"] == 8        # 32 px / f4
+
+  # Rerunning skips every finished stage and leaves the results as they were.
+  out = io.StringIO()
+  again = demo.Demo(micro_config(), workdir, stream=out, argv=["demo"]).run()
+  log = out.getvalue()
+  for stage in ("tokenizer", "precompute", "base", "sr", "samples", "edits"):
+    assert f"{stage}] finished already" in log, (stage, log)
+  assert "Starting a new run" not in log and "compiled and ran" not in log
+  assert again["accuracy"] == metrics["accuracy"]
+  assert again["stage_seconds"]["base"] == metrics["stage_seconds"]["base"]
+
+
+@pytest.mark.parametrize("module", [demo_cpu, demo_gpu])
+def test_demo_configs_link_the_stages(module, tmp_path):
+  cfgs = demo.stage_configs(module.get_config(), str(tmp_path))
+  for name in ("tokenizer", "base", "sr"):
+    validate(cfgs[name])
+  f = 2 ** (len(cfgs["tokenizer"].model.block_out_channels) - 1)
+  assert cfgs["precompute"].tokenizer.resolution == cfgs["base"].model.grid_size * f
+  assert cfgs["precompute"].sr_tokenizer.resolution == cfgs["sr"].model.grid_size * f
+  assert cfgs["sr"].model.lowres_grid_size == cfgs["base"].model.grid_size
+  assert cfgs["base"].data.reader == cfgs["sr"].data.reader == "numpy"  # no TensorFlow
+  if module is demo_gpu:  # cuDNN flash attention takes the cross-attention keys
+    assert cfgs["base"].model.text_length % 64 == 0
+    assert (cfgs["sr"].model.lowres_grid_size ** 2 + cfgs["sr"].model.text_length) % 64 == 0
