@@ -583,21 +583,10 @@ def main(argv):
   FLAGS = flags.FLAGS
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  from muse_jax.config import ConfigError
-  from muse_jax.parallel.mesh import MeshError
+  from muse_jax.cli import run_or_exit
   from muse_jax.sampling.checkpoints import MissingCheckpoint
-  from muse_jax.training.loop import NonFiniteLoss, Preempted
-  try:
-    Demo(FLAGS.config, FLAGS.workdir, argv=sys.argv).run()
-  except (ConfigError, MeshError, MissingCheckpoint) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except NonFiniteLoss as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
+  run_or_exit(lambda: Demo(FLAGS.config, FLAGS.workdir, argv=sys.argv).run(),
+              user_errors=(MissingCheckpoint,))
 
 
 if __name__ == "__main__":

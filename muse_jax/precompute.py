@@ -26,7 +26,6 @@ Multi-process: jax.distributed is initialised from --coordinator_address/--num_p
 DIR must be shared by all processes.
 """
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -46,13 +45,10 @@ def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
   distributed.initialize_from_flags()
+  from muse_jax.cli import run_or_exit
   from muse_jax.data.precompute import run_precompute
-  from muse_jax.parallel.mesh import MeshError
-  try:
-    run_precompute(FLAGS.config, FLAGS.workdir)
-  except (MeshError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  run_or_exit(lambda: run_precompute(FLAGS.config, FLAGS.workdir),
+              user_errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Multi-process: jax.distributed is initialised from --coordinator_address/--num_p
 --process_id, the JAX_COORDINATOR_ADDRESS environment variable, or the cluster (SLURM, TPU pods).
 """
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,22 +36,16 @@ def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
   distributed.initialize_from_flags()
-  from muse_jax.config import ConfigError, validate
-  from muse_jax.parallel.mesh import MeshError
-  from muse_jax.training.loop import NonFiniteLoss, Preempted, train
+  from muse_jax.cli import run_or_exit
+  from muse_jax.config import validate
+  from muse_jax.training.loop import train
   config = FLAGS.config
-  try:
+
+  def run():
     validate(config)
     train(config, FLAGS.workdir)
-  except (ConfigError, MeshError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except NonFiniteLoss as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
+
+  run_or_exit(run)
 
 
 if __name__ == "__main__":
