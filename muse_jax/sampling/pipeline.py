@@ -565,25 +565,24 @@ def save_images(images: np.ndarray, path: str) -> list[str]:
   return paths
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-  """An RGB image file, center-cropped to a square and resized to size x size; float [0, 1]."""
+def _load_square(path: str, size: int, mode: str, resample) -> np.ndarray:
+  """An image file converted to `mode`, center-cropped to a square, resized to size x size."""
   from PIL import Image
   with Image.open(path) as im:
-    im = im.convert("RGB")
+    im = im.convert(mode)
     w, h = im.size
     s = min(w, h)
     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    im = im.resize((size, size), Image.BICUBIC)
-    return np.asarray(im, np.float32) / 255.0
+    return np.asarray(im.resize((size, size), resample))
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  """An RGB image file, center-cropped to a square and resized to size x size; float [0, 1]."""
+  from PIL import Image
+  return _load_square(path, size, "RGB", Image.BICUBIC).astype(np.float32) / 255.0
 
 
 def load_mask(path: str, size: int) -> np.ndarray:
   """A mask image (white = regenerate) cropped like `load_image`, nearest-resized: bool."""
   from PIL import Image
-  with Image.open(path) as im:
-    im = im.convert("L")
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    im = im.resize((size, size), Image.NEAREST)
-    return np.asarray(im) > 127
+  return _load_square(path, size, "L", Image.NEAREST) > 127
