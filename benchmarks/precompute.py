@@ -2,12 +2,18 @@
 
   python benchmarks/precompute.py                                # shapes_precompute, 512 images
   python benchmarks/precompute.py --num=2048 --batch=64 --workdir=/tmp/bench_pre
+  python benchmarks/precompute.py --full --num=4096 --batch=128   # GPU: full-size models
+  python benchmarks/precompute.py --parts --batch=128 --workers=12  # GPU: where the time goes
   taskset -c 0,1 python benchmarks/precompute.py --input_only --workdir=/tmp/bench_pre
 
 Prints examples/s for
   precompute   configs/shapes_precompute.py (64 px, tiny random f8 VQ + tiny T5) on the local
                devices, after model construction and the first (compiling) batch; this is
-               rendering + tokenizer + T5 + record encoding + writing
+               rendering + tokenizer + T5 + record encoding + writing.
+               --full: the paper's sizes with random bf16 weights instead: T5-XXL (128
+               tokens, cuDNN attention), f16 VQ at 256 px (16x16 tokens) and the f8 SR
+               tokenizer at 512 px (64x64 tokens); shapes rendered on --workers threads.
+               The input benchmarks are skipped (they need TensorFlow).
   input/tf     the tf.data reader (shuffle, parse, pad, batch) of the train split, batches of
                --train_batch rows, after the first batch (pipeline start-up)
   input/numpy  the in-memory numpy reader (loading the records is reported separately)
@@ -26,13 +32,67 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs import common_t5, common_vqgan  # pylint: disable=g-import-not-at-top
 from configs import shapes_base_tiny, shapes_precompute  # pylint: disable=g-import-not-at-top
 from muse_jax.data import input_pipeline, precompute  # pylint: disable=g-import-not-at-top
 from muse_jax.training.base_stage import BaseStage  # pylint: disable=g-import-not-at-top
 
 
-def bench_precompute(workdir: str, num: int, batch: int) -> None:
+def full_size_config(workers: int):
+  """shapes_precompute with the paper's model sizes (random bf16 weights)."""
   c = shapes_precompute.get_config()
+  c.tokenizer = shapes_precompute.tokenizer_section(256)
+  c.tokenizer.model = common_vqgan.vqgan_model("f16")
+  c.sr_tokenizer = shapes_precompute.tokenizer_section(512, seed=1)
+  c.sr_tokenizer.model = common_vqgan.vqgan_model("f8")
+  c.text_encoder = common_t5.text_encoder_config("xxl")
+  c.text_encoder.attention = "cudnn"
+  c.data.num_workers = workers
+  return c
+
+
+def bench_parts(c, batch: int, workers: int, reps: int = 5) -> None:
+  """examples/s of each part of precompute on its own: rendering, each model, all models."""
+  import concurrent.futures
+  import jax
+  import numpy as np
+  from muse_jax.data import shapes
+  res = (int(c.tokenizer.resolution), int(c.sr_tokenizer.resolution))
+  t0 = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    examples = list(pool.map(lambda i: shapes.generate(i, "train", 0, resolution=res),
+                             range(4 * batch)))
+  print(f"  render {res} px on {workers} threads: "
+        f"{4 * batch / (time.perf_counter() - t0):.1f} examples/s", flush=True)
+  examples = examples[:batch]
+  lo = np.stack([e.image[res[0]] for e in examples])
+  hi = np.stack([e.image[res[1]] for e in examples])
+  captions = [e.caption for e in examples]
+  spiece = os.path.join(tempfile.mkdtemp(), "spiece.model")
+  with open(spiece, "wb") as f:
+    f.write(precompute.train_spiece_model(
+        [shapes.generate(i, "train", 0, resolution=16).caption for i in range(2000)],
+        int(c.precompute.spiece_vocab_size)))
+  t0 = time.perf_counter()
+  models = precompute.build_models(c, _mesh(c), spiece)
+  print(f"  models built in {time.perf_counter() - t0:.1f}s", flush=True)
+  tok = models.text_encoder.tokenize(captions)
+  parts = {
+      f"vq f16 encode {res[0]}px": lambda: models.tokenizer.encode(lo),
+      f"vq f8 encode {res[1]}px": lambda: models.sr_tokenizer.encode(hi),
+      "t5-xxl encode (tokenized)": lambda: models.text_encoder.encode_tokens(tok.ids, tok.mask),
+      "all models (Models.run)": lambda: models.run(lo, hi, captions),
+  }
+  for name, fn in parts.items():
+    jax.block_until_ready(fn())
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      jax.block_until_ready(fn())
+    print(f"  {name}: {reps * batch / (time.perf_counter() - t0):.1f} examples/s "
+          f"(batch {batch})", flush=True)
+
+
+def bench_precompute(c, workdir: str, num: int, batch: int) -> None:
   c.data.shapes.update(dict(num_train=num, num_heldout=batch))
   c.precompute.update(dict(batch_size=batch, examples_per_shard=max(num // 4, batch),
                            log_every=10_000))
@@ -90,10 +150,22 @@ def main():
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--workdir", default="")
   p.add_argument("--input_only", action="store_true")
+  p.add_argument("--full", action="store_true",
+                 help="full-size random models (T5-XXL, f16@256, f8@512); see above")
+  p.add_argument("--workers", type=int, default=8, help="rendering threads with --full")
+  p.add_argument("--parts", action="store_true",
+                 help="with the --full models: time rendering, each model and all models "
+                      "separately, then stop")
   args = p.parse_args()
   workdir = args.workdir or tempfile.mkdtemp()
+  if args.parts:
+    bench_parts(full_size_config(args.workers), args.batch, args.workers)
+    return
   if not args.input_only:
-    bench_precompute(workdir, args.num, args.batch)
+    c = full_size_config(args.workers) if args.full else shapes_precompute.get_config()
+    bench_precompute(c, workdir, args.num, args.batch)
+  if args.full:
+    return
   for reader in ("tf", "numpy"):
     bench_input(workdir, reader, args.train_batch, args.steps)
 

@@ -66,6 +66,11 @@ def parse_args(argv=None):
   p.add_argument("--rng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),
                  help="PRNG implementation of the sampling keys")
   p.add_argument("--param_dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  p.add_argument("--unroll_loop", action="store_true",
+                 help="unroll the decoding step loop (sampling.unroll_loop)")
+  p.add_argument("--profile", default="",
+                 help="trace dir: also profile 3 calls of each row's sampler and print its "
+                      "kernel count, summed kernel time and the idle gap per call")
   return p.parse_args(argv)
 
 
@@ -156,6 +161,32 @@ def timed(fn, *args, runs: int, warmup: int):
   return compile_s, statistics.median(times), compiled
 
 
+def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int = 3,
+                  top: int = 25):
+  """Prints kernels per call, their summed time, the rest of the latency (idle gaps) and the
+  `top` kernels by time (ms per call, launches per call, us per launch)."""
+  import collections
+  import jax
+  from benchmarks.trace_summary import category, device_events
+  with jax.profiler.trace(trace_dir):
+    for _ in range(calls):
+      jax.block_until_ready(compiled(*args))
+  by_cat, by_name, count, n = (collections.Counter(), collections.Counter(),
+                               collections.Counter(), 0)
+  for name, dur in device_events(trace_dir):
+    by_cat[category(name)] += dur / calls
+    by_name[name] += dur / calls
+    count[name] += 1
+    n += 1
+  busy_ms = sum(by_cat.values()) / 1e3
+  print(f"    profile: {n / calls:.0f} kernels/call, kernel time {busy_ms:.1f} ms of "
+        f"{1e3 * latency_s:.1f} ms latency (idle/launch gaps {1e3 * latency_s - busy_ms:.1f} "
+        "ms); " + ", ".join(f"{c} {d / 1e3:.1f}" for c, d in by_cat.most_common()), flush=True)
+  for name, dur in by_name.most_common(top):
+    print(f"      {dur / 1e3:7.3f} ms {count[name] // calls:5d}x {dur / max(count[name] // calls, 1):6.1f}"
+          f" us  [{category(name)}] {name[:90]}", flush=True)
+
+
 def n_params(tree) -> int:
   import jax
   import numpy as np
@@ -207,7 +238,8 @@ def run_row(spec: RowSpec, args):
   base_def, base_params = init(spec.base, jax.random.fold_in(k_init, 0))
   bm = spec.base.model
   opts = dict(schedule="cosine", guidance_scale=args.guidance, guidance_schedule="linear",
-              temperature=1.0, choice_temperature=parallel_decode.DEFAULT_CHOICE_TEMPERATURE)
+              temperature=1.0, choice_temperature=parallel_decode.DEFAULT_CHOICE_TEMPERATURE,
+              unroll=args.unroll_loop)
   base_opts = dict(opts, num_steps=spec.base_steps)
   sr_def = sr_params = None
   if spec.sr is not None:
@@ -268,6 +300,10 @@ def run_row(spec: RowSpec, args):
   ids = jax.random.randint(k_text, (b, last_grid ** 2), 0, last_cb, jnp.int32)
   _, vq_s, _ = timed(jax.jit(vq_decode), vq_params, ids, runs=args.runs, warmup=args.warmup)
   row.update(compile_s=c_s, latency_s=lat, vq_s=vq_s, images_per_s=b / lat)
+  if args.profile:
+    profile_calls(compiled, inputs if not spec.vq_in_latency else
+                  (base_params, sr_params, vq_params) + inputs[2:],
+                  os.path.join(args.profile, spec.name), lat)
 
   # One guided forward (2B rows on a precomputed context) of the stage that dominates.
   fwd_def, fwd_params, fwd_cfg, is_sr = ((sr_def, sr_params, spec.sr, True)

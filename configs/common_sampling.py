@@ -32,6 +32,9 @@ def get_sampling_config() -> ml_collections.ConfigDict:
   # Gumbel noise on confidences, annealed linearly to 0 (MaskGIT default 4.5).
   c.choice_temperature = 4.5
   c.top_k = config_dict.placeholder(int)  # None = full distribution.
+  # Unroll the decoding loop into straight-line code (base/SR decode; not mask-free editing):
+  # longer compiles, no per-step loop round trip. See benchmarks/sample.py for its effect.
+  c.unroll_loop = False
   c.negative_prompt = ""  # Empty: the unconditional branch uses the null condition.
 
   # Zero-shot editing (Muse Sec. 3.3).

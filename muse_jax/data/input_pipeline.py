@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from muse_jax.data import records
-from muse_jax.data.precompute import read_manifest
+from muse_jax.data.precompute_manifest import read_manifest
 from muse_jax.training.stage import BatchSource, Feature
 
 log = logging.getLogger(__name__)

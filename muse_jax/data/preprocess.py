@@ -30,7 +30,7 @@ import threading
 import unicodedata
 import warnings
 import zlib
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -126,13 +126,18 @@ class PreprocessOptions:
 class RawExample:
   """One record from a source. Exactly one of `image_bytes` (encoded file), `image_array`
   (decoded HxW[xC] array) or `images` ({resolution: uint8 HxWx3}, already final) is set, unless
-  the source hit a problem, then `error` is a skip reason."""
+  the source hit a problem, then `error` is a skip reason.
+
+  A source may instead defer the work: `load()` returns the real RawExample and runs in the
+  preprocessing worker thread, not in the source's iterator (e.g. drawing a shapes scene).
+  """
   id: str
   caption: str | bytes | None
   image_bytes: bytes | None = None
   image_array: np.ndarray | None = None
   images: dict[int, np.ndarray] | None = None
   error: str | None = None
+  load: Callable[[], "RawExample"] | None = None
 
 
 # --- Captions -------------------------------------------------------------------------------
@@ -278,6 +283,8 @@ def _crop_rng(options: PreprocessOptions, example_id: str) -> np.random.Generato
 
 def process_example(raw: RawExample, options: PreprocessOptions) -> tuple[dict, bool]:
   """({'id', 'image': {res: uint8 HxWx3}, 'caption'}, caption_truncated); raises SkipExample."""
+  if raw.load is not None:
+    raw = raw.load()
   if raw.error is not None:
     raise SkipExample(raw.error)
   caption, truncated = normalize_caption(raw.caption, options.max_caption_chars)

@@ -143,8 +143,31 @@ def _chunk_size(max_len: int) -> int:
   return m
 
 
-def crc32c_many(buffers: Iterable[bytes]) -> np.ndarray:
-  """CRC32C of each buffer, [n] uint32, vectorised over buffers and over chunks of each.
+def _native_crc32c():
+  """google_crc32c's C (SSE4.2) implementation, or None where it is not installed."""
+  try:
+    import google_crc32c
+  except ImportError:
+    return None
+  return google_crc32c.value if google_crc32c.implementation == "c" else None
+
+
+_NATIVE_CRC32C = _native_crc32c()
+
+
+def crc32c_many(buffers: Iterable[bytes], native: bool = True) -> np.ndarray:
+  """CRC32C of each buffer, [n] uint32.
+
+  With `native` and google-crc32c's C extension installed (requirements.txt), each buffer
+  goes through it (GB/s); otherwise the numpy version below runs (~40 MB/s on one core).
+  """
+  if native and _NATIVE_CRC32C is not None:
+    return np.array([_NATIVE_CRC32C(b) for b in buffers], np.uint32)
+  return _crc32c_numpy(buffers)
+
+
+def _crc32c_numpy(buffers: Iterable[bytes]) -> np.ndarray:
+  """CRC32C of each buffer, vectorised over buffers and over chunks of each (numpy only).
 
   Uses linearity: the register after `~0, data` equals the one after `0, data'` where data'
   has its first 4 bytes inverted, and leading zero bytes do not move a zero register. So each

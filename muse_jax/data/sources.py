@@ -22,6 +22,7 @@ sources work where TensorFlow is not installed.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Iterator, Protocol, Sequence
@@ -60,9 +61,14 @@ class ShapesSource:
                                         two_group_prob)
 
   def raw_examples(self, process_index=0, process_count=1):
+    """Deferred records: each scene is drawn by the preprocessing worker that takes it."""
     _check_shard(process_index, process_count)
-    for ex in self.dataset.shard(process_index, process_count):
-      yield RawExample(ex.id, ex.caption, images=ex.image)
+    for i in preprocess.shard_indices(len(self.dataset), process_index, process_count):
+      yield RawExample(f"shapes-index-{i}", None, load=functools.partial(self._load, i))
+
+  def _load(self, index: int) -> RawExample:
+    ex = self.dataset[index]
+    return RawExample(ex.id, ex.caption, images=ex.image)
 
 
 def _get_path(features: Any, key: str) -> Any:

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from muse_jax.data import shapes
+from muse_jax.data import shapes_grammar as grammar
 from muse_jax.evaluation import detector
 
 METRICS = detector.ATTRIBUTES + ("overall",)
@@ -26,12 +27,12 @@ def evaluate(images: Iterable[np.ndarray], captions: Sequence[str],
 
   Returns {'count', 'colour', 'shape', 'position', 'overall': accuracy in [0, 1],
   'num_examples': n}. Raises ValueError if the lengths differ or there are no examples, and
-  shapes.CaptionParseError for a caption outside the shapes grammar.
+  shapes_grammar.CaptionParseError for a caption outside the shapes grammar.
   """
   captions = list(captions)
   if hasattr(images, "__len__") and len(images) != len(captions):
     raise ValueError(f"got {len(images)} images for {len(captions)} captions")
-  scenes = [shapes.parse_caption(c) for c in captions]
+  scenes = [grammar.parse_caption(c) for c in captions]
   totals = {m: 0 for m in METRICS}
   n = 0
   for image, scene in zip(images, scenes, strict=False):

@@ -14,7 +14,7 @@ Pipeline (numpy + scipy.ndimage, no learned parts, so it can judge generated sam
    square, triangle and cross rasterised into that box; the best match wins. Position is the
    bounding-box centre, as in the generator.
 5. Objects are grouped by (colour, shape); one group gets a position word, two groups a relation
-   word, by the same rules the generator enforces (`shapes.classify_position/relation`).
+   word, by the same rules the generator enforces (`shapes_grammar.classify_position/relation`).
 
 `score(image, caption)` gives per-attribute correctness (count, colour, shape, position) and
 `overall` (all four); see `score` for the exact definitions.
@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from muse_jax.data import shapes
+from muse_jax.data import shapes_grammar as grammar
 
-_PALETTE_NAMES = tuple(shapes.COLOURS)
-_PALETTE = np.array([shapes.COLOURS[c] for c in _PALETTE_NAMES], np.float32)
+_PALETTE_NAMES = tuple(grammar.COLOURS)
+_PALETTE = np.array([grammar.COLOURS[c] for c in _PALETTE_NAMES], np.float32)
 ATTRIBUTES = ("count", "colour", "shape", "position")
 
 
@@ -47,7 +47,7 @@ class DetectedObject:
 
 @dataclasses.dataclass(frozen=True)
 class DetectedGroup:
-  group: shapes.Group
+  group: grammar.Group
   cx: float  # mean object centre
   cy: float
 
@@ -55,7 +55,7 @@ class DetectedGroup:
 def _templates(h: int, w: int) -> dict[str, np.ndarray]:
   v = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / h
   u = (np.arange(w, dtype=np.float32)[None, :] + 0.5) / w
-  arm = shapes.CROSS_ARM / 2
+  arm = grammar.CROSS_ARM / 2
   return {
       "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
       "square": np.ones((h, w), bool),
@@ -144,7 +144,7 @@ def group_objects(objects: list[DetectedObject]) -> list[DetectedGroup]:
   by_pair: dict[tuple[str, str], list[DetectedObject]] = {}
   for o in objects:
     by_pair.setdefault((o.colour, o.shape), []).append(o)
-  groups = [DetectedGroup(shapes.Group(len(objs), c, s),
+  groups = [DetectedGroup(grammar.Group(len(objs), c, s),
                           float(np.mean([o.cx for o in objs])),
                           float(np.mean([o.cy for o in objs])))
             for (c, s), objs in by_pair.items()]
@@ -152,17 +152,17 @@ def group_objects(objects: list[DetectedObject]) -> list[DetectedGroup]:
   return groups
 
 
-def read_scene(image: np.ndarray, min_area_frac: float = 0.002) -> shapes.Scene:
+def read_scene(image: np.ndarray, min_area_frac: float = 0.002) -> grammar.Scene:
   """What the image shows, as a `Scene` (position/relation only for 1 or 2 groups)."""
   groups = group_objects(detect_objects(image, min_area_frac))
   if len(groups) == 1:
     g = groups[0]
-    return shapes.Scene((g.group,), position=shapes.classify_position(g.cx, g.cy))
+    return grammar.Scene((g.group,), position=grammar.classify_position(g.cx, g.cy))
   if len(groups) == 2:
     a, b = groups
-    return shapes.Scene((a.group, b.group),
-                        relation=shapes.classify_relation((a.cx, a.cy), (b.cx, b.cy)))
-  return shapes.Scene(tuple(g.group for g in groups))
+    return grammar.Scene((a.group, b.group),
+                         relation=grammar.classify_relation((a.cx, a.cy), (b.cx, b.cy)))
+  return grammar.Scene(tuple(g.group for g in groups))
 
 
 def _score_assignment(caption_groups, detected, assignment, scene, total_detected):
@@ -177,17 +177,17 @@ def _score_assignment(caption_groups, detected, assignment, scene, total_detecte
                 and total_detected == scene.num_objects),
   }
   if len(matched) == 1:
-    out["position"] = shapes.classify_position(matched[0].cx, matched[0].cy) == scene.position
+    out["position"] = grammar.classify_position(matched[0].cx, matched[0].cy) == scene.position
   else:
     a, b = matched
-    out["position"] = shapes.classify_relation((a.cx, a.cy), (b.cx, b.cy)) == scene.relation
+    out["position"] = grammar.classify_relation((a.cx, a.cy), (b.cx, b.cy)) == scene.relation
   return out
 
 
-def score_scene(image: np.ndarray, scene: shapes.Scene,
+def score_scene(image: np.ndarray, scene: grammar.Scene,
                 min_area_frac: float = 0.002) -> dict[str, bool]:
   """Per-attribute correctness of `image` against `scene`; see `score`."""
-  shapes.validate_scene(scene)
+  grammar.validate_scene(scene)
   objects = detect_objects(image, min_area_frac)
   detected = group_objects(objects)
   cap = scene.groups
@@ -223,6 +223,6 @@ def score(image: np.ndarray, caption: str, min_area_frac: float = 0.002) -> dict
               groups (two groups) is the caption's;
     overall:  all four.
   A caption group with nothing to match (the image shows fewer groups) fails all four.
-  Raises shapes.CaptionParseError for a caption outside the shapes grammar.
+  Raises shapes_grammar.CaptionParseError for a caption outside the shapes grammar.
   """
-  return score_scene(image, shapes.parse_caption(caption), min_area_frac)
+  return score_scene(image, grammar.parse_caption(caption), min_area_frac)

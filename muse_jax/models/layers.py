@@ -133,16 +133,27 @@ class MultiHeadAttention(nnx.Module):
     self.out = DenseGeneral((num_heads, head_dim), (dim,), in_axes=("heads", "kv"),
                             out_axes=("embed",), rngs=rngs, precision=precision)
 
-  def __call__(self, x, context=None, *, kv_lengths=None):
+  def project_kv(self, context):
+    """Keys and values [B, S, N, H] of `context` (cross-attention only).
+
+    A sampler that attends to the same context at every step computes them once and passes
+    them back as `kv=`.
+    """
+    if self.qkv is not None:
+      raise ValueError("project_kv is for cross-attention (a module built with kv_dim)")
+    kv = self.kv(context)
+    heads = ("act_batch", "act_length", "act_heads", None)
+    return constrain(kv[:, :, 0], heads), constrain(kv[:, :, 1], heads)
+
+  def __call__(self, x, context=None, *, kv_lengths=None, kv=None):
+    """Attention of x to itself, to `context`, or to precomputed `kv=(k, v)` (`project_kv`)."""
     heads = ("act_batch", "act_length", "act_heads", None)
     if self.qkv is not None:
       qkv = self.qkv(x)
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
-      src = x if context is None else context
       q = self.q(x)
-      kv = self.kv(src)
-      k, v = kv[:, :, 0], kv[:, :, 1]
+      k, v = kv if kv is not None else self.project_kv(x if context is None else context)
     q, k, v = (constrain(t, heads) for t in (q, k, v))
     y = attention(q, k, v, kv_lengths=kv_lengths, implementation=self.implementation)
     y = constrain(y, heads)

@@ -58,12 +58,12 @@ class Block(nnx.Module):
     self.mlp = L.MLP(d, cfg.mlp_dim, **kw)
     self.dropout = float(cfg.dropout)
 
-  def __call__(self, x, context=None, context_len=None, dropout_key=None):
+  def __call__(self, x, context=None, context_len=None, dropout_key=None, cross_kv=None):
     keys = (jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3)
     x = x + _dropout(self.self_attn(self.norm_self(x)), self.dropout, keys[0])
     x = constrain(x, ACT)
     if self.cross_attn is not None:
-      h = self.cross_attn(self.norm_cross(x), context, kv_lengths=context_len)
+      h = self.cross_attn(self.norm_cross(x), context, kv_lengths=context_len, kv=cross_kv)
       x = constrain(x + _dropout(h, self.dropout, keys[1]), ACT)
     x = x + _dropout(self.mlp(self.norm_mlp(x)), self.dropout, keys[2])
     return constrain(x, ACT)
@@ -86,26 +86,44 @@ class BlockStack(nnx.Module):
 
     self.blocks = make(rngs)
 
-  def __call__(self, x, context=None, context_len=None, dropout_key=None):
+  def cross_cache(self, context):
+    """Every layer's cross-attention keys and values of `context` [B, S, D].
+
+    The context is the same at every decoding step, so a sampler computes this once and passes
+    it to `__call__(..., cache=)` instead of the context. Layout follows `scan_layers`: a
+    (k, v) pair of [L, B, S, N, H] arrays when scanning, else a tuple of L per-layer pairs (no
+    per-step slicing of a stacked array).
+    """
+    graphdef, state = nnx.split(self.blocks)
+
+    def project(st):
+      return nnx.merge(graphdef, st).cross_attn.project_kv(context)
+
+    if self.scan:
+      return jax.vmap(project)(state)
+    return tuple(project(jax.tree.map(lambda a: a[i], state)) for i in range(self.num_layers))
+
+  def __call__(self, x, context=None, context_len=None, dropout_key=None, cache=None):
+    """Runs the blocks; `cache` (from `cross_cache`) replaces `context` when given."""
     graphdef, state = nnx.split(self.blocks)
     keys = (jax.random.split(dropout_key, self.num_layers) if dropout_key is not None
             else None)
 
-    def layer(x, st, key):
-      return nnx.merge(graphdef, st)(x, context, context_len, key)
+    def layer(x, st, key, kv):
+      return nnx.merge(graphdef, st)(x, context, context_len, key, kv)
 
     if self.remat != "none":
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
 
     if self.scan:
       def body(x, xs):
-        st, key = xs
-        return layer(x, st, key), None
-      x, _ = jax.lax.scan(body, x, (state, keys))
+        st, key, kv = xs
+        return layer(x, st, key, kv), None
+      x, _ = jax.lax.scan(body, x, (state, keys, cache))
       return x
     for i in range(self.num_layers):
       st = jax.tree.map(lambda a: a[i], state)
-      x = layer(x, st, None if keys is None else keys[i])
+      x = layer(x, st, None if keys is None else keys[i], None if cache is None else cache[i])
     return x
 
 
@@ -152,15 +170,18 @@ class MaskedTransformer(nnx.Module):
     """
     return self.embed_context(text, text_len)
 
-  def decode(self, tokens, context, context_len, *, dropout_key=None):
-    """tokens [B, T] int32 (masked = mask_id) + encoded context -> logits [B, T, V] (fp32)."""
+  def decode(self, tokens, context, context_len, *, dropout_key=None, cache=None):
+    """tokens [B, T] int32 (masked = mask_id) + encoded context -> logits [B, T, V] (fp32).
+
+    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`.
+    """
     if tokens.shape[1] != self.seq_len:
       raise ValueError(f"expected {self.seq_len} tokens per image, got {tokens.shape[1]}")
     dtype = self.precision.dtype
     x = jnp.take(self.token_embed[...], tokens, axis=0).astype(dtype)
     x = x + self.pos_embed[...].astype(dtype)[None]
     x = constrain(x, ACT)
-    x = self.stack(x, context, context_len, dropout_key)
+    x = self.stack(x, context, context_len, dropout_key, cache)
     logits = self.head(self.final_norm(x)).astype(jnp.float32)
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 

@@ -174,7 +174,9 @@ def mask_free_edit(logits_fn: LogitsFn,
                    top_k: Optional[int] = 3,
                    temperature: float = 1.0,
                    editable_mask: Optional[jax.Array] = None,
-                   return_history: bool = False):
+                   return_history: bool = False,
+                   prepare_cond=None,
+                   unroll: bool = False):
   """Mask-free editing: iteratively resample random tokens under a new prompt (Sec. 3.3.2).
 
   Each iteration (one `lax.fori_loop` step) picks k = num_resampled(T, resample_fraction)
@@ -198,6 +200,7 @@ def mask_free_edit(logits_fn: LogitsFn,
     editable_mask: optional bool [T], [gh, gw], [B, T] or [B, gh, gw]; tokens outside it never
       change. If fewer than k tokens are editable, all of them are resampled each iteration.
     return_history: static; also return tokens after every iteration, int32 [iterations, B, T].
+    prepare_cond, unroll: as in `parallel_decode.decode`.
 
   Returns:
     int32 [B, T], or (tokens, history) if return_history.
@@ -216,7 +219,7 @@ def mask_free_edit(logits_fn: LogitsFn,
   editable = (jnp.ones_like(tokens, bool) if editable_mask is None else
               _token_mask_like(editable_mask, tokens))
   use_cfg = guidance_scale != 0
-  paired_cond = parallel_decode.pair_conditions(cond, uncond) if use_cfg else None
+  cond, paired_cond = parallel_decode.model_conditions(cond, uncond, use_cfg, prepare_cond)
   guidance = jnp.float32(guidance_scale)
   greedy = temperature == 0
   num_chosen_per_row = jnp.full((batch,), num_chosen, jnp.int32)
@@ -226,7 +229,9 @@ def mask_free_edit(logits_fn: LogitsFn,
   elif top_k is not None:
     n = top_k
   else:  # the vocabulary size, from an abstract (trace-only) evaluation of the model
-    n = jax.eval_shape(logits_fn, tokens, cond).shape[-1]
+    n = jax.eval_shape(lambda t: parallel_decode.model_logits(
+        logits_fn, t, cond, paired_cond, guidance, use_cfg=use_cfg, mask_id=mask_id),
+        tokens).shape[-1]
   step_keys = jax.random.split(key, iterations)
 
   def step(i, carry):
@@ -252,7 +257,8 @@ def mask_free_edit(logits_fn: LogitsFn,
     return tokens, history
 
   history = jnp.zeros((iterations,) + tokens.shape, jnp.int32) if return_history else None
-  tokens, history = jax.lax.fori_loop(0, iterations, step, (tokens, history))
+  tokens, history = jax.lax.fori_loop(0, iterations, step, (tokens, history),
+                                      unroll=bool(unroll))
   if return_history:
     return tokens, history
   return tokens

@@ -145,6 +145,15 @@ def pair_conditions(cond: Any, uncond: Any) -> Any:
   return jax.tree.map(pair, cond, uncond)
 
 
+def model_conditions(cond: Any, uncond: Any, use_cfg: bool,
+                     prepare_cond: Optional[Callable[[Any], Any]] = None):
+  """(cond, paired_cond) as `model_logits` takes them, `prepare_cond` applied to the one used."""
+  if not use_cfg:
+    return (cond if prepare_cond is None else prepare_cond(cond)), None
+  paired = pair_conditions(cond, uncond)
+  return cond, (paired if prepare_cond is None else prepare_cond(paired))
+
+
 def model_logits(logits_fn: LogitsFn, tokens: jax.Array, cond: Any, paired_cond: Any, t, *,
                  use_cfg: bool, mask_id: int) -> jax.Array:
   """One model call: cond-only logits, or guided logits from one 2B forward. float32 [B, T, V].
@@ -279,6 +288,7 @@ def decode_options(sampling_config, stage: str) -> dict:
       temperature_end=None if temperature_end is None else float(temperature_end),
       choice_temperature=float(c.choice_temperature),
       top_k=None if top_k is None else int(top_k),
+      unroll=bool(c.get("unroll_loop", False)),
   )
 
 
@@ -303,7 +313,9 @@ def decode(logits_fn: LogitsFn,
            choice_temperature: float = DEFAULT_CHOICE_TEMPERATURE,
            top_k: Optional[int] = None,
            known_mask: Optional[jax.Array] = None,
-           return_history: bool = False):
+           return_history: bool = False,
+           prepare_cond: Optional[Callable[[Any], Any]] = None,
+           unroll: bool = False):
   """Generates the masked tokens of `init_tokens` by parallel decoding (module docstring).
 
   Args:
@@ -326,6 +338,12 @@ def decode(logits_fn: LogitsFn,
       value in init_tokens is then ignored). Positions holding mask_id are generated either
       way. Default: init_tokens != mask_id.
     return_history: static; also return the tokens after every step, int32 [S, B, T].
+    prepare_cond: optional `f(cond) -> model input`, applied ONCE before the loop to the
+      condition the model sees (the paired 2B condition under guidance, else `cond`); its
+      output is what `logits_fn` receives. Use it to hoist work that is the same at every
+      step, e.g. the cross-attention keys/values of the text.
+    unroll: static; unroll the step loop (one straight-line program: no per-step loop
+      bookkeeping or host round trip, longer compile).
 
   Returns:
     int32 [B, T] tokens with no mask_id left, or (tokens, history) if return_history.
@@ -354,7 +372,7 @@ def decode(logits_fn: LogitsFn,
   temperatures = jnp.asarray(temperature_per_step(num_steps, temperature, temperature_end))
   greedy = temperature == 0 and (temperature_end is None or temperature_end == 0)
   choice_temps = jnp.asarray(choice_temperature_per_step(num_steps, choice_temperature))
-  paired_cond = pair_conditions(cond, uncond) if use_cfg else None
+  cond, paired_cond = model_conditions(cond, uncond, use_cfg, prepare_cond)
 
   # One key per step, split once; each step draws ONE Gumbel array holding the sampling noise
   # ([..., :n]) and the confidence noise ([..., n]) (fewer RNG kernels to run and compile).
@@ -378,7 +396,8 @@ def decode(logits_fn: LogitsFn,
     return tokens, history
 
   history = (jnp.zeros((num_steps,) + tokens.shape, jnp.int32) if return_history else None)
-  tokens, history = jax.lax.fori_loop(0, num_steps, step, (tokens, history))
+  tokens, history = jax.lax.fori_loop(0, num_steps, step, (tokens, history),
+                                      unroll=bool(unroll))
   if return_history:
     return tokens, history
   return tokens

@@ -539,15 +539,19 @@ def sample_stage(model_def, stage, mode, opts, mask_id, params, tokens, mask, te
     ctx = model.encode_context(tokens_lo, text, text_len)
     uctx = model.encode_context(tokens_lo, utext, ulen)
 
+  # The cross-attention keys/values of the context are computed once, not at every step.
+  def prepare(c):
+    return model.stack.cross_cache(c[0]), c[1]
+
   def logits_fn(t, c):
-    return model.decode(t, c[0], c[1])
+    return model.decode(t, None, c[1], cache=c[0])
 
   if mode == "decode":
     return parallel_decode.decode(logits_fn, tokens, ctx, uctx, key, mask_id=mask_id,
-                                  known_mask=~mask, **opts)
+                                  known_mask=~mask, prepare_cond=prepare, **opts)
   if mode == "maskfree":
     return editing.mask_free_edit(logits_fn, tokens, ctx, uctx, key, mask_id=mask_id,
-                                  editable_mask=mask, **opts)
+                                  editable_mask=mask, prepare_cond=prepare, **opts)
   raise ValueError(f"mode={mode!r}; use 'decode' or 'maskfree'")
 
 

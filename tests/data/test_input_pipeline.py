@@ -11,7 +11,7 @@ import pytest
 
 from configs import tiny
 from muse_jax.data import input_pipeline as ip
-from muse_jax.data import precompute, records
+from muse_jax.data import precompute_manifest, precompute_shards, records
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.distributed import global_batch
 from muse_jax.parallel.mesh import make_mesh
@@ -49,14 +49,14 @@ def write_dataset(root, splits=(("train", COUNTS), ("heldout", (5,))), extra=Non
         idx += 1
       if extra and k == 0 and split == "train":
         recs += extra
-      name = precompute.shard_name(split, 0, k) + ".tfrecord"
+      name = precompute_shards.shard_name(split, 0, k) + ".tfrecord"
       records.write_tfrecord(os.path.join(root, "shards", name), recs)
       entries.append({"file": name, "process": 0, "shard": k, "records": len(recs),
                       "seen": len(recs), "skipped": {}, "notes": {}, "sha256": ""})
     with open(os.path.join(root, "index", f"{split}-00000.json"), "w") as f:
       json.dump({"shards": entries}, f)
   cfg = types.SimpleNamespace(to_json_best_effort=lambda: "{}")
-  precompute.write_manifest(root, cfg, SPEC, [s for s, _ in splits], 1, {})
+  precompute_manifest.write_manifest(root, cfg, SPEC, [s for s, _ in splits], 1, {})
   return out
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from muse_jax.data import shapes
+from muse_jax.data import shapes, shapes_layout
+from muse_jax.data import shapes_grammar as grammar
 
 
 def test_same_seed_and_index_give_same_example():
@@ -31,16 +32,16 @@ def test_rendered_objects_have_their_colour_at_their_centre():
     # A cross, circle and square are solid at the box centre; a triangle at 2/3 down.
     y = o.cy + (o.size / 6 if o.shape == "triangle" else 0)
     px = ex.image[int(y * 256), int(o.cx * 256)]
-    np.testing.assert_array_equal(px, shapes.COLOURS[o.colour])
+    np.testing.assert_array_equal(px, grammar.COLOURS[o.colour])
   corner = ex.image[0, 0]
-  np.testing.assert_array_equal(corner, shapes.BACKGROUND)
+  np.testing.assert_array_equal(corner, grammar.BACKGROUND)
 
 
 def test_caption_round_trip_and_layout_rules():
   ds = shapes.ShapesDataset("train", num_examples=300, seed=1, resolution=16)
   for ex in ds:
-    assert shapes.parse_caption(ex.caption) == ex.scene
-    assert shapes.scene_to_caption(ex.scene) == ex.caption
+    assert grammar.parse_caption(ex.caption) == ex.scene
+    assert grammar.scene_to_caption(ex.scene) == ex.caption
     counts = {g.pair: g.count for g in ex.scene.groups}
     seen = {}
     for o in ex.objects:
@@ -50,24 +51,24 @@ def test_caption_round_trip_and_layout_rules():
     assert seen == counts
     for i, a in enumerate(ex.objects):
       for b in ex.objects[i + 1:]:
-        assert shapes._apart(a, b), (ex.caption, a, b)
+        assert shapes_layout._apart(a, b), (ex.caption, a, b)
     means = [(np.mean([o.cx for o in ex.objects if (o.colour, o.shape) == g.pair]),
               np.mean([o.cy for o in ex.objects if (o.colour, o.shape) == g.pair]))
              for g in ex.scene.groups]
     if len(means) == 1:
-      assert shapes.classify_position(*means[0]) == ex.scene.position
+      assert grammar.classify_position(*means[0]) == ex.scene.position
     else:
-      assert shapes.classify_relation(*means) == ex.scene.relation
+      assert grammar.classify_relation(*means) == ex.scene.relation
 
 
 def test_grammar_is_covered_by_train():
   scenes = [ex.scene for ex in shapes.ShapesDataset("train", 400, seed=0, resolution=16)]
   groups = [g for s in scenes for g in s.groups]
-  assert {g.colour for g in groups} == set(shapes.COLOURS)
-  assert {g.shape for g in groups} == set(shapes.SHAPES)
+  assert {g.colour for g in groups} == set(grammar.COLOURS)
+  assert {g.shape for g in groups} == set(grammar.SHAPES)
   assert {g.count for g in groups} == {1, 2, 3, 4}
-  assert {s.position for s in scenes} - {None} == set(shapes.POSITIONS)
-  assert {s.relation for s in scenes} - {None} == set(shapes.RELATIONS)
+  assert {s.position for s in scenes} - {None} == set(grammar.POSITIONS)
+  assert {s.relation for s in scenes} - {None} == set(grammar.RELATIONS)
 
 
 def test_heldout_pairs_never_in_train_and_always_in_heldout():
@@ -75,10 +76,10 @@ def test_heldout_pairs_never_in_train_and_always_in_heldout():
   train = list(shapes.ShapesDataset("train", 1000, seed=5, resolution=16))
   held = list(shapes.ShapesDataset("heldout", 300, seed=5, resolution=16))
   for ex in train:
-    assert not shapes.parse_caption(ex.caption).pairs() & shapes.HELDOUT_PAIRS, ex.caption
+    assert not grammar.parse_caption(ex.caption).pairs() & shapes.HELDOUT_PAIRS, ex.caption
     assert not {(o.colour, o.shape) for o in ex.objects} & shapes.HELDOUT_PAIRS
   for ex in held:
-    assert shapes.parse_caption(ex.caption).pairs() & shapes.HELDOUT_PAIRS, ex.caption
+    assert grammar.parse_caption(ex.caption).pairs() & shapes.HELDOUT_PAIRS, ex.caption
   assert not {e.caption for e in train} & {e.caption for e in held}
   # Every held-out colour and shape is still seen in training, just not together.
   train_pairs = {p for ex in train for p in ex.scene.pairs()}
@@ -88,18 +89,18 @@ def test_heldout_pairs_never_in_train_and_always_in_heldout():
 
 
 def test_parse_caption_synonyms_and_errors():
-  s = shapes.parse_caption("  Two RED circles,  to the LEFT of an purple cross. ")
-  assert s == shapes.Scene((shapes.Group(2, "red", "circle"), shapes.Group(1, "purple", "cross")),
-                           relation="left of")
-  assert shapes.parse_caption("2 blue squares left of one green cross").relation == "left of"
-  assert shapes.parse_caption("a yellow triangle in the middle").position == "center"
-  assert shapes.parse_caption("three green crosses at the top") == shapes.Scene(
-      (shapes.Group(3, "green", "cross"),), position="top")
+  s = grammar.parse_caption("  Two RED circles,  to the LEFT of an purple cross. ")
+  assert s == grammar.Scene(
+      (grammar.Group(2, "red", "circle"), grammar.Group(1, "purple", "cross")), relation="left of")
+  assert grammar.parse_caption("2 blue squares left of one green cross").relation == "left of"
+  assert grammar.parse_caption("a yellow triangle in the middle").position == "center"
+  assert grammar.parse_caption("three green crosses at the top") == grammar.Scene(
+      (grammar.Group(3, "green", "cross"),), position="top")
   for bad in ["a red circles on the left", "two red circle on the left", "five red circles above",
               "a pink circle on the left", "a red circle", "a red circle above a red circle",
               "a photo of a dog", ""]:
-    with pytest.raises(shapes.CaptionParseError):
-      shapes.parse_caption(bad)
+    with pytest.raises(grammar.CaptionParseError):
+      grammar.parse_caption(bad)
 
 
 def test_sharding_is_disjoint_and_complete():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import common_data
-from muse_jax.data import sources
+from muse_jax.data import preprocess, shapes, sources
 from muse_jax.data.preprocess import SkipCounter
 
 
@@ -185,3 +185,18 @@ def test_shapes_source_and_config_validation():
     sources.make_source(config)
   with pytest.raises(ValueError, match="process_index"):
     list(sources.ShapesSource("train", 3, 0, (32,)).raw_examples(2, 2))
+
+
+def test_shapes_scenes_are_drawn_in_the_preprocessing_workers():
+  src = sources.ShapesSource("train", 6, 0, (32, 64))
+  raws = list(src.raw_examples(1, 2))  # indices 1, 3, 5
+  assert all(r.images is None and r.load is not None for r in raws)  # nothing drawn yet
+  counter = preprocess.SkipCounter()
+  out = list(preprocess.preprocess_stream(
+      raws, preprocess.PreprocessOptions(resolutions=(32, 64)), counter, num_workers=2))
+  assert counter.kept == 3
+  for ex, i in zip(out, (1, 3, 5)):
+    want = shapes.generate(i, "train", 0, (32, 64))
+    assert (ex["id"], ex["caption"]) == (want.id, want.caption)
+    for r in (32, 64):
+      np.testing.assert_array_equal(ex["image"][r], want.image[r])

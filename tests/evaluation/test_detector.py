@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from muse_jax.data import shapes
+from muse_jax.data import shapes_grammar as grammar
 from muse_jax.evaluation import compositional, detector
 
 
@@ -34,22 +35,22 @@ def _perturb(scene, attribute, rng):
   g = list(scene.groups)
   i = int(rng.integers(len(g)))
   if attribute == "colour":
-    others = [c for c in shapes.COLOURS if c != g[i].colour and
+    others = [c for c in grammar.COLOURS if c != g[i].colour and
               all((c, g[i].shape) != h.pair for h in g)]
     g[i] = dataclasses.replace(g[i], colour=others[rng.integers(len(others))])
   elif attribute == "shape":
-    others = [s for s in shapes.SHAPES if s != g[i].shape and
+    others = [s for s in grammar.SHAPES if s != g[i].shape and
               all((g[i].colour, s) != h.pair for h in g)]
     g[i] = dataclasses.replace(g[i], shape=others[rng.integers(len(others))])
   elif attribute == "count":
-    g[i] = dataclasses.replace(g[i], count=g[i].count % shapes.MAX_COUNT + 1)
+    g[i] = dataclasses.replace(g[i], count=g[i].count % grammar.MAX_COUNT + 1)
   elif attribute == "position":
     if scene.position:
-      others = [p for p in shapes.POSITIONS if p != scene.position]
-      return shapes.Scene(tuple(g), position=others[rng.integers(len(others))])
+      others = [p for p in grammar.POSITIONS if p != scene.position]
+      return grammar.Scene(tuple(g), position=others[rng.integers(len(others))])
     opposite = {"above": "below", "below": "above", "left of": "right of",
                 "right of": "left of"}
-    return shapes.Scene(tuple(g), relation=opposite[scene.relation])
+    return grammar.Scene(tuple(g), relation=opposite[scene.relation])
   return dataclasses.replace(scene, groups=tuple(g))
 
 
@@ -60,7 +61,7 @@ def test_wrong_attribute_is_caught(attribute):
     ex = shapes.generate(i, "train", seed=2, resolution=64)
     right = detector.score(ex.image, ex.caption)
     assert all(right.values()), (ex.caption, right)
-    wrong = shapes.scene_to_caption(_perturb(ex.scene, attribute, rng))
+    wrong = grammar.scene_to_caption(_perturb(ex.scene, attribute, rng))
     result = detector.score(ex.image, wrong)
     assert not result[attribute] and not result["overall"], (ex.caption, wrong, result)
     # The other attributes are still credited.
@@ -74,7 +75,7 @@ def test_shuffled_captions_score_low():
   shuffled = [exs[(i + 1) % len(exs)].caption for i in range(len(exs))]
   acc = compositional.evaluate([e.image for e in exs], shuffled)
   assert acc["overall"] <= 0.05 and acc["colour"] < 0.5 and acc["shape"] < 0.5, acc
-  blank = np.full((64, 64, 3), shapes.BACKGROUND, np.uint8)
+  blank = np.full((64, 64, 3), grammar.BACKGROUND, np.uint8)
   assert not any(detector.score(blank, exs[0].caption).values())
 
 
@@ -82,7 +83,7 @@ def test_evaluate_rejects_bad_input():
   ex = shapes.generate(0, "train", resolution=64)
   with pytest.raises(ValueError, match="images"):
     compositional.evaluate([ex.image], [ex.caption, ex.caption])
-  with pytest.raises(shapes.CaptionParseError):
+  with pytest.raises(grammar.CaptionParseError):
     compositional.evaluate([ex.image], ["a photo of a cat"])
   with pytest.raises(ValueError, match="HxWx3"):
     detector.detect_objects(np.zeros((8, 8), np.uint8))

@@ -178,3 +178,13 @@ def test_flops_match_xla_count_of_the_matmuls():
   cost = jax.jit(lambda p: fm.bind(p)(*args)).lower(fm.abstract_params()).cost_analysis()
   analytic = sr_transformer_train_flops(c.model) / 3
   assert 0.98 < cost["flops"] / analytic < 1.05, (cost["flops"], analytic)
+
+
+def test_decode_with_cross_attention_cache_equals_context(tiny):
+  c, fm, params, _ = tiny
+  tokens, tokens_lo, text, text_len = inputs(c)
+  model = fm.bind(params)
+  ctx, ctx_len = model.encode_context(tokens_lo, text, text_len)
+  np.testing.assert_allclose(
+      model.decode(tokens, None, ctx_len, cache=model.stack.cross_cache(ctx)),
+      model.decode(tokens, ctx, ctx_len), atol=1e-5)

@@ -103,3 +103,18 @@ def test_wrong_token_count_is_rejected():
   tokens, text, text_len = inputs(c)
   with pytest.raises(ValueError, match="expected 16 tokens"):
     fm.bind(params)(tokens[:, :5], text, text_len)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_cross_attention_cache_equals_the_context(scan):
+  c, fm, params = build(scan_layers=scan)
+  tokens, text, text_len = inputs(c)
+  model = fm.bind(params)
+  ctx, ctx_len = model.encode_context(text, text_len)
+  cache = model.stack.cross_cache(ctx)
+  if scan:
+    assert cache[0].shape[0] == c.model.num_layers
+  else:
+    assert len(cache) == c.model.num_layers
+  np.testing.assert_allclose(model.decode(tokens, None, ctx_len, cache=cache),
+                             model.decode(tokens, ctx, ctx_len), atol=1e-5)

@@ -174,6 +174,28 @@ def test_matches_step_by_step_reference(top_k):
   np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_prepared_condition_and_unrolled_loop_match_reference(guidance):
+  fn = context_model(seed=5)
+  seen = []
+
+  def prepare(c):  # hoisted work: the text mean, once, on the rows the model will see
+    seen.append(c["text"].shape[0])
+    return {"mean": c["text"].mean(1), "text_len": c["text_len"]}
+
+  def prepared_fn(tokens, p):
+    return fn(tokens, {"text": p["mean"][:, None], "text_len": p["text_len"]})
+
+  init = np.full((3, T), MASK, np.int32)
+  cond, uncond = text_cond(3, seed=2), text_cond(3, seed=4)
+  kw = dict(num_steps=5, guidance_scale=guidance, temperature=0.7, choice_temperature=0.5)
+  want = reference_decode(fn, init, cond, uncond, rng_key(11), **kw)
+  got = parallel_decode.decode(prepared_fn, init, cond, uncond, rng_key(11), mask_id=MASK,
+                               prepare_cond=prepare, unroll=True, **kw)
+  np.testing.assert_allclose(np.asarray(got), want)
+  assert seen == [6 if guidance else 3]  # applied once, to the paired rows under CFG
+
+
 def test_guidance_zero_equals_cond_only_sampler():
   base = context_model(seed=6)
   batch_sizes = []
@@ -387,6 +409,7 @@ def test_options_from_sampling_config():
   assert base["num_steps"] == 24 and sr["num_steps"] == 8  # Muse Sec. 2.8
   assert base["schedule"] == "cosine" and base["top_k"] is None
   assert base["temperature_end"] is None and base["choice_temperature"] == 4.5
+  assert base["unroll"] is False
   config.top_k = 5
   config.temperature_end = 0.0
   base = parallel_decode.decode_options(config, "base")
