@@ -14,7 +14,9 @@ Each stage section has:
   config    training config name ('base_632m') or path ('configs/base_632m.py');
   workdir   its training workdir (checkpoints/ inside). Empty: WORKDIR/<stage> where WORKDIR
             is `python -m muse_jax.sample --workdir`. For vq_lo/vq_hi it may instead be a
-            diffusers VQModel directory or .safetensors file (e.g. aMUSEd's vqvae);
+            diffusers VQModel directory or .safetensors file (e.g. aMUSEd's vqvae). Any
+            stage's workdir may also be an export (`python -m muse_jax.export`): its
+            config.json gives the shapes, `model` its runtime keys;
   step      a checkpoint step; None = the newest;
   model     overrides applied on top of the training config's `model` section (runtime keys
             such as dtype and attention, or shapes for a workdir without config.json). When

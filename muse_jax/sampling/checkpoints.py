@@ -6,11 +6,13 @@ parameters, so `load_stage_params` restores just that subtree with Orbax's parti
 no optimizer state is built, read or held in memory.
 
 Which parameters: the EMA (`ema_params`) when the checkpoint holds a non-empty one (what
-`MaskedTokenStage.params_for_export` returns), else `params`.
+`MaskedTokenStage.params_for_export` returns), else `params`; `restore_params(which=...)`
+can insist on one of them ('ema' / 'raw') and says which it restored.
 
   model_def = stage_model(config)                  # FunctionalModel of the stage's model
   params, step = load_stage_params(config, workdir)
   model = model_def.bind(params)
+  config = load_saved_config(workdir)              # WORKDIR/config.json as a ConfigDict
 
 Missing checkpoints raise `MissingCheckpoint` with the command that trains the stage.
 """
@@ -29,6 +31,9 @@ from muse_jax.models.functional import FunctionalModel, functionalize
 
 # model keys that change parameter shapes (the rest: dtype, attention, remat, ... are runtime).
 RUNTIME_MODEL_KEYS = ("dtype", "param_dtype", "attention", "remat", "scan_layers", "dropout")
+STAGES = ("vqgan", "base", "sr")
+# Which parameters of a checkpoint: 'auto' = the EMA when there is one, else the raw ones.
+PARAM_CHOICES = ("auto", "ema", "raw")
 
 
 class MissingCheckpoint(FileNotFoundError):
@@ -95,15 +100,38 @@ def require_step(workdir: str, config_name: str, what: str, step: Optional[int] 
   return int(step)
 
 
-def saved_model_config(workdir: str) -> Optional[dict]:
-  """The `model` section of WORKDIR/config.json (written by the trainer), or None."""
+def saved_config(workdir: str) -> Optional[dict]:
+  """WORKDIR/config.json (the trainer writes the whole training config there), or None."""
   path = os.path.join(os.path.abspath(workdir), "config.json")
   if not workdir or not os.path.isfile(path):
     return None
   with open(path) as f:
     saved = json.load(f)
-  model = saved.get("model")
+  return saved if isinstance(saved, dict) else None
+
+
+def saved_model_config(workdir: str) -> Optional[dict]:
+  """The `model` section of WORKDIR/config.json (written by the trainer), or None."""
+  model = (saved_config(workdir) or {}).get("model")
   return model if isinstance(model, dict) else None
+
+
+def _json_to_config(value):
+  """JSON values back to config values: lists were tuples (JSON has no tuples)."""
+  if isinstance(value, dict):
+    return {k: _json_to_config(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_json_to_config(v) for v in value)
+  return value
+
+
+def load_saved_config(directory: str) -> ml_collections.ConfigDict:
+  """DIRECTORY/config.json (a training workdir or an export) as a ConfigDict."""
+  saved = saved_config(directory)
+  if saved is None:
+    raise FileNotFoundError(f"no config.json in {directory or '(empty path)'}; "
+                            "`python -m muse_jax.train` writes it into its workdir")
+  return ml_collections.ConfigDict(_json_to_config(saved))
 
 
 def adopt_saved_model_config(config, workdir: str) -> list[str]:
@@ -140,20 +168,37 @@ def _quiet_absl():
 def load_stage_params(config, workdir: str, *, step: Optional[int] = None,
                       mesh: Optional[Mesh] = None, name: str = "",
                       config_name: str = "") -> tuple[Any, int]:
+  """Restores only the parameters (the EMA when there is one) of the stage `config` describes.
+
+  Returns (params as a nested dict of jax.Arrays, the step restored); the arguments are
+  `restore_params`'s.
+  """
+  params, step, _ = restore_params(config, workdir, step=step, mesh=mesh, name=name,
+                                   config_name=config_name)
+  return params, step
+
+
+def restore_params(config, workdir: str, *, step: Optional[int] = None, which: str = "auto",
+                   mesh: Optional[Mesh] = None, name: str = "",
+                   config_name: str = "") -> tuple[Any, int, str]:
   """Restores only the parameters of the stage `config` describes from `workdir`.
 
   Args:
     config: the stage's training config (`config.stage` in vqgan / base / sr, `config.model`).
     workdir: the training workdir (holds checkpoints/).
     step: a specific step; None = the newest finished one.
+    which: 'auto' (the EMA when the checkpoint holds one, else the raw params), 'ema' (an
+      error without one) or 'raw' (the trained params, never the EMA).
     mesh: parameters are replicated over it; None = the first local device only.
     name: the stage's role in messages ('base', 'sr', 'vq_lo', ...).
     config_name: the training config's name, for the "train it with ..." hint.
 
   Returns:
-    (params as a nested dict of jax.Arrays, the step restored).
+    (params as a nested dict of jax.Arrays, the step restored, 'ema' or 'raw').
   """
   import orbax.checkpoint as ocp
+  if which not in PARAM_CHOICES:
+    raise ValueError(f"which={which!r}; choose one of {', '.join(PARAM_CHOICES)}")
   what = name or config.stage
   step = require_step(workdir, config_name or f"<{config.stage} config>", what, step)
   path = os.path.join(checkpoint_dir(workdir), str(step), "state")
@@ -169,7 +214,7 @@ def load_stage_params(config, workdir: str, *, step: Optional[int] = None,
     tree = getattr(meta, "tree", meta)
     if not isinstance(tree, dict) or "params" not in tree:
       raise ValueError(f"{path} holds no `params`; is {workdir} a muse_jax training workdir?")
-    key = "ema_params" if jax.tree.leaves(tree.get("ema_params", {})) else "params"
+    key = _params_key(tree, which, f"{what} checkpoint {path}")
     _check_shapes(tree[key], abstract, what, workdir)
     item = {key: abstract}
     restore_args = jax.tree.map(
@@ -179,7 +224,16 @@ def load_stage_params(config, workdir: str, *, step: Optional[int] = None,
         item=item, restore_args=restore_args, partial_restore=True))
   finally:
     logger.setLevel(level)
-  return restored[key], step
+  return restored[key], step, "ema" if key == "ema_params" else "raw"
+
+
+def _params_key(tree: dict, which: str, where: str) -> str:
+  """The subtree of a checkpoint's state that `which` (auto / ema / raw) picks."""
+  has_ema = bool(jax.tree.leaves(tree.get("ema_params", {})))
+  if which == "ema" and not has_ema:
+    raise MissingCheckpoint(f"the {where} holds no EMA parameters (the stage keeps none, or "
+                            "its EMA is off); use the raw ones (params=raw or auto)")
+  return "ema_params" if has_ema and which != "raw" else "params"
 
 
 def _check_shapes(saved_tree, abstract, what: str, workdir: str) -> None:

@@ -49,6 +49,7 @@ from jax.sharding import Mesh
 
 from muse_jax.sampling import checkpoints as ckpt
 from muse_jax.sampling import editing, parallel_decode
+from muse_jax.weights import export_io
 
 TRANSFORMER_STAGES = ("base", "sr")
 
@@ -115,8 +116,12 @@ class LoadedStage:
 
 
 def load_transformer(section, name: str, root: Optional[str] = None) -> LoadedStage:
-  """Loads the base or SR stage a pipeline section names (only its parameters)."""
+  """Loads the base or SR stage a pipeline section names (only its parameters): from a
+  training workdir or an export directory (`python -m muse_jax.export`)."""
   workdir = stage_workdir(section, name, root)
+  if export_io.is_export(workdir):
+    config, model_def, params, step = load_exported_stage(section, name, workdir)
+    return LoadedStage(name, config, model_def, cast_params(params, config.model.dtype), step)
   config = stage_config(section, workdir)
   if config.stage != ("base" if name == "base" else "sr"):
     raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
@@ -137,18 +142,42 @@ def cast_params(params, dtype: str):
       lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
+def load_exported_stage(section, name: str, path: str):
+  """(config, model_def, params, step) of an exported stage.
+
+  Shapes come from the export's config.json; the section's runtime model keys (dtype,
+  attention, ...) apply on top. A section step other than the exported one is an error.
+  """
+  want = name if name in TRANSFORMER_STAGES else "vqgan"
+  info = export_io.read_info(path)
+  if info.get("stage") != want:
+    raise ValueError(f"pipeline.{name}.workdir={path} is an export of a {info.get('stage')!r} "
+                     f"stage; pipeline.{name} needs a {want} stage")
+  if section.step is not None and int(section.step) != int(info["step"]):
+    raise ValueError(f"pipeline.{name}.step={section.step} but {path} is an export of step "
+                     f"{info['step']}; leave the step unset or export that step")
+  overrides = {k: _to_python(v) for k, v in section.model.items()
+               if k in ckpt.RUNTIME_MODEL_KEYS}
+  config, model_def, params = export_io.load_exported(path, model_overrides=overrides)
+  return config, model_def, params, int(info["step"])
+
+
 def _is_diffusers(path: str) -> bool:
   return path.endswith(".safetensors") or os.path.isfile(
       os.path.join(path, "diffusion_pytorch_model.safetensors"))
 
 
 def load_vq(section, name: str, root: Optional[str], mesh: Mesh):
-  """The VQTokenizer a pipeline section names: a vqgan workdir or a diffusers VQModel."""
+  """The VQTokenizer a pipeline section names: a vqgan workdir or export, or a diffusers
+  VQModel."""
   from muse_jax.models import vqgan as V
   from muse_jax.models.tokenizer import VQTokenizer
   workdir = stage_workdir(section, name, root)
   if workdir and _is_diffusers(workdir):
     return VQTokenizer.from_diffusers(workdir, mesh, dtype=section.model.get("dtype"))
+  if export_io.is_export(workdir):
+    config, _, params, _ = load_exported_stage(section, name, workdir)
+    return VQTokenizer(V.VQGANConfig.from_config(config.model), params, mesh)
   config = stage_config(section, workdir)
   if config.stage != "vqgan":
     raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
