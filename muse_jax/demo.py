@@ -268,7 +268,8 @@ class Demo:
     from muse_jax.models.text_encoder import TextEncoder
     from muse_jax.models.tokenizer import VQTokenizer
     from muse_jax.sampling import checkpoints as ckpt
-    from muse_jax.sampling.pipeline import LoadedStage, Pipeline, cast_params, single_device_mesh
+    from muse_jax.sampling.pipeline import Pipeline
+    from muse_jax.sampling.stages import LoadedStage, cast_params, single_device_mesh
     mesh = single_device_mesh()
     stages = {}
     for name in ("base", "sr"):

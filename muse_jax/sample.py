@@ -83,7 +83,7 @@ def parse_pad(value: str, size: int) -> tuple[int, int, int, int]:
 def outpaint_canvas(image, box):
   """The image resized into box on a mid-grey canvas of the image's size."""
   import numpy as np
-  from muse_jax.sampling.pipeline import resize_images
+  from muse_jax.sampling.image_io import resize_images
   size = image.shape[0]
   top, left, bottom, right = box
   canvas = np.full_like(image, 0.5)
@@ -139,7 +139,8 @@ def check_flags():
 
 def run(config):
   import numpy as np
-  from muse_jax.sampling.pipeline import Pipeline, load_image, load_mask, save_images
+  from muse_jax.sampling.image_io import load_image, load_mask, save_images
+  from muse_jax.sampling.pipeline import Pipeline
   check_flags()
   apply_flags(config)
   seed = int(config.seed if FLAGS.seed is None else FLAGS.seed)

@@ -13,6 +13,7 @@ import pytest
 
 from muse_jax import export
 from muse_jax.sampling import checkpoints as ckpt
+from muse_jax.sampling import stages
 from muse_jax.sampling import pipeline as pl
 from muse_jax.weights import export_io
 from muse_jax.weights.safetensors_io import SafetensorsReader, WeightsError
@@ -27,7 +28,7 @@ def run(tmp_path_factory, spiece):  # noqa: F811
   trainer's config.json. Returns (root, pipeline config, base config, raw base params)."""
   root = str(tmp_path_factory.mktemp("run"))
   config, _ = make_tiny_run(root, spiece)
-  base_cfg = pl.stage_config(config.pipeline.base)
+  base_cfg = stages.stage_config(config.pipeline.base)
   save_random_stage(base_cfg, os.path.join(root, "base"), 0, step=2, ema=True)
   return root, config, base_cfg, random_params(base_cfg, 0)
 
@@ -145,8 +146,8 @@ def test_pipeline_samples_the_same_tokens_from_exports(run, exported, tmp_path):
     exp.pipeline[name].workdir = str(tmp_path / name)
   exp.pipeline.vq_hi.workdir = str(tmp_path / "vq_lo")
   # SR from its export: the same (EMA) params and config as from its workdir.
-  sr_a = pl.load_transformer(config.pipeline.sr, "sr", root)
-  sr_b = pl.load_transformer(exp.pipeline.sr, "sr")
+  sr_a = stages.load_transformer(config.pipeline.sr, "sr", root)
+  sr_b = stages.load_transformer(exp.pipeline.sr, "sr")
   assert (sr_b.step, sr_b.config.model.to_dict()) == (sr_a.step, sr_a.config.model.to_dict())
   for k, v in flat(sr_a.params).items():
     np.testing.assert_array_equal(flat(sr_b.params)[k], v, err_msg=k)
@@ -166,10 +167,10 @@ def test_pipeline_samples_the_same_tokens_from_exports(run, exported, tmp_path):
   bad = copy.deepcopy(exp)
   bad.pipeline.base.workdir = str(tmp_path / "sr")
   with pytest.raises(ValueError, match="is an export of a 'sr' stage; pipeline.base needs"):
-    pl.load_transformer(bad.pipeline.base, "base")
+    stages.load_transformer(bad.pipeline.base, "base")
   bad.pipeline.base.workdir, bad.pipeline.base.step = exported[0], 1
   with pytest.raises(ValueError, match="pipeline.base.step=1 but .* export of step 2"):
-    pl.load_transformer(bad.pipeline.base, "base")
+    stages.load_transformer(bad.pipeline.base, "base")
 
 
 def test_refuses_to_overwrite_unless_asked(run, tmp_path):

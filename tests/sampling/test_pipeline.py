@@ -8,7 +8,7 @@ import pytest
 
 from configs import pipeline_tiny
 from muse_jax.sampling import checkpoints as ckpt
-from muse_jax.sampling import pipeline as pl
+from muse_jax.sampling import image_io, stages
 from muse_jax.sampling.pipeline import Pipeline
 
 STAGES = ("base", "sr", "vq_lo", "vq_hi")
@@ -71,7 +71,7 @@ def make_tiny_run(root: str, spiece: str):
   config.pipeline.vq_hi.workdir = os.path.join(root, "vq_lo")
   params = {}
   for seed, name in enumerate(("base", "sr", "vq_lo")):
-    stage_cfg = pl.stage_config(config.pipeline[name])
+    stage_cfg = stages.stage_config(config.pipeline[name])
     # base: no config.json (the pipeline's own model overrides must give its shapes);
     # sr: with an EMA, which the sampler must prefer.
     params[name] = save_random_stage(stage_cfg, os.path.join(root, name), seed,
@@ -106,7 +106,7 @@ def flat(tree):
 def test_load_stage_params_restores_exactly_the_saved_params(tiny_run):
   root, config, params = tiny_run
   for name in ("base", "sr", "vq_lo"):  # sr: the EMA params
-    cfg = pl.stage_config(config.pipeline[name], os.path.join(root, name))
+    cfg = stages.stage_config(config.pipeline[name], os.path.join(root, name))
     loaded, step = ckpt.load_stage_params(cfg, os.path.join(root, name), name=name)
     assert step == 1
     want, got = flat(params[name]), flat(loaded)
@@ -139,7 +139,7 @@ def test_generate_writes_png_of_the_cascade_size(pipe, tmp_path):
   hi_b = pipe.run_stage("sr", "decode", start, mask, cond, uncond, key,
                         tokens_lo=(out.tokens_lo + 7) % 64)
   assert not np.array_equal(hi_a, hi_b)
-  paths = pl.save_images(np.concatenate([out.images] * 2), str(tmp_path / "x.png"))
+  paths = image_io.save_images(np.concatenate([out.images] * 2), str(tmp_path / "x.png"))
   assert [os.path.basename(p) for p in paths] == ["x_0.png", "x_1.png"]
   with Image.open(paths[0]) as im:
     assert im.size == (32, 32) and im.mode == "RGB"
@@ -239,7 +239,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path):
 
 def test_mismatched_checkpoint_names_the_parameter(tiny_run):
   root, config, _ = tiny_run
-  cfg = pl.stage_config(config.pipeline.base)  # no config.json in base/: shapes from config
+  cfg = stages.stage_config(config.pipeline.base)  # no config.json in base/: shapes from config
   with cfg.unlocked():
     cfg.model.hidden_size = 48
   with pytest.raises(ValueError, match=r"base checkpoint .* has shape .* config needs"):
@@ -251,7 +251,7 @@ def test_saved_config_json_wins_for_shapes(tiny_run):
   import copy
   section = copy.deepcopy(config.pipeline.sr)
   section.model.grid_size = 4  # wrong; sr/config.json says 8
-  cfg = pl.stage_config(section, os.path.join(root, "sr"))
+  cfg = stages.stage_config(section, os.path.join(root, "sr"))
   assert cfg.model.grid_size == 8 and cfg.model.dtype == "float32"
   with open(os.path.join(root, "sr", "config.json")) as f:
     assert json.load(f)["model"]["grid_size"] == 8
@@ -260,13 +260,13 @@ def test_saved_config_json_wins_for_shapes(tiny_run):
 def test_cast_params_and_mask_files(tmp_path):
   from PIL import Image
   params = {"w": np.ones((2, 3), np.float32), "ids": np.arange(3, dtype=np.int32)}
-  cast = pl.cast_params(params, "bfloat16")
+  cast = stages.cast_params(params, "bfloat16")
   assert cast["w"].dtype == jax.numpy.bfloat16 and cast["ids"].dtype == np.int32
-  assert pl.cast_params(params, "float32")["w"].dtype == np.float32
+  assert stages.cast_params(params, "float32")["w"].dtype == np.float32
   # A 40x60 mask is centre-cropped to 40x40 (columns 10..49) and resized to 20x20.
   m = np.zeros((40, 60), np.uint8)
   m[:, 30:] = 255
   Image.fromarray(m).save(tmp_path / "m.png")
-  mask = pl.load_mask(str(tmp_path / "m.png"), 20)
+  mask = image_io.load_mask(str(tmp_path / "m.png"), 20)
   assert mask.shape == (20, 20) and mask.dtype == bool
   assert not mask[:, :10].any() and mask[:, 10:].all()
