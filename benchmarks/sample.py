@@ -24,9 +24,10 @@ Reported per row: compile time, latency (median of --runs after --warmup, each e
 block_until_ready), images/s, the VQ decode alone, one guided forward of the transformer
 (2B rows) and the sampler overhead = loop - steps x forward, and two floors of the loop:
 compute (model FLOPs / peak bf16 FLOP/s) and weights (steps x bf16 weight bytes / HBM
-bandwidth). `limit` names the largest share: compute, weights (HBM), per-step overhead
-(kernels and launches beyond both floors) or the sampler (top-k/sort/noise work between
-forwards). The table is printed last.
+bandwidth). `limit` names the largest share: compute, weights (HBM), forward above floors
+(the forward's time beyond both floors: inefficient small kernels or launch gaps; --profile
+tells them apart) or the sampler (top-k/sort/noise work between forwards). The table is
+printed last.
 """
 from __future__ import annotations
 
@@ -364,7 +365,9 @@ def name_limit(row) -> str:
   shares = {
       "compute": compute * steps,
       "HBM weights": weights * steps if weights > compute else 0.0,
-      "per-step kernel overhead": max(fwd - floor, 0.0) * steps,
+      # Forward time above both floors: small, inefficient kernels and launch gaps (tell
+      # them apart with --profile, which sums kernel time against the latency).
+      "forward above floors": max(fwd - floor, 0.0) * steps,
       "sampler between forwards": sampler,
   }
   total = sum(shares.values()) or 1.0
