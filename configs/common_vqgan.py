@@ -25,6 +25,10 @@ def vqgan_model(kind: str = "f16", **overrides) -> ml_collections.ConfigDict:
       latent_channels=256,               # not in Muse; MaskGIT's embedding_dim
       codebook_size=8192,
       codebook_dim=None,                 # None: latent_channels
+      codebook_norm="none",              # none | l2: l2-normalised latents and codes (ViT-VQGAN
+                                         # factorized codes, with a small codebook_dim); not in Muse
+      patch_size=1,                      # >1: space-to-depth stem + depth-to-space head
+                                         # (factor patch_size * 2^(levels-1)); not in Muse
       norm_groups=32,
       norm_eps=1e-6,
       in_channels=3,

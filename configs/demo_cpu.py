@@ -19,23 +19,35 @@ from configs import common, common_data, common_sampling, common_sr, common_t5, 
 
 
 def vqgan_config():
-  """f4 tiny tokenizer: L2 reconstruction, no GAN (flat shapes need none; it halves the step)."""
+  """f4 tokenizer: 2x2 space-to-depth stem + two levels (32x32, 16x16), l2-normalised 8-dim codes.
+
+  Measured on 2 CPU cores (README, "The demo"): the detector reads >= 95% of its 64px
+  reconstructions right. The patch stem keeps every conv at <= 32x32 with >= 32 channels, which
+  XLA's CPU convolutions run ~4x more efficiently than 16 channels at 64x64; l2-normalised codes
+  (ViT-VQGAN) keep the 512 codes in use and learn colours far sooner; batch 4 x 1500 steps
+  learns small shapes better than batch 8 x 1000 steps at about the same cost.
+  """
   c = common_vqgan.get_config()
-  c.model = common_vqgan.vqgan_model("tiny", codebook_size=256, latent_channels=8)
+  c.model = common_vqgan.vqgan_model(
+      "tiny", patch_size=2, block_out_channels=(32, 64), latent_channels=8, codebook_size=512,
+      codebook_norm="l2", norm_groups=8)
   c.discriminator = common_vqgan.discriminator(
       64, base_channels=8, channel_multipliers=(2, 2), max_channels=16, mbstd_group=2,
       dtype="float32")
-  # L2: the few object pixels dominate the gradient (with L1 the tokenizer first learns to
-  # draw only background). disc_start_step beyond num_steps: the discriminator never runs.
+  # L2: the few object pixels dominate the gradient (with L1 or L1+L2 the tokenizer first learns
+  # to draw only background). disc_start_step beyond num_steps: no discriminator is compiled.
   c.loss.update(dict(reconstruction="l2", disc_start_step=1_000_000, perceptual_dtype="float32"))
-  # Background patches dominate, so codes die fast: short usage memory, frequent restarts.
-  c.quantizer.update(dict(usage_ema_decay=0.9, restart_every=10))
-  c.optimizer.update(dict(learning_rate=3e-3, warmup_steps=10, weight_decay=0.0))
+  # No dead-code restarts: they keep all 512 codes alive, and the live codes then share out the
+  # flat background, so the same background patch gets many ids (token entropy ~5.8 nats
+  # instead of ~2.2), which the base and SR transformers cannot learn in the demo's budget.
+  # Without restarts a few dozen codes stay in use and reconstructions read as well.
+  c.quantizer.update(dict(usage_ema_decay=0.9, restart_every=0))
+  c.optimizer.update(dict(learning_rate=2e-3, warmup_steps=10, weight_decay=0.0))
   c.disc_optimizer.update(dict(learning_rate=1e-3, warmup_steps=10, weight_decay=0.0))
   c.data.update(dict(source="shapes", image_size=64))
-  c.train.update(dict(batch_size=16, num_steps=250, log_every=25, eval_every=0,
+  c.train.update(dict(batch_size=4, num_steps=1500, log_every=100, eval_every=0,
                       image_grid_every=0))
-  c.checkpoint.update(dict(every_steps=50, keep=1))
+  c.checkpoint.update(dict(every_steps=500, keep=1))
   return c
 
 
@@ -76,14 +88,15 @@ def base_config():
   c = common.get_config("base")
   # codebook_size, grid_size, text_dim, text_length: set by muse_jax.demo.
   c.model.update(dict(hidden_size=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=512,
-                      dtype="float32", attention="xla"))
+                      dtype="float32", attention="xla", scan_layers=False))
   return _token_stage(c, batch_size=64, num_steps=250, learning_rate=2e-3)
 
 
 def sr_config():
   c = common_sr.get_config()
   c.model.update(dict(hidden_size=64, num_layers=2, lowres_num_layers=1, num_heads=4,
-                      head_dim=16, mlp_dim=256, dtype="float32", attention="xla"))
+                      head_dim=16, mlp_dim=256, dtype="float32", attention="xla",
+                      scan_layers=False))
   return _token_stage(c, batch_size=32, num_steps=150, learning_rate=2e-3)
 
 

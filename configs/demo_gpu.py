@@ -18,7 +18,8 @@ def get_config():
   c = demo_cpu.get_config()
 
   v = c.vqgan
-  v.model.update(dict(block_out_channels=(64, 128, 128), layers_per_block=2, latent_channels=16,
+  # f4 as on CPU: the 2x2 patch stem of demo_cpu + two levels (64px -> 32x32 -> 16x16).
+  v.model.update(dict(block_out_channels=(64, 128), layers_per_block=2, latent_channels=16,
                       codebook_size=512, norm_groups=16, dtype="bfloat16"))
   v.optimizer.update(dict(learning_rate=2e-3, warmup_steps=50))
   # Images are drawn on the host in the loop (about 1 ms each): batch x steps bounds the time.

@@ -85,7 +85,9 @@ def test_demo_configs_link_the_stages(module, tmp_path):
   cfgs = demo.stage_configs(module.get_config(), str(tmp_path))
   for name in ("tokenizer", "base", "sr"):
     validate(cfgs[name])
-  f = 2 ** (len(cfgs["tokenizer"].model.block_out_channels) - 1)
+  from muse_jax.models.vqgan import VQGANConfig
+  f = VQGANConfig.from_config(cfgs["tokenizer"].model).downsample_factor
+  assert f == 4  # f4: both demos' tokenizers
   assert cfgs["precompute"].tokenizer.resolution == cfgs["base"].model.grid_size * f
   assert cfgs["precompute"].sr_tokenizer.resolution == cfgs["sr"].model.grid_size * f
   assert cfgs["sr"].model.lowres_grid_size == cfgs["base"].model.grid_size

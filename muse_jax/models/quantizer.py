@@ -10,6 +10,15 @@ Losses (VQ-VAE, van den Oord et al. 2017; the non-legacy form):
 with beta = 0.25. (diffusers' default "legacy" quantizer puts beta on the other term; this does
 not affect loading its weights, only training.)
 
+Normalised codes (`norm="l2"`, the model config's `codebook_norm`; default "none" = the plain
+Euclidean lookup above, as in VQGAN/MaskGIT/diffusers): both the latents and the codebook rows
+are l2-normalised before the lookup, the losses and the straight-through estimator, so the
+nearest code is the one of highest cosine similarity and the decoder sees unit vectors. With a
+low `codebook_dim` (the factorized codes of ViT-VQGAN, Yu et al. 2022, Sec. 3.2: quant_conv
+projects to e.g. 8-32 dims) this keeps far more codes in use, because no code can drift away
+from the latents by scale alone. The stored codebook stays unnormalised; `lookup` returns unit
+vectors.
+
 Codebook usage (reported every step): `usage_metrics(counts)` gives the perplexity
 exp(H(p)) of the batch's code histogram p (K when all K codes are used equally, 1 when a single
 code is used) and the fraction of codes used at least once.
@@ -20,6 +29,10 @@ average falls below `threshold / codebook_size` (i.e. used `threshold` times les
 are re-initialised to encoder outputs drawn at random from the current batch
 (`restart_dead_codes`), the "codebook restart" of Dhariwal et al. 2020 (Jukebox) and
 Zeghidour et al. 2021. Their usage average is reset to uniform so they get time to be picked.
+Restarts keep every code in use, which is not always wanted: on images with large flat areas
+(the shapes demo) the live codes share out the flat-area latents, so the same flat patch gets
+many different ids (high token entropy, which the masked transformers then have to model).
+`restart_every=0` turns restarts off.
 """
 from __future__ import annotations
 
@@ -30,6 +43,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from muse_jax.models import layers as L
+
+
+CODEBOOK_NORMS = ("none", "l2")
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x / max(||x||, eps) over the last axis (fp32)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 @jax.tree_util.register_dataclass
@@ -91,24 +113,37 @@ def restart_dead_codes(codebook: jax.Array, usage_ema: jax.Array, latents: jax.A
 
 
 class VectorQuantizer(nnx.Module):
-  """Codebook [K, D] (`embedding`, named like diffusers' `quantize.embedding.weight`)."""
+  """Codebook [K, D] (`embedding`, named like diffusers' `quantize.embedding.weight`).
+
+  norm: "none" (Euclidean lookup) or "l2" (latents and codes l2-normalised; module docstring).
+  """
 
   def __init__(self, codebook_size: int, dim: int, *, rngs: nnx.Rngs, beta: float = 0.25,
-               param_dtype=jnp.float32):
-    self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
+               param_dtype=jnp.float32, norm: str = "none"):
+    if norm not in CODEBOOK_NORMS:
+      raise ValueError(f"codebook norm must be one of {CODEBOOK_NORMS}, got {norm!r}")
+    self.codebook_size, self.dim, self.beta, self.norm = codebook_size, dim, beta, norm
     init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "uniform", in_axis=1, out_axis=0)
     self.embedding = L.param(rngs, init, (codebook_size, dim), ("codebook", None), param_dtype)
 
+  def _normed(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return l2_normalize(x) if self.norm == "l2" else x
+
+  def codes(self) -> jax.Array:
+    """The codebook as the lookup uses it [K, D] (fp32; unit rows when norm="l2")."""
+    return self._normed(self.embedding[...])
+
   def nearest(self, z: jax.Array) -> jax.Array:
-    return nearest_code(z, self.embedding[...])
+    return nearest_code(self._normed(z), self.codes())
 
   def lookup(self, ids: jax.Array) -> jax.Array:
     """ids [...] -> code vectors [..., D] (fp32)."""
-    return jnp.take(self.embedding[...].astype(jnp.float32), ids, axis=0)
+    return jnp.take(self.codes(), ids, axis=0)
 
   def __call__(self, z: jax.Array) -> QuantizerOutput:
-    z = z.astype(jnp.float32)
-    ids = self.nearest(z)
+    z = self._normed(z)
+    ids = nearest_code(z, self.codes())
     e = self.lookup(ids)
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - e))
     commitment_loss = self.beta * jnp.mean(jnp.square(z - jax.lax.stop_gradient(e)))

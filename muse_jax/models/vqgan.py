@@ -8,11 +8,18 @@ load by renaming keys only (`muse_jax.weights.diffusers_vq`):
              with (0, 1) padding on H and W, except the last block) -> mid_block (2 ResnetBlocks,
              no attention) -> GroupNorm -> SiLU -> conv_out (latent_channels)
     quant_conv (1x1, latent_channels -> codebook_dim)
-    quantize: VectorQuantizer (nearest code, straight-through; `muse_jax.models.quantizer`)
+    quantize: VectorQuantizer (nearest code, straight-through; `muse_jax.models.quantizer`;
+              `codebook_norm="l2"` l2-normalises latents and codes first)
     post_quant_conv (1x1, codebook_dim -> latent_channels)
     Decoder: conv_in -> mid_block (2 ResnetBlocks) -> up_blocks[i] over reversed channels
              (`decoder_layers_per_block + 1` ResnetBlocks, then nearest 2x upsample + 3x3 conv,
              except the last block) -> GroupNorm -> SiLU -> conv_out (3 channels)
+
+Patch stem (`patch_size` p > 1; default 1 = none, as in diffusers): the encoder first folds each
+p x p pixel block into channels (space-to-depth, [B, H, W, C] -> [B, H/p, W/p, p*p*C]) and the
+decoder's conv_out predicts p*p*C channels that are unfolded back (depth-to-space), so the
+costly full-resolution levels are replaced by one level at 1/p of the side. The downsampling
+factor becomes p * 2^(levels - 1): e.g. p=2 with block_out_channels of 2 levels is an f4.
 
 ResnetBlock: GroupNorm -> SiLU -> conv3x3 -> GroupNorm -> SiLU -> conv3x3, plus a 1x1
 `conv_shortcut` when the channel count changes. No attention anywhere (Muse A.2).
@@ -52,6 +59,8 @@ class VQGANConfig:
   latent_channels: int = 256
   codebook_size: int = 8192
   codebook_dim: int | None = None                             # None: latent_channels
+  codebook_norm: str = "none"   # none | l2 (l2-normalised latents and codes; quantizer.py)
+  patch_size: int = 1           # 1 | 2 | 4 ...: space-to-depth stem / depth-to-space head
   norm_groups: int = 32
   norm_eps: float = 1e-6
   in_channels: int = 3
@@ -98,7 +107,7 @@ class VQGANConfig:
 
   @property
   def downsample_factor(self) -> int:
-    return 2 ** (len(self.block_out_channels) - 1)
+    return self.patch_size * 2 ** (len(self.block_out_channels) - 1)
 
   def token_grid(self, image_size: int) -> int:
     if image_size % self.downsample_factor:
@@ -124,6 +133,11 @@ class VQGANConfig:
     if self.pixel_range not in PIXEL_RANGES:
       raise ValueError(f"model.pixel_range must be one of {PIXEL_RANGES}, got "
                        f"{self.pixel_range!r}")
+    if not isinstance(self.patch_size, int) or self.patch_size < 1:
+      raise ValueError(f"model.patch_size must be an integer >= 1, got {self.patch_size!r}")
+    if self.codebook_norm not in Q.CODEBOOK_NORMS:
+      raise ValueError(f"model.codebook_norm must be one of {Q.CODEBOOK_NORMS}, got "
+                       f"{self.codebook_norm!r}")
     if self.codebook_size < 2 or self.layers_per_block < 1 or self.dec_layers < 1:
       raise ValueError("model.codebook_size must be >= 2 and layers_per_block >= 1")
 
@@ -254,12 +268,32 @@ class MidBlock(nnx.Module):
     return x
 
 
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H/p, W/p, p*p*C]; channel index (dy * p + dx) * C + c."""
+  if p == 1:
+    return x
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+  """Inverse of `space_to_depth`: [B, h, w, p*p*C] -> [B, h*p, w*p, C]."""
+  if p == 1:
+    return x
+  b, h, w, cc = x.shape
+  c = cc // (p * p)
+  x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * p, w * p, c)
+
+
 class Encoder(nnx.Module):
 
   def __init__(self, cfg: VQGANConfig, *, rngs: nnx.Rngs):
     ch = cfg.enc_channels
     kw = dict(rngs=rngs, precision=cfg.precision)
-    self.conv_in = Conv(cfg.in_channels, ch[0], 3, **kw)
+    self.patch_size = cfg.patch_size
+    self.conv_in = Conv(cfg.in_channels * cfg.patch_size ** 2, ch[0], 3, **kw)
     self.down_blocks = nnx.List([
         DownBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, i < len(ch) - 1, cfg,
                   rngs=rngs) for i in range(len(ch))])
@@ -268,7 +302,7 @@ class Encoder(nnx.Module):
     self.conv_out = Conv(ch[-1], cfg.latent_channels, 3, **kw)
 
   def __call__(self, x):
-    h = constrain(self.conv_in(x), ACT)
+    h = constrain(self.conv_in(space_to_depth(x, self.patch_size)), ACT)
     for blk in self.down_blocks:
       h = blk(h)
     h = self.mid_block(h)
@@ -287,7 +321,12 @@ class Decoder(nnx.Module):
         UpBlock(rev[max(i - 1, 0)], rev[i], cfg.dec_layers + 1, i < len(ch) - 1, cfg,
                 rngs=rngs) for i in range(len(ch))])
     self.conv_norm_out = GroupNorm(ch[0], cfg.norm_groups, eps=cfg.norm_eps, **kw)
-    self.conv_out = Conv(ch[0], cfg.out_channels, 3, **kw)
+    self.patch_size = cfg.patch_size
+    self.conv_out = Conv(ch[0], cfg.out_channels * cfg.patch_size ** 2, 3, **kw)
+
+  def unpatchify(self, y):
+    """conv_out's output -> pixels (depth-to-space when patch_size > 1)."""
+    return depth_to_space(y, self.patch_size)
 
   def features(self, z):
     """Everything before the last conv (the adaptive GAN weight differentiates conv_out)."""
@@ -298,7 +337,7 @@ class Decoder(nnx.Module):
     return jax.nn.silu(self.conv_norm_out(h))
 
   def __call__(self, z):
-    return self.conv_out(self.features(z))
+    return self.unpatchify(self.conv_out(self.features(z)))
 
 
 class VQGAN(nnx.Module):
@@ -310,7 +349,8 @@ class VQGAN(nnx.Module):
     self.encoder = Encoder(cfg, rngs=rngs)
     self.quant_conv = Conv(cfg.latent_channels, cfg.embed_dim, 1, **kw)
     self.quantize = Q.VectorQuantizer(cfg.codebook_size, cfg.embed_dim, beta=cfg.beta,
-                                      rngs=rngs, param_dtype=cfg.precision.param_dtype)
+                                      rngs=rngs, param_dtype=cfg.precision.param_dtype,
+                                      norm=cfg.codebook_norm)
     self.post_quant_conv = Conv(cfg.embed_dim, cfg.latent_channels, 1, **kw)
     self.decoder = Decoder(cfg, rngs=rngs)
 

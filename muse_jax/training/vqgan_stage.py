@@ -6,7 +6,8 @@ One train step (pure; `muse_jax.training.loop` jits it with explicit shardings):
            + [step >= disc_start] * lambda * adversarial(D(x_hat))       (vqgan_losses.py)
      Adam(W) update of the generator params (config.optimizer).
   2. discriminator (only from `loss.disc_start_step` on; before that its params and optimizer
-     state do not change): L_D = GAN loss on D(x), D(sg(x_hat)) + lecam_weight * LeCAM;
+     state do not change, and when that step is beyond `train.num_steps` the compiled step
+     holds no discriminator at all): L_D = GAN loss on D(x), D(sg(x_hat)) + lecam_weight * LeCAM;
      Adam(W) update with config.disc_optimizer.
   3. codebook usage: EMA of per-code frequencies; every `quantizer.restart_every` steps dead
      codes are re-initialised from this batch's encoder outputs (muse_jax.models.quantizer).
@@ -165,6 +166,9 @@ class VQGANStage(Stage):
     self.fm, self._init_g = functionalize(lambda r: V.VQGAN(self.model_cfg, rngs=r))
     self.dm, self._init_d = functionalize(lambda r: Discriminator(self.disc_cfg, rngs=r))
     n = int(config.train.num_steps)
+    # disc_start_step >= num_steps: the GAN never starts, so the step is compiled without the
+    # discriminator (same results: both branches would be the skipped ones).
+    self.gan_possible = int(lc.disc_start_step) < n
     self.decoder_only = bool(config.finetune.decoder_only)
     tx, self.schedule = make_optimizer(config.optimizer, n)
     if self.decoder_only:
@@ -260,7 +264,7 @@ class VQGANStage(Stage):
     q = model.quantize(z)
     feats = model.decoder.features(model.post_quant_conv(q.quantized))
     conv_out = model.decoder.conv_out
-    x_hat = conv_out(feats).astype(jnp.float32)
+    x_hat = model.decoder.unpatchify(conv_out(feats)).astype(jnp.float32)
     rec = VL.reconstruction_loss(x, x_hat, lc.reconstruction)
     perc = self._perceptual(lp, x, x_hat)
     rec_total = lc.reconstruction_weight * rec + lc.perceptual_weight * perc
@@ -276,7 +280,8 @@ class VQGANStage(Stage):
       def out(k):
         y = jax.lax.conv_general_dilated(
             f, k.astype(f.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return (y + conv_out.bias[...].astype(y.dtype)).astype(jnp.float32)
+        y = y + conv_out.bias[...].astype(y.dtype)
+        return model.decoder.unpatchify(y).astype(jnp.float32)
       g_rec = jax.grad(lambda k: lc.reconstruction_weight * VL.reconstruction_loss(
           x, out(k), lc.reconstruction) + lc.perceptual_weight * self._perceptual(
               lp, x, out(k)))(kern)
@@ -284,7 +289,10 @@ class VQGANStage(Stage):
       return g_adv, lc.adversarial_weight * VL.adaptive_weight(g_rec, g_gan)
 
     zero = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    g_adv, adv_w = jax.lax.cond(gan_on > 0, adversarial, lambda _: zero, None)
+    if self.gan_possible:
+      g_adv, adv_w = jax.lax.cond(gan_on > 0, adversarial, lambda _: zero, None)
+    else:  # the GAN never starts in this run: no discriminator in the compiled step
+      g_adv, adv_w = zero
     q_loss = (jnp.zeros((), jnp.float32) if self.decoder_only
               else lc.codebook_weight * (q.codebook_loss + q.commitment_loss))
     total = rec_total + q_loss + gan_on * adv_w * g_adv
@@ -341,8 +349,11 @@ class VQGANStage(Stage):
                               "lecam_ema_real", "lecam_ema_fake")}
       return state.disc_params, state.disc_opt_state, state.lecam_ema, dm
 
-    disc_params, disc_opt, lecam_ema, d_metrics = jax.lax.cond(gan_on > 0, d_update, d_skip,
-                                                               None)
+    if self.gan_possible:
+      disc_params, disc_opt, lecam_ema, d_metrics = jax.lax.cond(gan_on > 0, d_update, d_skip,
+                                                                 None)
+    else:
+      disc_params, disc_opt, lecam_ema, d_metrics = d_skip(None)
     usage_m = Q.usage_metrics(counts)
     metrics = dict(
         loss=g_loss, **metrics, **d_metrics, **usage_m,

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from muse_jax.models import quantizer as Q
@@ -83,3 +84,38 @@ def test_dead_code_restart():
     assert any(np.array_equal(r, x) for x in rows)
   np.testing.assert_allclose(new_ema[3:], 1.0 / k)
   np.testing.assert_allclose(new_ema[:3], ema[:3])
+
+
+def test_l2_norm_lookup_is_cosine_and_unit():
+  """norm="l2": the nearest code is the one of highest cosine (not Euclidean) similarity, and
+  quantized vectors, lookups and losses are those of the unit vectors."""
+  codebook = np.array([[10., 0.], [0.5, 0.5], [0., -3.]], np.float32)
+  z = jnp.array([[1.0, 0.1], [0.2, -0.1], [0.3, 0.35]])
+  plain = _vq(codebook)(z)
+  np.testing.assert_array_equal(plain.ids, [1, 1, 1])  # Euclidean: the short code is nearest
+  vq = Q.VectorQuantizer(3, 2, rngs=nnx.Rngs(0), beta=0.25, norm="l2")
+  vq.embedding[...] = jnp.asarray(codebook)
+  out = vq(z)
+  np.testing.assert_array_equal(out.ids, [0, 0, 1])
+  unit = codebook / np.linalg.norm(codebook, axis=1, keepdims=True)
+  zn = np.asarray(z) / np.linalg.norm(np.asarray(z), axis=1, keepdims=True)
+  e = unit[np.asarray(out.ids)]
+  np.testing.assert_allclose(out.quantized, e, atol=1e-6)
+  np.testing.assert_allclose(vq.lookup(out.ids), e, atol=1e-6)
+  np.testing.assert_array_equal(vq.nearest(z), out.ids)
+  np.testing.assert_array_equal(vq.nearest(7.0 * z), out.ids)  # scale-invariant
+  mse = np.mean((zn - e) ** 2)
+  np.testing.assert_allclose(out.codebook_loss, mse, rtol=1e-5)
+  np.testing.assert_allclose(out.commitment_loss, 0.25 * mse, rtol=1e-5)
+  # Straight-through at the normalised latent: the gradient is that of sum(w * z / |z|).
+  w = jnp.array([[1., 2.], [3., 4.], [5., 6.]])
+  g = jax.grad(lambda z: jnp.sum(w * vq(z).quantized))(z)
+  want = jax.grad(lambda z: jnp.sum(w * z / jnp.linalg.norm(z, axis=-1, keepdims=True)))(z)
+  np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+
+
+def test_l2_norm_rejects_unknown():
+  with pytest.raises(ValueError, match="codebook norm"):
+    Q.VectorQuantizer(4, 2, rngs=nnx.Rngs(0), norm="L2")
+  np.testing.assert_allclose(Q.l2_normalize(jnp.array([[3., 4.], [0., 0.]])),
+                             [[0.6, 0.8], [0., 0.]])

@@ -165,6 +165,31 @@ def test_config_validation():
     V.VQGANConfig(block_out_channels=(8, 12), norm_groups=8)
   with pytest.raises(ValueError, match="unknown keys"):
     V.VQGANConfig.from_config({"block_out_chanels": (8,)})
+  with pytest.raises(ValueError, match="codebook_norm"):
+    _cfg(codebook_norm="cosine")
+
+
+def test_l2_codebook_norm_encode_decode_consistent():
+  """codebook_norm="l2" with factorized codes: ids come from the normalised lookup, decode(ids)
+  is exactly the training reconstruction, and the default keeps the plain lookup."""
+  cfg = _cfg(codebook_dim=3, codebook_norm="l2")
+  fm, p = _build(cfg)
+  assert p["quantize"]["embedding"].shape == (32, 3)
+  x = np.random.default_rng(3).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+
+  @jax.jit
+  def run(p):
+    m = fm.bind(p)
+    rec, q = m(x)
+    return rec, q, m.encode(x), m.decode(q.ids), m.encode_latents(x)
+  rec, q, ids, dec, z = run(p)
+  np.testing.assert_array_equal(ids, q.ids)
+  np.testing.assert_allclose(dec, rec, atol=1e-5)
+  e = np.asarray(p["quantize"]["embedding"])
+  zn = np.asarray(z) / np.linalg.norm(np.asarray(z), axis=-1, keepdims=True)
+  want = np.argmax(zn @ (e / np.linalg.norm(e, axis=-1, keepdims=True)).T, axis=-1)
+  np.testing.assert_array_equal(ids, want)
+  assert V.VQGANConfig.from_config(common_vqgan.vqgan_model("f16")).codebook_norm == "none"
 
 
 def test_discriminator_shapes_and_mbstd():
@@ -182,3 +207,35 @@ def test_discriminator_shapes_and_mbstd():
     want = np.mean(np.sqrt(np.var(np.asarray(f)[[j, j + 2]], axis=0) + 1e-8))
     np.testing.assert_allclose(y[j, ..., -1], want, rtol=1e-5)
     np.testing.assert_allclose(y[j + 2, ..., -1], want, rtol=1e-5)
+
+
+def test_patch_stem_layout_and_model():
+  """patch_size=p: space-to-depth/depth-to-space are exact inverses with the documented channel
+  order, the factor is p * 2^(levels-1), and decode(encode(x)) is the training reconstruction."""
+  x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+  s = np.asarray(V.space_to_depth(jnp.asarray(x), 2))
+  assert s.shape == (2, 2, 3, 12)
+  for dy in range(2):
+    for dx in range(2):
+      np.testing.assert_array_equal(s[:, :, :, (dy * 2 + dx) * 3:(dy * 2 + dx + 1) * 3],
+                                    x[:, dy::2, dx::2])
+  np.testing.assert_array_equal(V.depth_to_space(jnp.asarray(s), 2), x)
+  cfg = _cfg(patch_size=2)
+  assert cfg.downsample_factor == 4 and cfg.token_grid(16) == 4
+  fm, p = _build(cfg)
+  assert p["encoder"]["conv_in"]["kernel"].shape == (3, 3, 12, 8)
+  assert p["decoder"]["conv_out"]["kernel"].shape == (3, 3, 8, 12)
+  img = np.random.default_rng(4).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+
+  @jax.jit
+  def run(p):
+    m = fm.bind(p)
+    rec, q = m(img)
+    return rec, q.ids, m.decode(q.ids)
+  rec, ids, dec = run(p)
+  assert rec.shape == img.shape and ids.shape == (2, 4, 4)
+  np.testing.assert_allclose(dec, rec, atol=1e-5)
+  with pytest.raises(ValueError, match="patch_size"):
+    _cfg(patch_size=0)
+  with pytest.raises(ValueError, match="divisible"):
+    cfg.token_grid(18)

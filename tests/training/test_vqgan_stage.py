@@ -133,3 +133,48 @@ def test_decoder_finetune_freezes_encoder_and_codebook(tmp_path):
   assert max(changed) > 0
   assert p1["decoder"]["conv_out"]["kernel"].shape == (3, 3, 16, 3)
   assert m[-1]["codes_restarted"] == 0
+
+
+def test_patch_stem_with_adaptive_gan_weight():
+  """patch_size=2 (f4 from two levels): the stage's reconstruction is the model's own (the
+  depth-to-space head is applied in the loss and in the adaptive weight's output conv)."""
+  import jax.numpy as jnp
+  from muse_jax.models.tokenizer import to_model_range
+  from muse_jax.training import vqgan_losses as VL
+  c = _config(data=1)
+  c.model.update(dict(patch_size=2, codebook_norm="l2", codebook_dim=3))
+  c.loss.update(dict(adversarial_weight_mode="adaptive", disc_start_step=0,
+                     reconstruction="l1+l2"))
+  r = Runner(c, jax.devices()[:1])
+  s0 = r.init()
+  r.source.set_state({"position": 0})
+  images = next(r.source)["images"]
+  r.source.set_state({"position": 0})
+  _, m = r.run(s0, 0, 2)
+  x = to_model_range(jnp.asarray(images), "-1_1")
+  x_hat, _ = r.stage.fm.bind(jax.device_get(s0.params))(x)
+  np.testing.assert_allclose(m[0]["rec_loss"], VL.reconstruction_loss(x, x_hat, "l1+l2"),
+                             rtol=1e-5)
+  assert m[0]["gan_active"] == 1 and m[0]["adv_weight"] > 0
+  assert all(np.isfinite(v) for mm in m for v in mm.values())
+
+
+def test_gan_that_never_starts_is_not_compiled():
+  """disc_start_step >= num_steps: the step holds no discriminator, with the same results as a
+  run whose GAN starts later than the steps compared."""
+  runs = []
+  for num_steps in (10, 200):
+    c = _config(data=1)
+    c.loss.disc_start_step = 100
+    c.train.num_steps = num_steps
+    for o in (c.optimizer, c.disc_optimizer):
+      o.schedule = "constant"
+    r = Runner(c, jax.devices()[:1])
+    assert r.stage.gan_possible == (num_steps == 200)
+    s, m = r.run(r.init(), 0, 2)
+    runs.append((jax.device_get(s), m))
+  (s_a, m_a), (s_b, m_b) = runs
+  for a, b in zip(jax.tree.leaves(s_a), jax.tree.leaves(s_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  for k in m_a[-1]:
+    np.testing.assert_allclose(m_a[-1][k], m_b[-1][k], rtol=1e-6, atol=1e-7, err_msg=k)

@@ -1,0 +1,217 @@
+"""`Demo`: one demo workdir's state and its stages (muse_jax/demo/__init__.py has the overview).
+
+Training stages go through muse_jax.training.loop, precompute through muse_jax.data.precompute;
+samples and edits are in evaluate.py, metrics.json in report.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from muse_jax.demo.stage_configs import fingerprint, stage_configs, tokenizer_factor
+
+STAGES = ("tokenizer", "precompute", "base", "sr", "samples", "edits", "report")
+STATE_FILE = "demo_state.json"
+METRICS_FILE = "metrics.json"
+SPLITS = ("train", "heldout")
+GUIDANCE = ("cfg", "no_cfg")
+
+
+class Demo:
+  """Runs the stages of one demo workdir; `run()` does all of them."""
+
+  def __init__(self, config, workdir: str, stream=None, argv=None):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.stream = stream or sys.stdout
+    self.argv = list(argv) if argv is not None else list(sys.argv)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.cfgs = stage_configs(config, self.workdir)
+    self.state_path = os.path.join(self.workdir, STATE_FILE)
+    self.state = {"stages": {}}
+    if os.path.exists(self.state_path):
+      with open(self.state_path) as fh:
+        self.state = json.load(fh)
+    self.t0 = time.perf_counter()
+    self.pipeline = None
+
+  # --- bookkeeping -------------------------------------------------------------------------
+
+  def log(self, stage: str, text: str) -> None:
+    from muse_jax.training.reporting import format_duration
+    i = STAGES.index(stage) + 1
+    print(f"[demo {i}/{len(STAGES)} {stage}] {text} ({format_duration(self.elapsed())} "
+          "elapsed)", file=self.stream, flush=True)
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.t0
+
+  def _save_state(self) -> None:
+    tmp = f"{self.state_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+      json.dump(self.state, fh, indent=1, sort_keys=True)
+      fh.write("\n")
+    os.replace(tmp, self.state_path)
+
+  def done(self, stage: str) -> dict | None:
+    return self.state["stages"].get(stage)
+
+  def finish(self, stage: str, seconds: float, **result) -> None:
+    self.state["stages"][stage] = {"seconds": round(seconds, 2), **result}
+    self._save_state()
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def _check_fingerprint(self, stage: str, cfg) -> None:
+    rec = self.done(stage)
+    if rec and rec.get("config_sha") and rec["config_sha"] != fingerprint(cfg):
+      self.log(stage, "warning: the config differs from the one that produced this stage's "
+               "output; delete its entry in demo_state.json or use a new --workdir to redo it")
+
+  # --- stages ------------------------------------------------------------------------------
+
+  def run(self) -> dict:
+    import jax
+    self.log("tokenizer", f"workdir {self.workdir}; JAX {jax.__version__} on "
+             f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+    self.train_stage("tokenizer")
+    self.precompute()
+    self.train_stage("base")
+    self.train_stage("sr")
+    self.samples()
+    self.edits()
+    return self.report()
+
+  def train_stage(self, stage: str) -> None:
+    from muse_jax.config import validate
+    from muse_jax.sampling.checkpoints import latest_step
+    from muse_jax.training.loop import Trainer
+    cfg = self.cfgs[stage]
+    wd = self.path(stage)
+    total = int(cfg.train.num_steps)
+    self._check_fingerprint(stage, cfg)
+    step = latest_step(wd)
+    if step is not None and step >= total:
+      rec = self.done(stage)
+      if rec is None:  # finished by a run that was stopped before recording it
+        self.finish(stage, 0.0, steps=step, config_sha=fingerprint(cfg), **loss_summary(wd))
+      self.log(stage, f"finished already (step {step}); skipping")
+      return
+    validate(cfg)
+    m = cfg.model
+    if stage == "tokenizer":
+      what = (f"VQGAN f{tokenizer_factor(m)} at {cfg.data.image_size}px, "
+              f"{m.codebook_size} codes")
+    elif stage == "base":
+      what = f"base transformer, {m.grid_size}x{m.grid_size} tokens"
+    else:
+      what = (f"SR transformer, {m.lowres_grid_size}x{m.lowres_grid_size} -> "
+              f"{m.grid_size}x{m.grid_size} tokens")
+    self.log(stage, f"training the {what} for {total} steps (batch {cfg.train.batch_size}) "
+             f"in {wd}" + (f", resuming from step {step}" if step else ""))
+    t = time.perf_counter()
+    Trainer(cfg, wd, stream=self.stream).run()
+    seconds = time.perf_counter() - t + (self.done(stage) or {}).get("seconds", 0.0)
+    summary = loss_summary(wd)
+    self.finish(stage, seconds, steps=total, config_sha=fingerprint(cfg), **summary)
+    self.log(stage, f"done in {seconds:.0f} s; loss {summary.get('loss_first', float('nan')):.4g}"
+             f" -> {summary.get('loss_last', float('nan')):.4g}")
+
+  def precompute(self) -> None:
+    from muse_jax.data.precompute import MANIFEST, run_precompute
+    cfg = self.cfgs["precompute"]
+    wd = self.path("precompute")
+    self._check_fingerprint("precompute", cfg)
+    if os.path.exists(os.path.join(wd, MANIFEST)):
+      if self.done("precompute") is None:
+        self.finish("precompute", 0.0, config_sha=fingerprint(cfg))
+      self.log("precompute", f"finished already ({wd}/{MANIFEST}); skipping")
+      return
+    s = cfg.data.shapes
+    self.log("precompute", f"shapes train {s.num_train} + heldout {s.num_heldout} images -> "
+             f"tokens at {cfg.tokenizer.resolution} and {cfg.sr_tokenizer.resolution} px + "
+             f"random tiny T5 ({cfg.text_encoder.size}) embeddings in {wd}")
+    t = time.perf_counter()
+    manifest = run_precompute(cfg, wd, stream=self.stream)
+    seconds = time.perf_counter() - t
+    self.finish("precompute", seconds, config_sha=fingerprint(cfg),
+                records={k: v["records"] for k, v in manifest["splits"].items()})
+    self.log("precompute", f"done in {seconds:.0f} s")
+
+  def samples(self) -> None:
+    from muse_jax.demo.evaluate import run_samples
+    run_samples(self)
+
+  def edits(self) -> None:
+    from muse_jax.demo.evaluate import run_edits
+    run_edits(self)
+
+  def report(self) -> dict:
+    from muse_jax.demo.report import write_report
+    return write_report(self)
+
+  # --- what the stages share ---------------------------------------------------------------
+
+  def load_pipeline(self):
+    """The trained cascade (base -> SR -> VQ decode), built from this demo's stages."""
+    if self.pipeline is not None:
+      return self.pipeline
+    import ml_collections
+    from muse_jax.models import vqgan as V
+    from muse_jax.models.text_encoder import TextEncoder
+    from muse_jax.models.tokenizer import VQTokenizer
+    from muse_jax.sampling import checkpoints as ckpt
+    from muse_jax.sampling.pipeline import Pipeline
+    from muse_jax.sampling.stages import LoadedStage, cast_params, single_device_mesh
+    mesh = single_device_mesh()
+    stages = {}
+    for name in ("base", "sr"):
+      cfg = self.cfgs[name]
+      params, step = ckpt.load_stage_params(cfg, self.path(name), name=name)
+      stages[name] = LoadedStage(name, cfg, ckpt.stage_model(cfg),
+                                 cast_params(params, cfg.model.dtype), step)
+    vq_cfg = self.cfgs["tokenizer"]
+    vq_params, _ = ckpt.load_stage_params(vq_cfg, self.path("tokenizer"), name="tokenizer")
+    vq = VQTokenizer(V.VQGANConfig.from_config(vq_cfg.model), vq_params, mesh)
+    encoder = TextEncoder.from_config(self.cfgs["text_encoder"], mesh=mesh)
+    sampling = ml_collections.ConfigDict(self.config.sampling.to_dict())
+    self.pipeline = Pipeline(sampling, encoder, vq, stages["base"], stages["sr"], vq,
+                             rng_impl=self.config.eval.get("rng_impl") or None)
+    return self.pipeline
+
+  def eval_captions(self, split: str) -> list:
+    """`eval.num_captions` scenes of `split` (train-like: indices after the training set)."""
+    from muse_jax.data import shapes
+    e = self.config.eval
+    start = int(self.cfgs["precompute"].data.shapes.num_train) if split == "train" else 0
+    seed = int(self.config.seed) + int(e.caption_seed_offset)
+    return [shapes.generate(start + i, split, seed, int(self.config.image_size))
+            for i in range(int(e.num_captions))]
+
+
+def loss_summary(workdir: str) -> dict:
+  """First and last training loss (and the last eval loss) from WORKDIR/metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  first = last = evl = None
+  with open(path) as fh:
+    for line in fh:
+      rec = json.loads(line) if line.strip() else {}
+      if "loss" in rec:
+        first = rec if first is None else first
+        last = rec
+      if "eval_loss" in rec:
+        evl = rec
+  out = {}
+  if first is not None:
+    out.update(loss_first=first["loss"], loss_last=last["loss"], loss_last_step=last["step"])
+    for k in ("rec_loss", "psnr", "codebook_perplexity"):
+      if k in last:
+        out[f"loss_last_{k}"] = last[k]
+  if evl is not None:
+    out["eval_loss"] = evl["eval_loss"]
+  return out

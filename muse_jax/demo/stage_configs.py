@@ -1,0 +1,70 @@
+"""The runnable config of every demo stage, with the keys that link the stages filled in."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+def tokenizer_factor(model_cfg) -> int:
+  """Downsampling factor (pixels per token side) of a tokenizer `model` section."""
+  from muse_jax.config import ConfigError
+  from muse_jax.models import vqgan as V
+  try:
+    return V.VQGANConfig.from_config(model_cfg).downsample_factor
+  except ValueError as e:
+    raise ConfigError(f"vqgan.{e}") from e
+
+
+def stage_configs(config, workdir: str) -> dict:
+  """The runnable config of every stage, with the keys that link the stages filled in.
+
+  Returns {'tokenizer', 'precompute', 'base', 'sr'}: copies of config.vqgan, .precompute,
+  .base, .sr (the demo config is not changed) and 'text_encoder' (the sampling encoder).
+  """
+  import ml_collections
+  from muse_jax.models import t5
+  workdir = os.path.abspath(workdir)
+  hi, lo = int(config.image_size), int(config.lowres_size)
+  f = tokenizer_factor(config.vqgan.model)
+  if hi % f or lo % f or lo > hi:
+    from muse_jax.config import ConfigError
+    raise ConfigError(f"image_size={hi} and lowres_size={lo} must be multiples of the tokenizer's "
+                      f"downsampling factor {f}, with lowres_size <= image_size")
+  copy = lambda c: ml_collections.ConfigDict(c.to_dict())  # noqa: E731
+
+  vq = copy(config.vqgan)
+  vq.seed = int(config.seed)
+  vq.data.image_size = hi
+  vq.discriminator.image_size = hi
+
+  pre = copy(config.precompute)
+  tok_dir = os.path.join(workdir, "tokenizer")
+  for name, res in (("tokenizer", lo), ("sr_tokenizer", hi)):
+    pre[name].model = copy(vq.model)
+    pre[name].weights = tok_dir
+    pre[name].resolution = res
+  pre.data.shapes.seed = int(config.seed)
+  te = pre.text_encoder
+  d_model = t5.get_config(te.size).d_model
+  codebook = int(vq.model.codebook_size)
+  pre_dir = os.path.join(workdir, "precompute")
+
+  out = {"tokenizer": vq, "precompute": pre}
+  for name, grid in (("base", lo // f), ("sr", hi // f)):
+    c = copy(config[name])
+    c.seed = int(config.seed)
+    c.model.update(dict(codebook_size=codebook, grid_size=grid, text_dim=d_model,
+                        text_length=int(te.max_length)))
+    if name == "sr":
+      c.model.lowres_grid_size = lo // f
+    c.data.update(dict(source="precomputed", path=pre_dir, eval_path=""))
+    out[name] = c
+  enc = copy(te)
+  enc.spiece_model = os.path.join(pre_dir, "spiece.model")
+  out["text_encoder"] = enc
+  return out
+
+
+def fingerprint(cfg) -> str:
+  """A short hash of a stage config (demo_state.json warns when a finished stage's differs)."""
+  return hashlib.sha256(cfg.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
