@@ -69,6 +69,10 @@ def parse_args(argv=None):
   p.add_argument("--param_dtype", default="bfloat16", choices=("bfloat16", "float32"))
   p.add_argument("--unroll_loop", action="store_true",
                  help="unroll the decoding step loop (sampling.unroll_loop)")
+  p.add_argument("--xla_option", action="append", default=[], metavar="NAME=VALUE",
+                 help="extra XLA compiler option of the timed jits (repeatable), on top of "
+                      "muse_jax.sampling.pipeline.sampler_compiler_options(); e.g. "
+                      "xla_gpu_enable_triton_gemm=true")
   p.add_argument("--profile", default="",
                  help="trace dir: also profile 3 calls of each row's sampler and print its "
                       "kernel count, summed kernel time and the idle gap per call")
@@ -146,6 +150,20 @@ def row_specs(args):
 # --------------------------------------------------------------------------------------------
 
 
+def compiler_options(args) -> dict:
+  """The sampler's own XLA options (as the CLI compiles it) plus --xla_option NAME=VALUE."""
+  from muse_jax.sampling.pipeline import sampler_compiler_options
+  opts = sampler_compiler_options()
+  for item in args.xla_option:
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--xla_option {item!r}: use NAME=VALUE")
+    low = value.lower()
+    opts[name] = (low == "true" if low in ("true", "false") else
+                  int(value) if value.lstrip("-").isdigit() else value)
+  return opts
+
+
 def timed(fn, *args, runs: int, warmup: int):
   """(compile seconds, median seconds per call, compiled fn) of a jitted fn on fixed inputs."""
   import jax
@@ -163,12 +181,16 @@ def timed(fn, *args, runs: int, warmup: int):
 
 
 def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int = 3,
-                  top: int = 25):
+                  top: int = 40):
   """Prints kernels per call, their summed time, the rest of the latency (idle gaps) and the
-  `top` kernels by time (ms per call, launches per call, us per launch)."""
+  `top` kernels by time (ms per call, launches per call, us per launch). The optimized HLO is
+  written beside the trace (TRACE_DIR/optimized_hlo.txt) to look up what each fusion holds."""
   import collections
   import jax
   from benchmarks.trace_summary import category, device_events
+  os.makedirs(trace_dir, exist_ok=True)
+  with open(os.path.join(trace_dir, "optimized_hlo.txt"), "w") as f:
+    f.write(compiled.as_text())
   with jax.profiler.trace(trace_dir):
     for _ in range(calls):
       jax.block_until_ready(compiled(*args))
@@ -228,6 +250,7 @@ def run_row(spec: RowSpec, args):
   from muse_jax.sampling.pipeline import sample_stage
 
   b = spec.batch
+  xla_opts = compiler_options(args)
   key = jax.random.key(0, impl=args.rng)
   k_init, k_text = jax.random.split(jax.random.key(0))
 
@@ -291,15 +314,18 @@ def run_row(spec: RowSpec, args):
              params=n_params(base_params) + (n_params(sr_params) if sr_params else 0))
   inputs = (base_params, sr_params, text, text_len, utext, ulen, key)
   if spec.vq_in_latency:
-    c_s, lat, compiled = timed(jax.jit(full), base_params, sr_params, vq_params, *inputs[2:],
+    c_s, lat, compiled = timed(jax.jit(full, compiler_options=xla_opts), base_params,
+                               sr_params, vq_params, *inputs[2:],
                                runs=args.runs, warmup=args.warmup)
   else:
-    c_s, lat, compiled = timed(jax.jit(tokens_only), *inputs, runs=args.runs,
+    c_s, lat, compiled = timed(jax.jit(tokens_only, compiler_options=xla_opts), *inputs,
+                               runs=args.runs,
                                warmup=args.warmup)
   # The VQ decoder's time does not depend on the ids: random ones avoid a second loop compile.
   last_cb = int((spec.sr or spec.base).model.codebook_size)
   ids = jax.random.randint(k_text, (b, last_grid ** 2), 0, last_cb, jnp.int32)
-  _, vq_s, _ = timed(jax.jit(vq_decode), vq_params, ids, runs=args.runs, warmup=args.warmup)
+  _, vq_s, _ = timed(jax.jit(vq_decode, compiler_options=xla_opts), vq_params, ids,
+                     runs=args.runs, warmup=args.warmup)
   row.update(compile_s=c_s, latency_s=lat, vq_s=vq_s, images_per_s=b / lat)
   if args.profile:
     profile_calls(compiled, inputs if not spec.vq_in_latency else
@@ -324,7 +350,8 @@ def run_row(spec: RowSpec, args):
   ctx = jax.jit(lambda p, t, tl, lo: (fwd_def.bind(p).encode_context(lo, t, tl) if is_sr else
                                       fwd_def.bind(p).encode_context(t, tl)))(
                                           fwd_params, rtext, rlen, tokens_lo)
-  _, fwd_s, _ = timed(jax.jit(forward_only), fwd_params, tokens, *ctx, runs=args.runs,
+  _, fwd_s, _ = timed(jax.jit(forward_only, compiler_options=xla_opts), fwd_params, tokens,
+                      *ctx, runs=args.runs,
                       warmup=args.warmup)
   steps = spec.sr_steps if is_sr else spec.base_steps
   loop_s = lat - (vq_s if spec.vq_in_latency else 0.0)
@@ -414,7 +441,8 @@ def main(argv=None):
   specs = row_specs(args)
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
   print(f"device: {device}; attention={args.attention} scan={args.scan} "
-        f"param_dtype={args.param_dtype} guidance={args.guidance} rng={args.rng}", flush=True)
+        f"param_dtype={args.param_dtype} guidance={args.guidance} rng={args.rng} "
+        f"xla options={compiler_options(args)}", flush=True)
   rows, base_loops = [], {}
   for spec in specs:
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """The end-to-end demo on the shapes dataset, sized for 2 CPU cores (<= 15 minutes).
 
 COMMAND: python -m muse_jax.demo --config=configs/demo_cpu.py --workdir=demo_out
-         (= `make demo`)
+         (= `make demo`; 11.3 min on 2 idle cores, README "The demo")
 Trains an f4 VQGAN tokenizer on 64px shapes images, precomputes tokens (32px -> 8x8 for the
 base stage, 64px -> 16x16 for SR) and random tiny-T5 caption embeddings, trains the base and
 SR transformers, then writes demo_out/samples_train.png, samples_heldout.png, inpaint.png,
@@ -89,7 +89,7 @@ def base_config():
   # codebook_size, grid_size, text_dim, text_length: set by muse_jax.demo.
   c.model.update(dict(hidden_size=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=512,
                       dtype="float32", attention="xla", scan_layers=False))
-  return _token_stage(c, batch_size=64, num_steps=250, learning_rate=2e-3)
+  return _token_stage(c, batch_size=64, num_steps=750, learning_rate=2e-3)
 
 
 def sr_config():
@@ -97,7 +97,7 @@ def sr_config():
   c.model.update(dict(hidden_size=64, num_layers=2, lowres_num_layers=1, num_heads=4,
                       head_dim=16, mlp_dim=256, dtype="float32", attention="xla",
                       scan_layers=False))
-  return _token_stage(c, batch_size=32, num_steps=150, learning_rate=2e-3)
+  return _token_stage(c, batch_size=32, num_steps=400, learning_rate=2e-3)
 
 
 def get_config():

@@ -47,8 +47,9 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   for stage in demo.STAGES:
     assert f" {stage}]" in log, stage
 
-  for name in ("samples_train.png", "samples_heldout.png", "inpaint.png", "outpaint.png",
-               "maskfree.png", "metrics.json"):
+  for name in ("samples_train.png", "samples_heldout.png", "samples_train_no_cfg.png",
+               "samples_heldout_no_cfg.png", "inpaint.png", "outpaint.png", "maskfree.png",
+               "metrics.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, "metrics.json")) as f:
     saved = json.load(f)

@@ -33,6 +33,7 @@ grids and text width/length of base and SR (see `stage_configs`).
 Writes to WORKDIR:
   samples_train.png, samples_heldout.png   grids of guided samples (captions, row by row, in
                                            metrics.json: samples.<split>.grid_captions)
+  samples_train_no_cfg.png, ...heldout_no_cfg.png   the same captions sampled without CFG
   inpaint.png, outpaint.png, maskfree.png  input | mask (grey = regenerated) | output; input |
                                            output for the mask-free edit
   metrics.json     detector accuracy per attribute for {train, heldout} x {cfg, no_cfg}, the

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from muse_jax.demo import images as I
-from muse_jax.demo.runner import GUIDANCE, SPLITS
+from muse_jax.demo.runner import GUIDANCE, SPLITS, grid_name
 
 
 def acc_line(r: dict) -> str:
@@ -54,11 +54,10 @@ def run_samples(demo) -> None:
       split_res[mode] = compositional.evaluate(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
-      if mode == "cfg":
-        n = min(int(e.grid_images), len(images))
-        I.save_grid(images[:n], demo.path(f"samples_{split}.png"), int(e.grid_columns),
-                    int(demo.config.png_scale))
-        split_res["grid_captions"] = captions[:n]
+      n = min(int(e.grid_images), len(images))
+      I.save_grid(images[:n], demo.path(grid_name(split, mode)), int(e.grid_columns),
+                  int(demo.config.png_scale))
+      split_res["grid_captions"] = captions[:n]
       demo.log("samples", f"{split} {mode}: " + acc_line(split_res[mode]))
     result[split] = split_res
   with s.unlocked():

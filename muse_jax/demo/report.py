@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from muse_jax.demo.runner import GUIDANCE, METRICS_FILE, SPLITS, STAGES
+from muse_jax.demo.runner import GUIDANCE, METRICS_FILE, SPLITS, STAGES, grid_name
 
 ATTRIBUTES = ("count", "colour", "shape", "position", "overall")
 
@@ -24,7 +24,8 @@ def write_report(demo) -> dict:
       "reference": reference,
       "guidance_scale": {"base": samples.get("guidance_scale"),
                          "sr": samples.get("sr_guidance_scale")},
-      "samples": {split: {"grid": f"samples_{split}.png",
+      "samples": {split: {"grid": grid_name(split, "cfg"),
+                          "grid_no_cfg": grid_name(split, "no_cfg"),
                           "grid_captions": samples[split].get("grid_captions", []),
                           "captions": samples[split]["captions"]}
                   for split in SPLITS if split in samples},

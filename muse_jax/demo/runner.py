@@ -19,6 +19,11 @@ SPLITS = ("train", "heldout")
 GUIDANCE = ("cfg", "no_cfg")
 
 
+def grid_name(split: str, mode: str) -> str:
+  """PNG grid of one split's samples: samples_<split>.png (CFG), samples_<split>_no_cfg.png."""
+  return f"samples_{split}.png" if mode == "cfg" else f"samples_{split}_{mode}.png"
+
+
 class Demo:
   """Runs the stages of one demo workdir; `run()` does all of them."""
 

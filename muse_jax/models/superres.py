@@ -118,10 +118,12 @@ class SuperResTransformer(nnx.Module):
     context = jnp.concatenate([lowres, txt.astype(lowres.dtype)], axis=1)
     return constrain(context, ACT), (self.lowres_len + txt_len).astype(jnp.int32)
 
-  def decode(self, tokens, context, context_len, *, dropout_key=None, cache=None):
+  def decode(self, tokens, context, context_len, *, dropout_key=None, cache=None,
+             layers=None):
     """High-res tokens [B, T_hi] (masked = mask_id) -> logits [B, T_hi, V] (fp32).
 
-    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`.
+    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`;
+    `layers=self.stack.layer_params()` (sliced once) the stacked block parameters.
     """
     if tokens.shape[1] != self.seq_len:
       raise ValueError(f"expected {self.seq_len} high-res tokens per image, "
@@ -129,7 +131,7 @@ class SuperResTransformer(nnx.Module):
     dtype = self.precision.dtype
     x = jnp.take(self.token_embed[...], tokens, axis=0).astype(dtype)
     x = constrain(x + self.pos_embed[...].astype(dtype)[None], ACT)
-    x = self.stack(x, context, context_len, dropout_key, cache)
+    x = self.stack(x, context, context_len, dropout_key, cache, layers)
     logits = self.head(self.final_norm(x)).astype(jnp.float32)
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 

@@ -103,8 +103,23 @@ class BlockStack(nnx.Module):
       return jax.vmap(project)(state)
     return tuple(project(jax.tree.map(lambda a: a[i], state)) for i in range(self.num_layers))
 
-  def __call__(self, x, context=None, context_len=None, dropout_key=None, cache=None):
-    """Runs the blocks; `cache` (from `cross_cache`) replaces `context` when given."""
+  def layer_params(self):
+    """Each layer's parameters as arrays of their own (unrolled stacks; None when scanning).
+
+    The unrolled loop slices layer i out of every stacked array. Inside a loop (a sampler's
+    steps) XLA re-materialises those slices at every iteration: on an H200, six weight copies
+    per layer and step, 19% of the aMUSEd-size sampler's time (benchmarks/sample.py --profile).
+    A sampler slices them once, before its loop, and passes them back as `layers=`.
+    """
+    if self.scan:
+      return None
+    _, state = nnx.split(self.blocks)
+    return tuple(jax.tree.map(lambda a: a[i], state) for i in range(self.num_layers))
+
+  def __call__(self, x, context=None, context_len=None, dropout_key=None, cache=None,
+               layers=None):
+    """Runs the blocks; `cache` (from `cross_cache`) replaces `context` when given, and
+    `layers` (from `layer_params`) the stacked parameters."""
     graphdef, state = nnx.split(self.blocks)
     keys = (jax.random.split(dropout_key, self.num_layers) if dropout_key is not None
             else None)
@@ -121,8 +136,10 @@ class BlockStack(nnx.Module):
         return layer(x, st, key, kv), None
       x, _ = jax.lax.scan(body, x, (state, keys, cache))
       return x
+    if layers is not None and len(layers) != self.num_layers:
+      raise ValueError(f"layers holds {len(layers)} layers; the stack has {self.num_layers}")
     for i in range(self.num_layers):
-      st = jax.tree.map(lambda a: a[i], state)
+      st = layers[i] if layers is not None else jax.tree.map(lambda a: a[i], state)
       x = layer(x, st, None if keys is None else keys[i], None if cache is None else cache[i])
     return x
 
@@ -170,10 +187,12 @@ class MaskedTransformer(nnx.Module):
     """
     return self.embed_context(text, text_len)
 
-  def decode(self, tokens, context, context_len, *, dropout_key=None, cache=None):
+  def decode(self, tokens, context, context_len, *, dropout_key=None, cache=None,
+             layers=None):
     """tokens [B, T] int32 (masked = mask_id) + encoded context -> logits [B, T, V] (fp32).
 
-    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`.
+    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`;
+    `layers=self.stack.layer_params()` (sliced once) the stacked block parameters.
     """
     if tokens.shape[1] != self.seq_len:
       raise ValueError(f"expected {self.seq_len} tokens per image, got {tokens.shape[1]}")
@@ -181,7 +200,7 @@ class MaskedTransformer(nnx.Module):
     x = jnp.take(self.token_embed[...], tokens, axis=0).astype(dtype)
     x = x + self.pos_embed[...].astype(dtype)[None]
     x = constrain(x, ACT)
-    x = self.stack(x, context, context_len, dropout_key, cache)
+    x = self.stack(x, context, context_len, dropout_key, cache, layers)
     logits = self.head(self.final_norm(x)).astype(jnp.float32)
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 

@@ -118,3 +118,22 @@ def test_cross_attention_cache_equals_the_context(scan):
     assert len(cache) == c.model.num_layers
   np.testing.assert_allclose(model.decode(tokens, None, ctx_len, cache=cache),
                              model.decode(tokens, ctx, ctx_len), atol=1e-5)
+
+
+def test_presliced_layer_params_are_used_and_equal_the_stacked_ones():
+  c, fm, params = build(scan_layers=False)
+  tokens, text, text_len = inputs(c)
+  model = fm.bind(params)
+  ctx, ctx_len = model.encode_context(text, text_len)
+  layers = model.stack.layer_params()
+  assert len(layers) == c.model.num_layers
+  stacked = model.decode(tokens, ctx, ctx_len)
+  np.testing.assert_allclose(model.decode(tokens, ctx, ctx_len, layers=layers), stacked,
+                             atol=1e-6)
+  # The sliced layers replace the stacked ones: other layers give other logits.
+  swapped = model.decode(tokens, ctx, ctx_len, layers=layers[::-1])
+  assert np.abs(np.asarray(swapped) - np.asarray(stacked)).max() > 1e-3
+  with pytest.raises(ValueError, match="layers holds"):
+    model.decode(tokens, ctx, ctx_len, layers=layers[:1])
+  _, fm_scan, params_scan = build(scan_layers=True)
+  assert fm_scan.bind(params_scan).stack.layer_params() is None

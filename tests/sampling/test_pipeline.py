@@ -3,6 +3,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -270,3 +271,15 @@ def test_cast_params_and_mask_files(tmp_path):
   mask = image_io.load_mask(str(tmp_path / "m.png"), 20)
   assert mask.shape == (20, 20) and mask.dtype == bool
   assert not mask[:, :10].any() and mask[:, 10:].all()
+
+
+def test_gpu_sampler_options_are_known_to_xla():
+  from muse_jax.sampling import pipeline as P
+  # A misspelt option name fails to compile ("No such compile option"); the debug options are
+  # shared by all backends, so the CPU checks the GPU option names too.
+  fn = jax.jit(lambda x: x @ x, compiler_options=P.GPU_SAMPLER_OPTIONS)
+  np.testing.assert_allclose(fn(jnp.eye(3)), np.eye(3))
+  with pytest.raises(Exception, match="No such compile option"):
+    jax.jit(lambda x: x @ x, compiler_options={"xla_gpu_enable_triton_gemmx": False})(jnp.eye(3))
+  assert P.sampler_compiler_options() == ({} if jax.default_backend() != "gpu"
+                                          else P.GPU_SAMPLER_OPTIONS)
