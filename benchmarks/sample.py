@@ -453,9 +453,11 @@ def main(argv=None):
       if spec.sr is not None:
         attribute(row, base_loops.get(spec.batch))
     rows.append(row)
+    # Everything the table will hold, as soon as the row is done (a run cut short keeps it).
     print(f"  {spec.name}: latency {fmt_ms(row['latency_s'])} ms, "
-          f"{row['images_per_s']:.2f} img/s ({time.perf_counter() - t0:.0f} s incl. compile)",
-          flush=True)
+          f"{row['images_per_s']:.2f} img/s, {row['steps']} x forward "
+          f"{fmt_ms(row['forward_s'])} ms, limit {row['limit']} "
+          f"({time.perf_counter() - t0:.0f} s incl. compile)", flush=True)
   print_table(rows, device)
 
 
