@@ -50,5 +50,7 @@ def get_config():
 
   c.sampling.update(dict(base_steps=16, sr_steps=8))
   c.sampling.editing.mask_free_iterations = 50
-  c.eval.update(dict(num_captions=256, batch_size=128, grid_images=64))
+  # Guidance 3.0 broke counting here (stray fragments; README "The demo"): score a sweep too.
+  c.eval.update(dict(num_captions=256, batch_size=128, grid_images=64,
+                     guidance_sweep=(0.5, 1.0, 2.0)))
   return c

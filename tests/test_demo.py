@@ -30,7 +30,8 @@ def micro_config():
   c.sampling.update(dict(base_steps=2, sr_steps=2))
   c.sampling.editing.mask_free_iterations = 2
   # Batch 1: the guided sampler compiled for the metrics is reused by in/outpainting.
-  c.eval.update(dict(num_captions=2, batch_size=1, grid_images=2, grid_columns=2))
+  c.eval.update(dict(num_captions=2, batch_size=1, grid_images=2, grid_columns=2,
+                     guidance_sweep=(1.5,)))
   c.edits.png_scale = 1
   return c
 
@@ -61,6 +62,8 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
       assert acc["num_examples"] == 2
       assert all(0.0 <= acc[k] <= 1.0 for k in ("count", "colour", "shape", "position"))
     assert len(saved["samples"][split]["grid_captions"]) == 2
+    assert list(saved["guidance_sweep"][split]) == ["1.5"]
+    assert saved["guidance_sweep"][split]["1.5"]["num_examples"] == 2
     assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
   assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
   assert set(saved["stage_seconds"]) >= set(demo.STAGES) - {"report"}

@@ -36,9 +36,10 @@ Writes to WORKDIR:
   samples_train_no_cfg.png, ...heldout_no_cfg.png   the same captions sampled without CFG
   inpaint.png, outpaint.png, maskfree.png  input | mask (grey = regenerated) | output; input |
                                            output for the mask-free edit
-  metrics.json     detector accuracy per attribute for {train, heldout} x {cfg, no_cfg}, the
-                   detector on the dataset images and on their tokenizer reconstructions (the
-                   ceilings), first/last training losses, stage timings, command and configs
+  metrics.json     detector accuracy per attribute for {train, heldout} x {cfg, no_cfg} (and
+                   at each scale of eval.guidance_sweep), the detector on the dataset images and
+                   on their tokenizer reconstructions (the ceilings), first/last training
+                   losses, stage timings, command and configs
   tokenizer/ precompute/ base/ sr/         the stage workdirs (checkpoints, metrics.jsonl, ...)
   demo_state.json                          finished stages, their timings and results
 

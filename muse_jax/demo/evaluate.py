@@ -59,6 +59,17 @@ def run_samples(demo) -> None:
                   int(demo.config.png_scale))
       split_res["grid_captions"] = captions[:n]
       demo.log("samples", f"{split} {mode}: " + acc_line(split_res[mode]))
+    # Accuracy only (no grid) at further guidance scales, each used by base and SR alike.
+    sweep = {}
+    for g in e.guidance_sweep:
+      with s.unlocked():
+        s.guidance_scale = s.sr_guidance_scale = float(g)
+      images = I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
+                                             int(demo.config.seed)))
+      sweep[f"{float(g):g}"] = compositional.evaluate(images, captions)
+      demo.log("samples", f"{split} guidance {float(g):g}: " + acc_line(sweep[f"{float(g):g}"]))
+    if sweep:
+      split_res["guidance_sweep"] = sweep
     result[split] = split_res
   with s.unlocked():
     s.guidance_scale, s.sr_guidance_scale = guided

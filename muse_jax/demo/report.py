@@ -24,6 +24,9 @@ def write_report(demo) -> dict:
       "reference": reference,
       "guidance_scale": {"base": samples.get("guidance_scale"),
                          "sr": samples.get("sr_guidance_scale")},
+      # eval.guidance_sweep: accuracy at further guidance scales (base and SR alike).
+      "guidance_sweep": {split: samples[split]["guidance_sweep"] for split in SPLITS
+                         if "guidance_sweep" in samples.get(split, {})},
       "samples": {split: {"grid": grid_name(split, "cfg"),
                           "grid_no_cfg": grid_name(split, "no_cfg"),
                           "grid_captions": samples[split].get("grid_captions", []),
@@ -58,11 +61,12 @@ def write_report(demo) -> dict:
   demo.finish("report", time.perf_counter() - t)
   demo.log("report", f"wrote {demo.path(METRICS_FILE)}; stage seconds "
            + ", ".join(f"{k} {v:.0f}" for k, v in metrics["stage_seconds"].items())
-           + "\n" + accuracy_table(accuracy, reference))
+           + "\n" + accuracy_table(accuracy, reference, metrics["guidance_sweep"]))
   return metrics
 
 
-def accuracy_table(accuracy: dict, reference: dict | None = None) -> str:
+def accuracy_table(accuracy: dict, reference: dict | None = None,
+                   sweep: dict | None = None) -> str:
   """Percent per attribute: one row per split x guidance (and tokenizer reconstructions)."""
   lines = [f"{'':26s}" + "".join(f"{m:>10s}" for m in ATTRIBUTES)]
 
@@ -71,6 +75,8 @@ def accuracy_table(accuracy: dict, reference: dict | None = None) -> str:
   for split in accuracy:
     for mode in GUIDANCE:
       row(f"{split} {mode}", accuracy[split][mode])
+    for scale, r in (sweep or {}).get(split, {}).items():
+      row(f"{split} guidance {scale}", r)
   for split in reference or {}:
     row(f"{split} tokenizer recon.", reference[split]["tokenizer_reconstructions"])
   return "\n".join(lines)
