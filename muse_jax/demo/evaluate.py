@@ -44,30 +44,30 @@ def run_samples(demo) -> None:
         "dataset_images": compositional.evaluate(real, captions),
         "tokenizer_reconstructions": compositional.evaluate(rec, captions),
     }
+    n_grid = min(int(e.grid_images), len(captions))
+    split_res["grid_captions"] = captions[:n_grid]
     demo.log("samples", f"{split} tokenizer reconstructions: "
              + acc_line(split_res["tokenizer_reconstructions"]))
-    for mode in GUIDANCE:
+
+    def sample(base_guidance, sr_guidance):
       with s.unlocked():
-        s.guidance_scale, s.sr_guidance_scale = guided if mode == "cfg" else (0.0, 0.0)
-      images = I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
-                                             int(demo.config.seed)))
+        s.guidance_scale, s.sr_guidance_scale = base_guidance, sr_guidance
+      return I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
+                                           int(demo.config.seed)))
+
+    for mode in GUIDANCE:
+      images = sample(*(guided if mode == "cfg" else (0.0, 0.0)))
       split_res[mode] = compositional.evaluate(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
-      n = min(int(e.grid_images), len(images))
-      I.save_grid(images[:n], demo.path(grid_name(split, mode)), int(e.grid_columns),
+      I.save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),
                   int(demo.config.png_scale))
-      split_res["grid_captions"] = captions[:n]
       demo.log("samples", f"{split} {mode}: " + acc_line(split_res[mode]))
     # Accuracy only (no grid) at further guidance scales, each used by base and SR alike.
     sweep = {}
-    for g in e.guidance_sweep:
-      with s.unlocked():
-        s.guidance_scale = s.sr_guidance_scale = float(g)
-      images = I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
-                                             int(demo.config.seed)))
-      sweep[f"{float(g):g}"] = compositional.evaluate(images, captions)
-      demo.log("samples", f"{split} guidance {float(g):g}: " + acc_line(sweep[f"{float(g):g}"]))
+    for g in map(float, e.guidance_sweep):
+      acc = sweep[f"{g:g}"] = compositional.evaluate(sample(g, g), captions)
+      demo.log("samples", f"{split} guidance {g:g}: " + acc_line(acc))
     if sweep:
       split_res["guidance_sweep"] = sweep
     result[split] = split_res
