@@ -350,11 +350,21 @@ def _pad_text(text_and_len, length: int):
   return emb, text_len
 
 
-# XLA options for the sampler's jit on GPUs. Its matmuls are small (2B x 256 rows at batch B
-# under CFG): XLA's own Triton gemms split them over K and add the partial sums in separate
-# kernels, while cuBLAS fuses bias, GELU and residual adds into its epilogues. On an H200 the
-# aMUSEd-size row went from 40.0 to 30.8 ms with cuBLAS (benchmarks/sample.py --rows=amused).
-GPU_SAMPLER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+# XLA options for the sampler's jit on GPUs (measured with benchmarks/sample.py --rows=amused
+# on an H200; README "Sampling"):
+# - cuBLAS gemms. The matmuls are small (2B x 256 rows at batch B under CFG): XLA's own Triton
+#   gemms split them over K and add the partial sums in separate kernels, while cuBLAS fuses
+#   bias, GELU and residual adds into its epilogues. 40.0 -> 30.8 ms.
+# - CUDA graphs (command buffers) for every kernel type, the step loop's WHILE included, from
+#   the first kernel on: ~6,400 kernels of ~4.5 us per image leave the GPU waiting on kernel
+#   launches. 0.6-1.1 ms less in each of five same-machine pairs, identical tokens. Needs a
+#   driver with CUDA graph conditional nodes (CUDA >= 12.3); drop the two command-buffer
+#   entries for older ones.
+GPU_SAMPLER_OPTIONS = {
+    "xla_gpu_enable_triton_gemm": False,
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL",
+    "xla_gpu_graph_min_graph_size": 1,
+}
 
 
 def sampler_compiler_options() -> dict:

@@ -275,11 +275,14 @@ def test_cast_params_and_mask_files(tmp_path):
 
 def test_gpu_sampler_options_are_known_to_xla():
   from muse_jax.sampling import pipeline as P
-  # A misspelt option name fails to compile ("No such compile option"); the debug options are
-  # shared by all backends, so the CPU checks the GPU option names too.
+  # A misspelt option name or enum value fails to compile; the debug options are shared by
+  # all backends, so the CPU checks the GPU options too.
   fn = jax.jit(lambda x: x @ x, compiler_options=P.GPU_SAMPLER_OPTIONS)
   np.testing.assert_allclose(fn(jnp.eye(3)), np.eye(3))
   with pytest.raises(Exception, match="No such compile option"):
     jax.jit(lambda x: x @ x, compiler_options={"xla_gpu_enable_triton_gemmx": False})(jnp.eye(3))
+  with pytest.raises(Exception, match="not a valid enum value"):
+    jax.jit(lambda x: x @ x, compiler_options={"xla_gpu_enable_command_buffer": "FUSION,WHILEX"})(
+        jnp.eye(3))
   assert P.sampler_compiler_options() == ({} if jax.default_backend() != "gpu"
                                           else P.GPU_SAMPLER_OPTIONS)
