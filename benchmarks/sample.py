@@ -352,7 +352,7 @@ def run_row(spec: RowSpec, args):
     cache, layers = model.stack.cross_cache(c), model.stack.layer_params()
 
     def step(_, tok):
-      logits = model.decode(tok, None, c_len, cache=cache, layers=layers)
+      logits = model.decode(tok, c, c_len, cache=cache, layers=layers)
       return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     return jax.lax.fori_loop(0, steps, step, tokens)

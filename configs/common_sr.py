@@ -3,7 +3,9 @@
 `get_config()` is the reference of every key an sr config may use: the base model's sections
 (configs/common.py) with a model section extended by
   lowres_grid_size   low-res tokens per side (16x16 from the f16 tokenizer at 256px),
-  lowres_num_layers  depth of the low-res self-attention encoder.
+  lowres_num_layers  depth of the low-res self-attention encoder,
+  lowres_skip        add each encoded low-res token to the high-res inputs it covers (not in
+                     the paper; default False; muse_jax/models/superres.py).
 `grid_size` is the high-res grid (64x64 from the f8 tokenizer at 512px) and `num_layers` the
 depth of the high-res masked decoder, which cross-attends to [encoded low-res; text].
 The encoder has the decoder's width, heads and MLP (outputs are concatenated, not projected).
@@ -25,4 +27,5 @@ def get_config():
                       mlp_dim=4096))
   c.model.lowres_grid_size = 16
   c.model.lowres_num_layers = 16
+  c.model.lowres_skip = False
   return c

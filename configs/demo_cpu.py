@@ -93,10 +93,13 @@ def base_config():
 
 
 def sr_config():
+  """The low-res skip (not in the paper, muse_jax/models/superres.py): with the same data
+  and 400 steps, the SR eval loss fell from 1.67 to 1.33 and the detector's position accuracy
+  rose from 38-56% to 64-75% (README "The demo")."""
   c = common_sr.get_config()
   c.model.update(dict(hidden_size=64, num_layers=2, lowres_num_layers=1, num_heads=4,
                       head_dim=16, mlp_dim=256, dtype="float32", attention="xla",
-                      scan_layers=False))
+                      scan_layers=False, lowres_skip=True))
   return _token_stage(c, batch_size=32, num_steps=400, learning_rate=2e-3)
 
 

@@ -20,6 +20,14 @@ low-res tokens; the text slot then holds one learned "null" vector at position T
 length T_lo + 1), exactly like the base model's null condition at position 0. That keeps the
 sampler's CFG convention identical for both stages (pass text_len=0).
 
+Optional low-res skip (`model.lowres_skip`, default False = the paper's model): the high-res
+input at grid cell (i, j) also adds the encoded low-res token of the cell that covers it,
+(i // f, j // f) with f = grid_size / lowres_grid_size, read from the context's first T_lo
+rows. The decoder then starts from the low-res content at every position instead of having
+to learn where to cross-attend; no parameters are added, so checkpoints are the same shape
+either way (but not interchangeable: it is a different function). Small, briefly trained
+SR models need it (the CPU demo: README "The demo").
+
 The encoder and the decoder are `transformer.BlockStack`s of the same width, heads and MLP
 (so their outputs concatenate without a projection); only their depths differ. Both honour
 `scan_layers`, `remat` and `dropout`. The high-res part uses the base model's parameter names
@@ -65,6 +73,10 @@ class SuperResTransformer(nnx.Module):
     self.mask_id = int(cfg.codebook_size)
     self.seq_len = int(cfg.grid_size) ** 2
     self.lowres_len = int(cfg.lowres_grid_size) ** 2
+    self.lowres_skip = bool(cfg.get("lowres_skip", False))
+    if self.lowres_skip and int(cfg.grid_size) % int(cfg.lowres_grid_size):
+      raise ValueError(f"model.lowres_skip needs grid_size ({cfg.grid_size}) to be a multiple of "
+                       f"lowres_grid_size ({cfg.lowres_grid_size})")
     emb_init = jax.nn.initializers.normal(0.02)
     kw = dict(rngs=rngs, precision=p)
     # Low-res encoder. Low-res tokens are never masked: no mask row in their table.
@@ -122,15 +134,22 @@ class SuperResTransformer(nnx.Module):
              layers=None):
     """High-res tokens [B, T_hi] (masked = mask_id) -> logits [B, T_hi, V] (fp32).
 
-    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`;
-    `layers=self.stack.layer_params()` (sliced once) the stacked block parameters.
+    `cache=self.stack.cross_cache(context)` (computed once per image) may replace `context`
+    in the cross-attention; with `lowres_skip` the context is still needed (its low-res rows).
+    `layers=self.stack.layer_params()` (sliced once) may replace the stacked block parameters.
     """
     if tokens.shape[1] != self.seq_len:
       raise ValueError(f"expected {self.seq_len} high-res tokens per image, "
                        f"got {tokens.shape[1]}")
     dtype = self.precision.dtype
     x = jnp.take(self.token_embed[...], tokens, axis=0).astype(dtype)
-    x = constrain(x + self.pos_embed[...].astype(dtype)[None], ACT)
+    x = x + self.pos_embed[...].astype(dtype)[None]
+    if self.lowres_skip:
+      if context is None:
+        raise ValueError("model.lowres_skip reads the context's low-res rows: pass the context "
+                         "to decode (also with cache=)")
+      x = x + upsample_grid(context[:, :self.lowres_len], self.seq_len).astype(dtype)
+    x = constrain(x, ACT)
     x = self.stack(x, context, context_len, dropout_key, cache, layers)
     logits = self.head(self.final_norm(x)).astype(jnp.float32)
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
@@ -143,3 +162,15 @@ class SuperResTransformer(nnx.Module):
       k_enc, k_dec = jax.random.split(dropout_key)
     context, context_len = self.encode_context(tokens_lo, text, text_len, dropout_key=k_enc)
     return self.decode(tokens, context, context_len, dropout_key=k_dec)
+
+
+def upsample_grid(x: jax.Array, length: int) -> jax.Array:
+  """[B, g*g, D] row-major grid values -> [B, length, D] on the n x n grid (n*n = length, n a
+  multiple of g): cell (i, j) takes the value of cell (i // f, j // f), f = n / g."""
+  b, t, d = x.shape
+  g, n = int(round(t ** 0.5)), int(round(length ** 0.5))
+  if g * g != t or n * n != length or n % g:
+    raise ValueError(f"cannot upsample a {t}-cell grid to {length} cells")
+  f = n // g
+  x = x.reshape(b, g, 1, g, 1, d)
+  return jnp.broadcast_to(x, (b, g, f, g, f, d)).reshape(b, length, d)

@@ -411,14 +411,15 @@ def sample_stage(model_def, stage, mode, opts, mask_id, params, tokens, mask, te
     uctx = model.encode_context(tokens_lo, utext, ulen)
 
   # The cross-attention keys/values of the context are computed once, not at every step, and
-  # (unrolled stacks) each layer's weights are sliced out of the stacked arrays once.
+  # (unrolled stacks) each layer's weights are sliced out of the stacked arrays once. The
+  # context itself goes along for an SR model's low-res skip (unused otherwise: XLA drops it).
   def prepare(c):
-    return model.stack.cross_cache(c[0]), c[1]
+    return model.stack.cross_cache(c[0]), c[1], c[0]
 
   layers = model.stack.layer_params()
 
   def logits_fn(t, c):
-    return model.decode(t, None, c[1], cache=c[0], layers=layers)
+    return model.decode(t, c[2], c[1], cache=c[0], layers=layers)
 
   if mode == "decode":
     return parallel_decode.decode(logits_fn, tokens, ctx, uctx, key, mask_id=mask_id,

@@ -31,6 +31,9 @@ def check_superres(m) -> None:
   if m.lowres_grid_size > m.grid_size:
     raise ConfigError(f"model.lowres_grid_size={m.lowres_grid_size} exceeds "
                       f"model.grid_size={m.grid_size}; the SR model upsamples")
+  if m.get("lowres_skip", False) and m.grid_size % m.lowres_grid_size:
+    raise ConfigError(f"model.lowres_skip needs model.grid_size={m.grid_size} to be a multiple "
+                      f"of model.lowres_grid_size={m.lowres_grid_size}")
   kv = m.lowres_grid_size ** 2 + m.text_length
   if m.attention == "cudnn" and kv % 64:
     raise ConfigError(f"cross-attention KV length lowres_grid_size**2 + text_length = {kv}: "

@@ -188,3 +188,37 @@ def test_decode_with_cross_attention_cache_equals_context(tiny):
   np.testing.assert_allclose(
       model.decode(tokens, None, ctx_len, cache=model.stack.cross_cache(ctx)),
       model.decode(tokens, ctx, ctx_len), atol=1e-5)
+
+
+def test_upsample_grid_gives_each_cell_its_covering_low_res_cell():
+  from muse_jax.models.superres import upsample_grid
+  x = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)  # 2x2 grids, 3 channels
+  up = np.asarray(upsample_grid(x, 16)).reshape(2, 4, 4, 3)
+  for i in range(4):
+    for j in range(4):
+      np.testing.assert_array_equal(up[:, i, j], np.asarray(x)[:, (i // 2) * 2 + j // 2])
+  with pytest.raises(ValueError, match="cannot upsample"):
+    upsample_grid(x, 9)  # 3x3 is not a multiple of 2x2
+
+
+def test_lowres_skip_adds_the_covering_low_res_token_to_each_input(tiny):
+  c, fm_plain, params, _ = tiny
+  _, fm = build(lowres_skip=True)  # no new parameters: the same params bind
+  tokens, tokens_lo, text, text_len = inputs(c)
+  model, plain = fm.bind(params), fm_plain.bind(params)
+  ctx, ctx_len = model.encode_context(tokens_lo, text, text_len)
+  with_skip = model.decode(tokens, ctx, ctx_len)
+  assert np.abs(np.asarray(with_skip) - np.asarray(plain.decode(tokens, ctx, ctx_len))).max() > 1e-3
+  # The skip is exactly "x + upsampled low-res rows": zeroing those rows of the context for the
+  # skip only (the cross-attention still sees them through the cache) gives the plain model.
+  cache = model.stack.cross_cache(ctx)
+  np.testing.assert_allclose(model.decode(tokens, ctx, ctx_len, cache=cache), with_skip, atol=1e-5)
+  zeroed = ctx.at[:, :c.model.lowres_grid_size ** 2].set(0)
+  np.testing.assert_allclose(model.decode(tokens, zeroed, ctx_len, cache=cache),
+                             plain.decode(tokens, ctx, ctx_len), atol=1e-5)
+  # The full model (training) takes the same path.
+  np.testing.assert_allclose(model(tokens, tokens_lo, text, text_len), with_skip, atol=1e-5)
+  with pytest.raises(ValueError, match="pass the context"):
+    model.decode(tokens, None, ctx_len, cache=cache)
+  with pytest.raises(ValueError, match="multiple of lowres_grid_size"):
+    build(lowres_skip=True, grid_size=6, lowres_grid_size=4)
