@@ -124,8 +124,8 @@ def get_config():
       grid_images=32,         # images in samples_<split>.png
       grid_columns=8,
       rng_impl="",            # '' = JAX default PRNG
-      # Further guidance scales to score (accuracy only, base and SR alike; each compiles the
-      # samplers once more): metrics.json guidance_sweep.
+      # Further guidance scales to score (accuracy only; each compiles the samplers once
+      # more): a number for both stages or a (base, sr) pair. metrics.json guidance_sweep.
       guidance_sweep=(),
   ))
   c.edits = ml_collections.ConfigDict(dict(png_scale=4))

@@ -50,7 +50,8 @@ def get_config():
 
   c.sampling.update(dict(base_steps=16, sr_steps=8))
   c.sampling.editing.mask_free_iterations = 50
-  # Guidance 3.0 broke counting here (stray fragments; README "The demo"): score a sweep too.
+  # Guidance 3.0 broke counting here (stray fragments; README "The demo"): score a sweep too,
+  # with each stage's guidance alone (base 3 / SR 0 and base 0 / SR 3) to tell which adds them.
   c.eval.update(dict(num_captions=256, batch_size=128, grid_images=64,
-                     guidance_sweep=(0.5, 1.0, 2.0)))
+                     guidance_sweep=(0.5, 1.0, 2.0, (3.0, 0.0), (0.0, 3.0))))
   return c

@@ -31,7 +31,7 @@ def micro_config():
   c.sampling.editing.mask_free_iterations = 2
   # Batch 1: the guided sampler compiled for the metrics is reused by in/outpainting.
   c.eval.update(dict(num_captions=2, batch_size=1, grid_images=2, grid_columns=2,
-                     guidance_sweep=(1.5,)))
+                     guidance_sweep=((1.5, 0.0),)))
   c.edits.png_scale = 1
   return c
 
@@ -62,8 +62,8 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
       assert acc["num_examples"] == 2
       assert all(0.0 <= acc[k] <= 1.0 for k in ("count", "colour", "shape", "position"))
     assert len(saved["samples"][split]["grid_captions"]) == 2
-    assert list(saved["guidance_sweep"][split]) == ["1.5"]
-    assert saved["guidance_sweep"][split]["1.5"]["num_examples"] == 2
+    assert list(saved["guidance_sweep"][split]) == ["1.5/0"]
+    assert saved["guidance_sweep"][split]["1.5/0"]["num_examples"] == 2
     assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
   assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
   assert set(saved["stage_seconds"]) >= set(demo.STAGES) - {"report"}
@@ -99,3 +99,11 @@ def test_demo_configs_link_the_stages(module, tmp_path):
   if module is demo_gpu:  # cuDNN flash attention takes the cross-attention keys
     assert cfgs["base"].model.text_length % 64 == 0
     assert (cfgs["sr"].model.lowres_grid_size ** 2 + cfgs["sr"].model.text_length) % 64 == 0
+
+
+def test_guidance_sweep_entries_are_a_scale_or_a_base_sr_pair():
+  from muse_jax.demo.evaluate import sweep_name, sweep_scales
+  assert sweep_scales(2) == (2.0, 2.0) and sweep_name(2.0, 2.0) == "2"
+  assert sweep_scales((3, 0)) == (3.0, 0.0) and sweep_name(3.0, 0.0) == "3/0"
+  with pytest.raises(ValueError, match="pair"):
+    sweep_scales((1, 2, 3))

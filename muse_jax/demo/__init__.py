@@ -37,7 +37,7 @@ Writes to WORKDIR:
   inpaint.png, outpaint.png, maskfree.png  input | mask (grey = regenerated) | output; input |
                                            output for the mask-free edit
   metrics.json     detector accuracy per attribute for {train, heldout} x {cfg, no_cfg} (and
-                   at each scale of eval.guidance_sweep), the detector on the dataset images and
+                   at each eval.guidance_sweep entry), the detector on the dataset images and
                    on their tokenizer reconstructions (the ceilings), first/last training
                    losses, stage timings, command and configs
   tokenizer/ precompute/ base/ sr/         the stage workdirs (checkpoints, metrics.jsonl, ...)

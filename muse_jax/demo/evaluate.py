@@ -20,6 +20,21 @@ def acc_line(r: dict) -> str:
                                                       "overall"))
 
 
+def sweep_scales(entry) -> tuple[float, float]:
+  """(base, SR) guidance of one `eval.guidance_sweep` entry: a number (both stages) or a
+  (base, SR) pair."""
+  if isinstance(entry, (tuple, list)):
+    if len(entry) != 2:
+      raise ValueError(f"eval.guidance_sweep entry {entry!r}: use a number or a (base, sr) pair")
+    return float(entry[0]), float(entry[1])
+  return float(entry), float(entry)
+
+
+def sweep_name(base: float, sr: float) -> str:
+  """metrics.json key of a sweep entry: '2' (both stages) or '3/0' (base 3, SR 0)."""
+  return f"{base:g}" if base == sr else f"{base:g}/{sr:g}"
+
+
 def run_samples(demo) -> None:
   from muse_jax.evaluation import compositional
   if demo.done("samples"):
@@ -63,11 +78,13 @@ def run_samples(demo) -> None:
       I.save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),
                   int(demo.config.png_scale))
       demo.log("samples", f"{split} {mode}: " + acc_line(split_res[mode]))
-    # Accuracy only (no grid) at further guidance scales, each used by base and SR alike.
+    # Accuracy only (no grid) at further guidance scales.
     sweep = {}
-    for g in map(float, e.guidance_sweep):
-      acc = sweep[f"{g:g}"] = compositional.evaluate(sample(g, g), captions)
-      demo.log("samples", f"{split} guidance {g:g}: " + acc_line(acc))
+    for entry in e.guidance_sweep:
+      scales = sweep_scales(entry)
+      name = sweep_name(*scales)
+      acc = sweep[name] = compositional.evaluate(sample(*scales), captions)
+      demo.log("samples", f"{split} guidance {name}: " + acc_line(acc))
     if sweep:
       split_res["guidance_sweep"] = sweep
     result[split] = split_res

@@ -24,7 +24,8 @@ def write_report(demo) -> dict:
       "reference": reference,
       "guidance_scale": {"base": samples.get("guidance_scale"),
                          "sr": samples.get("sr_guidance_scale")},
-      # eval.guidance_sweep: accuracy at further guidance scales (base and SR alike).
+      # eval.guidance_sweep: accuracy at further guidance scales, keyed '<both>' or
+      # '<base>/<sr>' (evaluate.sweep_name).
       "guidance_sweep": {split: samples[split]["guidance_sweep"] for split in SPLITS
                          if "guidance_sweep" in samples.get(split, {})},
       "samples": {split: {"grid": grid_name(split, "cfg"),
