@@ -27,9 +27,10 @@ feeding the next, divided by `steps`) and the sampler overhead = loop - steps x 
 noise, top-k, sort and remasking between forwards), and two floors of the loop:
 compute (model FLOPs / peak bf16 FLOP/s) and weights (steps x bf16 weight bytes / HBM
 bandwidth). `limit` names the largest share: compute, weights (HBM), forward above floors
-(the forward's time beyond both floors: inefficient small kernels or launch gaps; --profile
-tells them apart) or the sampler (top-k/sort/noise work between forwards). The table is
-printed last.
+(the forward's time beyond both floors: inefficient small kernels or launch gaps) or the
+sampler (top-k/sort/noise work between forwards). With --profile, a "forward above floors"
+limit also names the profile's largest share of the call: small matmuls, attention,
+elementwise kernels, copies or kernel launches (idle gaps). The table is printed last.
 """
 from __future__ import annotations
 
@@ -76,8 +77,9 @@ def parse_args(argv=None):
                       "muse_jax.sampling.pipeline.sampler_compiler_options(); e.g. "
                       "xla_gpu_enable_triton_gemm=true")
   p.add_argument("--profile", default="",
-                 help="trace dir: also profile 3 calls of each row's sampler and print its "
-                      "kernel count, summed kernel time and the idle gap per call")
+                 help="trace dir: also profile 3 calls of each row's sampler, print its "
+                      "kernel count, summed kernel time and the idle gap per call, and name "
+                      "the largest share in the limit column")
   return p.parse_args(argv)
 
 
@@ -185,7 +187,8 @@ def timed(fn, *args, runs: int, warmup: int):
 def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int = 3,
                   top: int = 40):
   """Prints kernels per call, their summed time, the rest of the latency (idle gaps) and the
-  `top` kernels by time (ms per call, launches per call, us per launch). The optimized HLO is
+  `top` kernels by time (ms per call, launches per call, us per launch); returns the latency,
+  the summed kernel time and the time per kernel category (ms per call). The optimized HLO is
   written beside the trace (TRACE_DIR/optimized_hlo.txt) to look up what each fusion holds."""
   import collections
   import jax
@@ -210,6 +213,24 @@ def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int =
   for name, dur in by_name.most_common(top):
     print(f"      {dur / 1e3:7.3f} ms {count[name] // calls:5d}x {dur / max(count[name] // calls, 1):6.1f}"
           f" us  [{category(name)}] {name[:90]}", flush=True)
+  return dict(latency_ms=1e3 * latency_s, busy_ms=busy_ms,
+              by_category_ms={c: d / 1e3 for c, d in by_cat.items()})
+
+
+# What the profile's largest share is called in the `limit` column.
+PROFILE_LIMITS = {"matmul": "small matmuls", "attention": "attention",
+                  "fusion/elementwise": "elementwise kernels", "copy/transpose": "copies",
+                  "collective": "collectives", "other": "other kernels",
+                  "gaps": "kernel launches (idle gaps)"}
+
+
+def profile_limit(profile: dict) -> str:
+  """The largest share of a profiled call (`profile_calls`): a kernel category, or the idle
+  gaps between kernels; as a percentage of the latency."""
+  shares = dict(profile["by_category_ms"])
+  shares["gaps"] = max(profile["latency_ms"] - profile["busy_ms"], 0.0)
+  name, ms = max(shares.items(), key=lambda kv: kv[1])
+  return f"{PROFILE_LIMITS.get(name, name)} {100 * ms / profile['latency_ms']:.0f}% of the call"
 
 
 def n_params(tree) -> int:
@@ -330,7 +351,7 @@ def run_row(spec: RowSpec, args):
                      runs=args.runs, warmup=args.warmup)
   row.update(compile_s=c_s, latency_s=lat, vq_s=vq_s, images_per_s=b / lat)
   if args.profile:
-    profile_calls(compiled, inputs if not spec.vq_in_latency else
+    row["profile"] = profile_calls(compiled, inputs if not spec.vq_in_latency else
                   (base_params, sr_params, vq_params) + inputs[2:],
                   os.path.join(args.profile, spec.name), lat)
 
@@ -409,7 +430,10 @@ def name_limit(row) -> str:
   }
   total = sum(shares.values()) or 1.0
   name, value = max(shares.items(), key=lambda kv: kv[1])
-  return f"{name} ({100 * value / total:.0f}%)"
+  label = f"{name} ({100 * value / total:.0f}%)"
+  if name == "forward above floors" and row.get("profile"):
+    label += ": " + profile_limit(row["profile"])  # which kernels (--profile)
+  return label
 
 
 def fmt_ms(s) -> str:

@@ -24,3 +24,23 @@ def test_sample_benchmark_prints_a_row_per_requested_configuration():
     assert float(values[5]) > 0 and float(values[6]) > 0, line
     steps = {"cascade512_b1": "8", "amused": "12"}[name]
     assert values[8] == steps, line
+
+
+def _row(profile=None):
+  # The aMUSEd row of the README's H200 table: forward 2.6 ms x 12 steps, floors 7.3 / 3.0 ms.
+  return dict(steps=12, forward_s=2.6e-3, compute_floor_s=7.3e-3 / 12,
+              weight_floor_s=3.0e-3 / 12, sampler_s=0.0, profile=profile)
+
+
+def test_limit_names_the_profiles_largest_share_of_a_slow_forward():
+  sys.path.insert(0, ROOT)
+  from benchmarks.sample import name_limit
+  assert name_limit(_row()) == "forward above floors (77%)"
+  # The README's profile of that row: gemms 18.8 of 29.9 ms, no idle gaps.
+  gemms = dict(latency_ms=29.9, busy_ms=29.9,
+               by_category_ms={"matmul": 18.8, "attention": 4.8, "fusion/elementwise": 4.4,
+                               "copy/transpose": 1.8, "other": 0.1})
+  assert name_limit(_row(gemms)) == ("forward above floors (77%): small matmuls 63% of the "
+                                     "call")
+  gaps = dict(latency_ms=30.0, busy_ms=12.0, by_category_ms={"matmul": 8.0, "attention": 4.0})
+  assert name_limit(_row(gaps)).endswith("kernel launches (idle gaps) 60% of the call")
