@@ -1,7 +1,7 @@
 """The end-to-end demo on the shapes dataset, sized for 2 CPU cores (<= 15 minutes).
 
 COMMAND: python -m muse_jax.demo --config=configs/demo_cpu.py --workdir=demo_out
-         (= `make demo`; 11.6 min on 2 idle cores, README "The demo")
+         (= `make demo`; 11.5 min on 2 idle cores, README "The demo")
 Trains an f4 VQGAN tokenizer on 64px shapes images, precomputes tokens (32px -> 8x8 for the
 base stage, 64px -> 16x16 for SR) and random tiny-T5 caption embeddings, trains the base and
 SR transformers, then writes demo_out/samples_train.png, samples_heldout.png, inpaint.png,
