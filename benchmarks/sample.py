@@ -351,9 +351,10 @@ def run_row(spec: RowSpec, args):
                      runs=args.runs, warmup=args.warmup)
   row.update(compile_s=c_s, latency_s=lat, vq_s=vq_s, images_per_s=b / lat)
   if args.profile:
-    row["profile"] = profile_calls(compiled, inputs if not spec.vq_in_latency else
-                  (base_params, sr_params, vq_params) + inputs[2:],
-                  os.path.join(args.profile, spec.name), lat)
+    profiled = (inputs if not spec.vq_in_latency
+                else (base_params, sr_params, vq_params) + inputs[2:])
+    row["profile"] = profile_calls(compiled, profiled, os.path.join(args.profile, spec.name),
+                                   lat)
 
   # The guided forwards (2B rows) of the stage that dominates, without the sampling between.
   fwd_def, fwd_params, fwd_cfg, is_sr = ((sr_def, sr_params, spec.sr, True)
