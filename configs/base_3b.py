@@ -3,8 +3,10 @@
 COMMAND: python -m muse_jax.train --config=configs/base_3b.py --workdir=DIR \
            --config.data.source=precomputed --config.data.path=SHARDS --config.mesh.fsdp=-1 \
            --config.mesh.data=1
-The head count is not published: 16 heads of 128. Parameters: 3.264B (3,264,266,240). On many devices, shard
-params with FSDP (mesh.fsdp) and recompute activations (remat=dots_no_batch) as memory needs.
+The head count is not published: 16 heads of 128. Parameters: 3.264B (3,264,266,240). On many
+devices, shard params with FSDP (mesh.fsdp) and recompute activations (remat=dots_no_batch) as
+memory needs. Layers stay scanned: unrolled, a step at batch 64 on one H200 took 880-910 ms
+against 622 ms scanned (README "Measured performance"), unlike base_632m.
 """
 from configs import common
 

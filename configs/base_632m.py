@@ -13,7 +13,8 @@ from configs import common
 def get_config():
   c = common.get_config("base")
   c.model.update(dict(hidden_size=1536, num_layers=16, num_heads=12, head_dim=128,
-                      mlp_dim=6144, attention="auto"))
+                      mlp_dim=6144, attention="auto",
+                      scan_layers=False))  # unrolled: 50.2% vs 40.2% MFU scanned, batch 64 (README)
   c.train.update(dict(batch_size=512, num_steps=1_000_000))
   c.checkpoint.update(dict(every_steps=5000, keep=3))
   return c

@@ -52,10 +52,10 @@ def get_config():
                          eval_batches=4))
   c.sr.checkpoint.update(dict(every_steps=1000))
 
-  # Guidance 1.0 for both stages, from the sweep of the measured run (README "The demo"):
-  # fully right 78.1% / 53.1% (train-like / held-out) at 1.0, 78.9% / 52.3% at 0.5, 66.0% /
-  # 48.0% at 2 and 50.8% / 32.0% at 3 (stray fragments break counting); each stage's guidance
-  # alone at 3 (base 3 / SR 0, base 0 / SR 3) is scored too.
+  # Guidance 1.0 for both stages, from the sweeps of two runs (README "The demo"): fully right
+  # (train-like / held-out) 71.5% / 48.4% and 78.1% / 53.1% at 1.0, 73.4% / 48.0% and
+  # 78.9% / 52.3% at 0.5, 35.2% / 14.8% and 50.8% / 32.0% at 3 (stray fragments break
+  # counting); each stage's guidance alone at 3 (base 3 / SR 0, base 0 / SR 3) is scored too.
   c.sampling.update(dict(base_steps=16, sr_steps=8, guidance_scale=1.0, sr_guidance_scale=1.0))
   c.sampling.editing.mask_free_iterations = 50
   c.eval.update(dict(num_captions=256, batch_size=128, grid_images=64,

@@ -21,7 +21,8 @@ from configs import common_sr
 def get_config():
   c = common_sr.get_config()
   c.model.update(dict(hidden_size=576, num_heads=8, head_dim=72, mlp_dim=2560,
-                      lowres_num_layers=16, num_layers=32, attention="auto"))
+                      lowres_num_layers=16, num_layers=32, attention="auto",
+                      scan_layers=False))  # unrolled: 216 vs 267 ms per step at batch 8 (README)
   c.train.update(dict(batch_size=512, num_steps=1_000_000))
   c.checkpoint.update(dict(every_steps=5000, keep=3))
   return c
