@@ -12,6 +12,8 @@ cross-attention always has a valid key and never produces NaNs.
 
 Layers are stored stacked (leading `layers` axis); `scan_layers` chooses `lax.scan` (fast compiles
 for deep models) or an unrolled loop over the same parameters, so checkpoints work with both.
+Unrolled trained faster on an H200 at 16 layers (base_632m: 118.9 against 148.5 ms per step) and
+slower at 48 (base_3b); README "Measured performance".
 """
 from __future__ import annotations
 
