@@ -1,6 +1,7 @@
 """Device-kernel events of a `jax.profiler` trace, and kernel names sorted into categories.
 
-Used by benchmarks/profile_step.py (train step) and benchmarks/sample.py --profile (sampler).
+Used by benchmarks/profile_step.py (train step), benchmarks/sample.py --profile (sampler) and
+benchmarks/sampler_gemms.py (one gemm's kernel time).
 """
 import glob
 import gzip
