@@ -1,7 +1,6 @@
 """Device-kernel events of a `jax.profiler` trace, and kernel names sorted into categories.
 
-Used by benchmarks/profile_step.py (train step), benchmarks/sample.py --profile (sampler) and
-benchmarks/sampler_gemms.py (one gemm's kernel time).
+Used by benchmarks/profile_step.py (train step) and benchmarks/sample.py --profile (sampler).
 """
 import glob
 import gzip

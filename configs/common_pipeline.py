@@ -51,12 +51,14 @@ def pipeline_section(text_encoder_size: str = "xxl") -> ml_collections.ConfigDic
   p = ml_collections.ConfigDict()
   p.text_encoder = common_t5.text_encoder_config(text_encoder_size)
   p.text_encoder.weights_format = "hf"  # set weights_path and spiece_model
-  # Sampling runs the transformers in bf16 with fused attention where the device has it, and
-  # with the layer loop unrolled (the training configs scan it for fast compiles): each layer's
-  # weights are then sliced once per image instead of inside the step loop, and the text keys
-  # and values are per-layer arrays. benchmarks/sample.py times this (its --scan: the other).
-  p.base = stage_section("base_632m", dtype="bfloat16", attention="auto", scan_layers=False)
-  p.sr = stage_section("sr_268m", dtype="bfloat16", attention="auto", scan_layers=False)
+  # Sampling runs the transformers in bf16, with the layer loop unrolled (the training configs
+  # scan it for fast compiles): each layer's weights are then sliced once per image instead of
+  # inside the step loop, and the text keys and values are per-layer arrays. Attention is the
+  # Pallas kernel on GPUs for sequences up to 1024 (it reads q, k, v from the fused projection),
+  # cuDNN for longer ones (the SR stage's 4096 tokens), XLA elsewhere (layers.resolve_attention).
+  # benchmarks/sample.py times this (its --scan and --attention: the alternatives).
+  p.base = stage_section("base_632m", dtype="bfloat16", attention="pallas", scan_layers=False)
+  p.sr = stage_section("sr_268m", dtype="bfloat16", attention="pallas", scan_layers=False)
   p.vq_lo = stage_section("vqgan_f16_256")
   p.vq_hi = stage_section("vqgan_f8_512")
   return p

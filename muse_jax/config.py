@@ -38,8 +38,9 @@ def check_transformer(m):
   _positive({"model": m}, "model", ["codebook_size", "grid_size", "hidden_size", "num_layers",
                                     "num_heads", "head_dim", "mlp_dim", "text_dim",
                                     "text_length"])
-  if m.attention not in ("xla", "cudnn", "auto"):
-    raise ConfigError(f"model.attention={m.attention!r}; choose xla, cudnn or auto")
+  if m.attention not in ("xla", "cudnn", "auto", "pallas"):
+    raise ConfigError(f"model.attention={m.attention!r}; choose xla, cudnn, auto or pallas "
+                      "(muse_jax/models/layers.py resolve_attention)")
   if m.attention == "cudnn":
     if m.dtype not in ("bfloat16", "float16"):
       raise ConfigError("model.attention=cudnn needs model.dtype=bfloat16 or float16")

@@ -1,5 +1,5 @@
-"""The sampling benchmark runs end to end on tiny models: the CPU smoke run of the script whose
-GPU table the README reports (benchmarks/sample.py)."""
+"""The sampling and attention benchmarks run end to end on CPU: smoke runs of the scripts whose
+GPU tables the README reports (benchmarks/sample.py, benchmarks/attention.py)."""
 import os
 import subprocess
 import sys
@@ -24,6 +24,16 @@ def test_sample_benchmark_prints_a_row_per_requested_configuration():
     assert float(values[5]) > 0 and float(values[6]) > 0, line
     steps = {"cascade512_b1": "8", "amused": "12"}[name]
     assert values[8] == steps, line
+
+
+def test_attention_benchmark_prints_its_table():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/attention.py", "--cases=amused_cross", "--calls=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = next(l for l in out.stdout.splitlines() if l.startswith("| amused_cross | xla |"))
+  us, note = row.split("|")[3:5]
+  assert float(us) > 0 and float(note.split()[-1]) < 1e-2, row  # rel err against float32
 
 
 def _row(profile=None):

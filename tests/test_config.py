@@ -23,7 +23,7 @@ def test_unknown_key_suggests_the_closest_name():
 
 
 @pytest.mark.parametrize("section,key,value,message", [
-    ("model", "attention", "flash", "choose xla, cudnn or auto"),
+    ("model", "attention", "flash", "choose xla, cudnn, auto or pallas"),
     ("model", "dtype", "bfloat17", "is not a dtype"),
     ("model", "num_layers", 0, "must be a positive integer"),
     ("train", "grad_accum", 3, "not divisible by train.grad_accum=3"),
