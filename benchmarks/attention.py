@@ -58,20 +58,15 @@ def main(argv=None):
             for i in range(args.calls)]
     lens = None if length is None else jnp.array([s, length] * (b // 2), jnp.int32)
 
-    def one(impl, x):
-      if fused:
-        if impl == "pallas":
-          return PA.qkv_attention(x)
-        q, k, v = x[:, :, 0], x[:, :, 1], x[:, :, 2]
-      else:
-        q, k, v = x
-      if impl == "pallas":
-        return PA.attention(q, k, v, lens)
-      return L.attention(q, k, v, kv_lengths=lens, implementation=impl)
+    def split(x):
+      return (x[:, :, 0], x[:, :, 1], x[:, :, 2]) if fused else x
 
-    ref = (PA.reference(*(a.astype(jnp.float32) for a in
-                          ((xs[0][:, :, 0], xs[0][:, :, 1], xs[0][:, :, 2]) if fused
-                           else xs[0])), lens))
+    def one(impl, x):
+      if impl == "pallas":
+        return PA.qkv_attention(x) if fused else PA.attention(*x, lens)
+      return L.attention(*split(x), kv_lengths=lens, implementation=impl)
+
+    ref = L.attention(*(a.astype(jnp.float32) for a in split(xs[0])), kv_lengths=lens)
     for impl in [i.strip() for i in args.impls.split(",")]:
       if impl in ("cudnn", "pallas") and not on_gpu:
         continue

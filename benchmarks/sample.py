@@ -17,9 +17,8 @@ Text embeddings are random and made once (T5 is not timed: it runs once per prom
 benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
 (`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
 computed once per image, then `parallel_decode.decode` loops over the steps, all in one jit
-with the VQ decode; parameters are bf16 (cast once, not per step), attention is
-`--attention` (pallas, as the pipeline configs: muse_jax/models/pallas_attention.py up to 1024
-tokens, cuDNN beyond; auto = cuDNN on GPUs), layers unrolled (`--scan` to scan).
+with the VQ decode; parameters are bf16 (cast once, not per step), attention `--attention`
+(pallas as the pipeline configs: up to 1024 tokens; cuDNN beyond), layers unrolled (`--scan`).
 
 Reported per row: compile time, latency (median of --runs after --warmup, each ended by
 block_until_ready), images/s, the VQ decode alone, one guided forward of the transformer
@@ -65,9 +64,7 @@ def parse_args(argv=None):
   p.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run)")
   p.add_argument("--runs", type=int, default=10, help="timed runs per measurement")
   p.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling")
-  p.add_argument("--attention", default="pallas", choices=("auto", "cudnn", "xla", "pallas"),
-                 help="model.attention of the timed transformers (pallas: the samplers' "
-                      "default, configs/common_pipeline.py)")
+  p.add_argument("--attention", default="pallas", choices=("auto", "cudnn", "xla", "pallas"))
   p.add_argument("--scan", action="store_true", help="scan over layers instead of unrolling")
   p.add_argument("--guidance", type=float, default=4.0, help="CFG scale t (0 = no CFG)")
   p.add_argument("--rng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),

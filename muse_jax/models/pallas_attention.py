@@ -11,8 +11,8 @@ with the online softmax (running max and sum in fp32, exp2 with log2(e) folded i
 and writes `[block_q, H]` of the `[B, T, N, H]` output. Blocks must divide the sequence lengths
 and Triton needs powers of two: `supported()` says whether a shape qualifies.
 
-Differentiable: the backward pass is XLA's, through `reference` (a recompute), so training with
-it is correct but not fast; the trainers use cuDNN. `pallas_call` is not partitioned by XLA's
+Differentiable: the backward pass is XLA's (`jax.nn.dot_product_attention`, a recompute), so
+training with it is correct but not fast; the trainers use cuDNN. `pallas_call` is not partitioned by XLA's
 sharding propagation, so under a multi-device `jit` its operands are gathered; the samplers run
 on one device. Off NVIDIA GPUs (or with `interpret=True`) the same kernel is interpreted: the
 CPU tests.
@@ -45,16 +45,10 @@ def supported(q_len: int, kv_len: int, head_dim: int, dtype) -> bool:
           and kv_len >= 16)
 
 
-def reference(q, k, v, kv_lengths=None):
-  """The same attention in plain XLA ([B, T, N, H] inputs; softmax in fp32)."""
-  scale = q.shape[-1] ** -0.5
-  s = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
-  if kv_lengths is not None:
-    valid = jnp.arange(k.shape[1])[None, :] < kv_lengths[:, None]
-    s = jnp.where(valid[:, None, None, :], s, MASK_VALUE)
-  p = jax.nn.softmax(s, axis=-1)
-  return jnp.einsum("bnts,bsnh->btnh", p.astype(v.dtype), v,
-                    preferred_element_type=jnp.float32).astype(q.dtype)
+def _xla_attention(q, k, v, kv_lengths=None):
+  """The same attention through XLA (`jax.nn.dot_product_attention`): the backward pass."""
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
+                                      implementation="xla")
 
 
 def _kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, scale: float):
@@ -142,7 +136,7 @@ def _attention_fwd(q, k, v, kv_lengths, interpret):
 
 def _attention_bwd(interpret, res, g):
   q, k, v, kv_lengths = res
-  _, vjp = jax.vjp(lambda a, b, c: reference(a, b, c, kv_lengths), q, k, v)
+  _, vjp = jax.vjp(lambda a, b, c: _xla_attention(a, b, c, kv_lengths), q, k, v)
   return (*vjp(g), None)
 
 
@@ -173,7 +167,7 @@ def _qkv_fwd(qkv, interpret):
 
 
 def _qkv_bwd(interpret, qkv, g):
-  _, vjp = jax.vjp(lambda x: reference(x[:, :, 0], x[:, :, 1], x[:, :, 2]), qkv)
+  _, vjp = jax.vjp(lambda x: _xla_attention(x[:, :, 0], x[:, :, 1], x[:, :, 2]), qkv)
   return vjp(g)
 
 
