@@ -6,31 +6,28 @@ r"""Sampling latency and images/s of the Muse cascade, with random weights.
 
 Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond):
   base256_b{1,16}     base_632m, 16x16 tokens, 24 steps, then f16 VQ decode to 256 px
-  cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64 tokens) -> f8 VQ decode
-                      to 512 px
-  amused              ~604M masked transformer of aMUSEd's width (hidden 1024, 35 layers,
-                      16 heads, MLP 4096, 768-d text padded to 128 tokens), 256 tokens, 12
-                      steps, batch 1; its latency is the transformer loop alone (what the
-                      25 ms goal and the 54 ms plain-JAX reference time), the aMUSEd VQ
-                      decoder (146M, 256 px) is timed beside it.
+  cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64) -> f8 VQ decode to 512 px
+  amused              ~604M masked transformer of aMUSEd's width (hidden 1024, 35 layers, 16
+                      heads, MLP 4096, 768-d text padded to 128), 256 tokens, 12 steps, batch
+                      1; latency = the transformer loop (what the 25 ms goal and the 54 ms
+                      plain-JAX reference time); its VQ decoder (146M, 256 px) is beside it.
 Text embeddings are random and made once (T5 is not timed: it runs once per prompt; see
 benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
 (`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
 computed once per image, then `parallel_decode.decode` loops over the steps, all in one jit
-with the VQ decode; parameters are bf16 (cast once, not per step), attention `--attention`
-(pallas as the pipeline configs: up to 1024 tokens; cuDNN beyond), layers unrolled (`--scan`).
+with the VQ decode; parameters bf16 (cast once; `--fp8`: e4m3 post-norm projections),
+attention `--attention` (pallas: up to 1024 tokens, cuDNN beyond), layers unrolled (`--scan`).
 
 Reported per row: compile time, latency (median of --runs after --warmup, each ended by
 block_until_ready), images/s, the VQ decode alone, one guided forward of the transformer
 (2B rows; `steps` forwards timed in one jitted loop set up as the sampler's, each step's argmax
 feeding the next, divided by `steps`) and the sampler overhead = loop - steps x forward (the
-noise, top-k, sort and remasking between forwards), and two floors of the loop:
-compute (model FLOPs / peak bf16 FLOP/s) and weights (steps x bf16 weight bytes / HBM
-bandwidth). `limit` names the largest share: compute, weights (HBM), forward above floors
-(the forward's time beyond both floors: inefficient small kernels or launch gaps) or the
-sampler (top-k/sort/noise work between forwards). With --profile, a "forward above floors"
-limit also names the profile's largest share of the call: small matmuls, attention,
-elementwise kernels, copies or kernel launches (idle gaps). The table is printed last.
+noise, top-k, sort and remasking between forwards), and two floors of the loop: compute
+(model FLOPs / peak bf16 FLOP/s) and weights (steps x weight bytes / HBM bandwidth). `limit`
+names the largest share: compute, weights (HBM), forward above floors (inefficient small
+kernels or launch gaps) or the sampler (top-k/sort/noise between forwards). With --profile, a
+"forward above floors" limit also names the profile's largest share of the call: small
+matmuls, attention, elementwise kernels, copies or kernel launches (idle gaps). Table last.
 """
 from __future__ import annotations
 
@@ -48,9 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # HBM bandwidth in bytes/s by device_kind substring (datasheet values).
 HBM_BYTES_PER_S = (
     ("H200", 4.8e12), ("H100", 3.35e12), ("B200", 8.0e12), ("A100", 2.0e12), ("L4", 0.3e12),
-    ("TPU v6", 1.64e12), ("TPU v5p", 2.76e12), ("TPU v5 lite", 0.82e12),
-    ("TPU v5e", 0.82e12), ("TPU v4", 1.2e12),
-)
+    ("TPU v6", 1.64e12), ("TPU v5p", 2.76e12), ("TPU v5 lite", 0.82e12), ("TPU v5e", 0.82e12),
+    ("TPU v4", 1.2e12))
 
 ROWS = ("base256_b1", "base256_b16", "cascade512_b1", "cascade512_b16", "amused")
 
@@ -66,6 +62,8 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling")
   p.add_argument("--attention", default="pallas", choices=("auto", "cudnn", "xla", "pallas"))
   p.add_argument("--scan", action="store_true", help="scan over layers instead of unrolling")
+  p.add_argument("--fp8", action="store_true",
+                 help="model.fp8_matmuls: e4m3 post-norm projections (muse_jax/models/fp8.py)")
   p.add_argument("--guidance", type=float, default=4.0, help="CFG scale t (0 = no CFG)")
   p.add_argument("--rng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),
                  help="PRNG implementation of the sampling keys")
@@ -99,6 +97,7 @@ def _model_overrides(cfg, args, tiny):
   with cfg.unlocked():
     cfg.model.param_dtype = args.param_dtype
     cfg.model.scan_layers = bool(args.scan)
+    cfg.model.fp8_matmuls = bool(args.fp8)
     if not tiny:
       cfg.model.dtype = "bfloat16"
       cfg.model.attention = args.attention
@@ -235,8 +234,7 @@ def profile_limit(profile: dict) -> str:
 
 def n_params(tree) -> int:
   import jax
-  import numpy as np
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
 def device_rates(device):
@@ -255,10 +253,13 @@ def forward_flops(cfg, sr: bool) -> float:
   return m.num_layers * block_forward_flops(m, t, kv) + 2 * t * m.hidden_size * m.codebook_size
 
 
-def loop_params(params, sr: bool) -> int:
-  """Parameters read by every decoding step (not the text projection / low-res encoder)."""
+def loop_bytes(params, sr: bool) -> int:
+  """Bytes of the parameters every decoding step reads (not the text projection / low-res
+  encoder)."""
+  import jax
   skip = ("text_proj", "lowres_embed", "lowres_pos_embed", "lowres_stack", "lowres_norm")
-  return n_params({k: v for k, v in params.items() if k not in skip})
+  return int(sum(x.size * x.dtype.itemsize for k, v in params.items() if k not in skip
+                 for x in jax.tree.leaves(v)))
 
 
 def run_row(spec: RowSpec, args):
@@ -270,17 +271,20 @@ def run_row(spec: RowSpec, args):
   from muse_jax.models.tokenizer import from_model_range
   from muse_jax.models.transformer import MaskedTransformer
   from muse_jax.sampling import parallel_decode
+  from muse_jax.sampling.checkpoints import stored_config
   from muse_jax.sampling.pipeline import sample_stage
+  from muse_jax.sampling.stages import sampling_stage
 
   b = spec.batch
   xla_opts = compiler_options(args)
   key = jax.random.key(0, impl=args.rng)
   k_init, k_text = jax.random.split(jax.random.key(0))
 
-  def init(config, k):
+  def init(config, k):  # random trained-layout params, then the pipeline's sampling layout
     cls = MaskedTransformer if config.stage == "base" else SuperResTransformer
-    fm, init_fn = functionalize(lambda r: cls(config.model, rngs=r))
-    return fm, jax.jit(init_fn)(k)
+    _, init_fn = functionalize(lambda r: cls(stored_config(config).model, rngs=r))
+    loaded = sampling_stage(config.stage, config, jax.jit(init_fn)(k))
+    return loaded.model_def, loaded.params
 
   base_def, base_params = init(spec.base, jax.random.fold_in(k_init, 0))
   bm = spec.base.model
@@ -388,11 +392,10 @@ def run_row(spec: RowSpec, args):
   fwd_s = fwd_loop_s / steps
   loop_s = lat - (vq_s if spec.vq_in_latency else 0.0)
   flops_step = forward_flops(fwd_cfg, is_sr) * rows
-  weight_bytes = loop_params(fwd_params, is_sr) * (2 if args.param_dtype == "bfloat16" else 4)
   peak, bw = device_rates(jax.devices()[0])
   row.update(forward_s=fwd_s, steps=steps, loop_s=loop_s,
              compute_floor_s=(flops_step / peak) if peak else None,
-             weight_floor_s=(weight_bytes / bw) if bw else None)
+             weight_floor_s=(loop_bytes(fwd_params, is_sr) / bw) if bw else None)
   attribute(row, base_loop_s=0.0)
   return row
 
@@ -403,19 +406,15 @@ def attribute(row, base_loop_s: Optional[float]):
   Cascade rows hold the base loop too: pass the base-only row's loop time of the same batch
   (None when that row did not run: the overhead is then unknown).
   """
-  if base_loop_s is None:
-    row["sampler_s"] = None
-  else:
-    stage_loop = row["loop_s"] - base_loop_s
-    row["sampler_s"] = max(stage_loop - row["steps"] * row["forward_s"], 0.0)
+  row["sampler_s"] = (None if base_loop_s is None else
+                      max(row["loop_s"] - base_loop_s - row["steps"] * row["forward_s"], 0.0))
   row["limit"] = name_limit(row)
 
 
 def name_limit(row) -> str:
   """The largest share of one step: compute floor, weight floor, kernel overhead, sampler."""
   steps, fwd = row["steps"], row["forward_s"]
-  compute = row["compute_floor_s"] or 0.0
-  weights = row["weight_floor_s"] or 0.0
+  compute, weights = row["compute_floor_s"] or 0.0, row["weight_floor_s"] or 0.0
   floor = max(compute, weights)
   sampler = row["sampler_s"] or 0.0
   if not (compute or weights):  # CPU or unknown device: only overhead vs model is known
@@ -476,7 +475,8 @@ def main(argv=None):
   specs = row_specs(args)
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
   print(f"device: {device}; attention={args.attention} scan={args.scan} "
-        f"param_dtype={args.param_dtype} guidance={args.guidance} rng={args.rng} "
+        f"param_dtype={args.param_dtype} fp8={args.fp8} guidance={args.guidance} "
+        f"rng={args.rng} "
         f"xla options={compiler_options(args)}", flush=True)
   rows, base_loops = [], {}
   for spec in specs:

@@ -28,6 +28,7 @@ def transformer_model(**overrides) -> ml_collections.ConfigDict:
       param_dtype="float32",
       remat="none",          # none | full | dots | dots_no_batch
       scan_layers=True,
+      fp8_matmuls=False,     # sampling only: e4m3 for the post-norm projections (models/fp8.py)
   ))
   m.update(overrides)
   return m

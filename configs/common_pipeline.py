@@ -57,8 +57,12 @@ def pipeline_section(text_encoder_size: str = "xxl") -> ml_collections.ConfigDic
   # Pallas kernel on GPUs for sequences up to 1024 (it reads q, k, v from the fused projection),
   # cuDNN for longer ones (the SR stage's 4096 tokens), XLA elsewhere (layers.resolve_attention).
   # benchmarks/sample.py times this (its --scan and --attention: the alternatives).
-  p.base = stage_section("base_632m", dtype="bfloat16", attention="pallas", scan_layers=False)
-  p.sr = stage_section("sr_268m", dtype="bfloat16", attention="pallas", scan_layers=False)
+  # fp8_matmuls=True (e.g. --config.pipeline.base.model.fp8_matmuls=True) runs each block's
+  # post-norm projections in e4m3 on GPUs with FP8 (muse_jax/models/fp8.py; README "Measured
+  # performance" for its speed and effect on samples).
+  stage = dict(dtype="bfloat16", attention="pallas", scan_layers=False, fp8_matmuls=False)
+  p.base = stage_section("base_632m", **stage)
+  p.sr = stage_section("sr_268m", **stage)
   p.vq_lo = stage_section("vqgan_f16_256")
   p.vq_hi = stage_section("vqgan_f8_512")
   return p

@@ -80,6 +80,10 @@ def validate(config, reference=None) -> None:
     check_superres(config.model)
   if config.stage in ("base", "sr"):
     check_transformer(config.model)
+    if config.model.get("fp8_matmuls", False):
+      raise ConfigError("model.fp8_matmuls is a sampling transform of trained weights "
+                        "(muse_jax/models/fp8.py): set it in a pipeline stage's model "
+                        "overrides, not in a training config")
     if not 0.0 <= config.objective.cfg_dropout < 1.0:
       raise ConfigError(f"objective.cfg_dropout={config.objective.cfg_dropout} must be in [0, 1)")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:

@@ -4,16 +4,20 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_sample_benchmark_prints_a_row_per_requested_configuration():
-  rows = ("cascade512_b1", "amused")
+@pytest.mark.parametrize("rows,flags", [(("cascade512_b1", "amused"), []),
+                                        (("amused",), ["--fp8"])])
+def test_sample_benchmark_prints_a_row_per_requested_configuration(rows, flags):
   out = subprocess.run(
       [sys.executable, "benchmarks/sample.py", "--tiny", f"--rows={','.join(rows)}",
-       "--runs=1", "--warmup=0"],
+       "--runs=1", "--warmup=0"] + flags,
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert f"fp8={bool(flags)}" in out.stdout.splitlines()[0]
   table = out.stdout.rsplit("\ndevice:", 1)[-1].splitlines()
   header = table[1].split()
   assert header[:3] == ["row", "batch", "px"]

@@ -170,14 +170,13 @@ class Demo:
     from muse_jax.models.tokenizer import VQTokenizer
     from muse_jax.sampling import checkpoints as ckpt
     from muse_jax.sampling.pipeline import Pipeline
-    from muse_jax.sampling.stages import LoadedStage, cast_params, single_device_mesh
+    from muse_jax.sampling.stages import sampling_stage, single_device_mesh
     mesh = single_device_mesh()
     stages = {}
     for name in ("base", "sr"):
       cfg = self.cfgs[name]
       params, step = ckpt.load_stage_params(cfg, self.path(name), name=name)
-      stages[name] = LoadedStage(name, cfg, ckpt.stage_model(cfg),
-                                 cast_params(params, cfg.model.dtype), step)
+      stages[name] = sampling_stage(name, cfg, params, step)
     vq_cfg = self.cfgs["tokenizer"]
     vq_params, _ = ckpt.load_stage_params(vq_cfg, self.path("tokenizer"), name="tokenizer")
     vq = VQTokenizer(V.VQGANConfig.from_config(vq_cfg.model), vq_params, mesh)

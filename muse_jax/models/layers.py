@@ -13,6 +13,7 @@ Conventions (see README "Sharding"):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -54,18 +55,27 @@ def dense_init(fan_in_dims: int = 1):
 class DenseGeneral(nnx.Module):
   """y = x @ W (+ b) contracting the last `len(in_shape)` dims of x with W's leading dims.
 
-  `in_axes`/`out_axes` are the logical names of W's input and output dims.
+  `in_axes`/`out_axes` are the logical names of W's input and output dims. `fp8=True` (sampling
+  only, see muse_jax/models/fp8.py) holds W as e4m3 [prod(out_shape), prod(in_shape)] plus a
+  `kernel_scale`, made from a trained kernel by `fp8.quantize_params`.
   """
 
   def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *,
                in_axes: Axes, out_axes: Axes, rngs: nnx.Rngs,
                precision: Precision = Precision(), use_bias: bool = False,
-               kernel_init=None):
+               kernel_init=None, fp8: bool = False):
     self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
     self.precision = precision
-    init = kernel_init or dense_init(len(self.in_shape))
-    self.kernel = param(rngs, init, self.in_shape + self.out_shape,
-                        tuple(in_axes) + tuple(out_axes), precision.param_dtype)
+    self.fp8 = bool(fp8)
+    if self.fp8:
+      from muse_jax.models import fp8 as F
+      shape = (math.prod(self.out_shape), math.prod(self.in_shape))
+      self.kernel = param(rngs, jax.nn.initializers.zeros, shape, (None, None), F.E4M3)
+      self.kernel_scale = param(rngs, jax.nn.initializers.ones, (), (), jnp.float32)
+    else:
+      init = kernel_init or dense_init(len(self.in_shape))
+      self.kernel = param(rngs, init, self.in_shape + self.out_shape,
+                          tuple(in_axes) + tuple(out_axes), precision.param_dtype)
     self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, tuple(out_axes),
                        precision.param_dtype) if use_bias else None)
 
@@ -78,9 +88,15 @@ class DenseGeneral(nnx.Module):
     # GELU gradient in a slow loop for the weight gradient of a [B, T, D] matmul. A CPU demo
     # train step: base 703 -> 534 ms, SR 617 -> 469 ms; GPU steps unchanged (README "The demo").
     lead = x.shape[:x.ndim - n_in]
-    x2 = x.reshape((-1,) + self.in_shape)
-    contract = (tuple(range(1, n_in + 1)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x2.astype(dtype), self.kernel[...].astype(dtype), (contract, ((), ())))
+    if self.fp8:
+      from muse_jax.models import fp8 as F
+      w = self.kernel[...]
+      y = F.matmul(x.reshape(-1, w.shape[1]), w, self.kernel_scale[...], dtype)
+    else:
+      x2 = x.reshape((-1,) + self.in_shape)
+      contract = (tuple(range(1, n_in + 1)), tuple(range(n_in)))
+      y = jax.lax.dot_general(x2.astype(dtype), self.kernel[...].astype(dtype),
+                              (contract, ((), ())))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y.reshape(lead + self.out_shape)
@@ -161,18 +177,21 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs,
                precision: Precision = Precision(), implementation: str = "xla",
-               kv_dim: int | None = None, fused_qkv: bool = True):
+               kv_dim: int | None = None, fused_qkv: bool = True, fp8_query: bool = False):
+    """`fp8_query`: the projection of `x` (fused q/k/v, or q of a cross-attention) in FP8."""
     self.num_heads, self.head_dim = num_heads, head_dim
     self.implementation = implementation
     self.self_attention = kv_dim is None
     kv_dim = dim if kv_dim is None else kv_dim
     if self.self_attention and fused_qkv:
       self.qkv = DenseGeneral((dim,), (3, num_heads, head_dim), in_axes=("embed",),
-                              out_axes=(None, "heads", "kv"), rngs=rngs, precision=precision)
+                              out_axes=(None, "heads", "kv"), rngs=rngs, precision=precision,
+                              fp8=fp8_query)
     else:
       self.qkv = None
       self.q = DenseGeneral((dim,), (num_heads, head_dim), in_axes=("embed",),
-                            out_axes=("heads", "kv"), rngs=rngs, precision=precision)
+                            out_axes=("heads", "kv"), rngs=rngs, precision=precision,
+                            fp8=fp8_query)
       self.kv = DenseGeneral((kv_dim,), (2, num_heads, head_dim), in_axes=("embed",),
                              out_axes=(None, "heads", "kv"), rngs=rngs, precision=precision)
     self.out = DenseGeneral((num_heads, head_dim), (dim,), in_axes=("heads", "kv"),
@@ -213,9 +232,9 @@ class MLP(nnx.Module):
   """Dense -> GELU(tanh) -> Dense, sharded on the hidden (`mlp`) dimension."""
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs,
-               precision: Precision = Precision()):
+               precision: Precision = Precision(), fp8_input: bool = False):
     self.wi = DenseGeneral((dim,), (hidden,), in_axes=("embed",), out_axes=("mlp",),
-                           rngs=rngs, precision=precision)
+                           rngs=rngs, precision=precision, fp8=fp8_input)
     self.wo = DenseGeneral((hidden,), (dim,), in_axes=("mlp",), out_axes=("embed",),
                            rngs=rngs, precision=precision)
 

@@ -56,6 +56,7 @@ def lowres_encoder_config(cfg) -> types.SimpleNamespace:
   """The `BlockStack` settings of the low-res encoder: the model's, with its own depth."""
   values = {k: cfg[k] for k in _STACK_KEYS}
   values["num_layers"] = int(cfg.lowres_num_layers)
+  values["fp8_matmuls"] = bool(getattr(cfg, "fp8_matmuls", False))
   return types.SimpleNamespace(**values)
 
 

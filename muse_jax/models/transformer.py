@@ -47,17 +47,21 @@ class Block(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs, precision: L.Precision, cross: bool = True):
     d = cfg.hidden_size
     kw = dict(rngs=rngs, precision=precision)
+    fp8 = bool(getattr(cfg, "fp8_matmuls", False))  # sampling only: muse_jax/models/fp8.py
+    if fp8:
+      from muse_jax.models import fp8 as F
+      F.check_width(d)
     self.norm_self = L.RMSNorm(d, **kw)
     self.self_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim,
-                                          implementation=cfg.attention, **kw)
+                                          implementation=cfg.attention, fp8_query=fp8, **kw)
     if cross:
       self.norm_cross = L.RMSNorm(d, **kw)
       self.cross_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim, kv_dim=d,
-                                             implementation=cfg.attention, **kw)
+                                             implementation=cfg.attention, fp8_query=fp8, **kw)
     else:
       self.norm_cross = self.cross_attn = None
     self.norm_mlp = L.RMSNorm(d, **kw)
-    self.mlp = L.MLP(d, cfg.mlp_dim, **kw)
+    self.mlp = L.MLP(d, cfg.mlp_dim, fp8_input=fp8, **kw)
     self.dropout = float(cfg.dropout)
 
   def __call__(self, x, context=None, context_len=None, dropout_key=None, cross_kv=None):

@@ -18,6 +18,7 @@ Missing checkpoints raise `MissingCheckpoint` with the command that trains the s
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -30,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from muse_jax.models.functional import FunctionalModel, functionalize
 
 # model keys that change parameter shapes (the rest: dtype, attention, remat, ... are runtime).
-RUNTIME_MODEL_KEYS = ("dtype", "param_dtype", "attention", "remat", "scan_layers", "dropout")
+RUNTIME_MODEL_KEYS = ("dtype", "param_dtype", "attention", "remat", "scan_layers", "dropout",
+                      "fp8_matmuls")
 STAGES = ("vqgan", "base", "sr")
 # Which parameters of a checkpoint: 'auto' = the EMA when there is one, else the raw ones.
 PARAM_CHOICES = ("auto", "ema", "raw")
@@ -38,6 +40,17 @@ PARAM_CHOICES = ("auto", "ema", "raw")
 
 class MissingCheckpoint(FileNotFoundError):
   """No finished checkpoint where a stage's parameters were expected."""
+
+
+def stored_config(config):
+  """`config` as its parameters are stored (checkpoints, exports): with the sampling transform
+  `model.fp8_matmuls` off (muse_jax/models/fp8.py quantizes after loading)."""
+  if config.stage not in ("base", "sr") or not config.model.get("fp8_matmuls", False):
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.fp8_matmuls = False
+  return config
 
 
 def stage_model(config) -> FunctionalModel:
@@ -202,7 +215,7 @@ def restore_params(config, workdir: str, *, step: Optional[int] = None, which: s
   what = name or config.stage
   step = require_step(workdir, config_name or f"<{config.stage} config>", what, step)
   path = os.path.join(checkpoint_dir(workdir), str(step), "state")
-  abstract = stage_model(config).abstract_params()
+  abstract = stage_model(stored_config(config)).abstract_params()
   if mesh is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   else:

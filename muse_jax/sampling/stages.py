@@ -89,17 +89,27 @@ def load_transformer(section, name: str, root: Optional[str] = None) -> LoadedSt
   training workdir or an export directory (`python -m muse_jax.export`)."""
   workdir = stage_workdir(section, name, root)
   if export_io.is_export(workdir):
-    config, model_def, params, step = load_exported_stage(section, name, workdir)
-    return LoadedStage(name, config, model_def, cast_params(params, config.model.dtype), step)
-  config = stage_config(section, workdir)
-  if config.stage != ("base" if name == "base" else "sr"):
-    raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
-                     f"config; pipeline.{name} needs a {'base' if name == 'base' else 'sr'} "
-                     "training config")
-  params, step = ckpt.load_stage_params(config, workdir, step=section.step, name=name,
-                                        config_name=str(section.config))
-  return LoadedStage(name, config, ckpt.stage_model(config),
-                     cast_params(params, config.model.dtype), step)
+    config, params, step = load_exported_stage(section, name, workdir)
+  else:
+    config = stage_config(section, workdir)
+    if config.stage != ("base" if name == "base" else "sr"):
+      raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
+                       f"config; pipeline.{name} needs a {'base' if name == 'base' else 'sr'} "
+                       "training config")
+    params, step = ckpt.load_stage_params(config, workdir, step=section.step, name=name,
+                                          config_name=str(section.config))
+  return sampling_stage(name, config, params, step)
+
+
+def sampling_stage(name: str, config, params, step: int = 0) -> LoadedStage:
+  """A LoadedStage from a stage's config and trained params, in the layout `config.model`
+  samples with: floating params cast to a 16-bit compute dtype (`cast_params`), then, with
+  `model.fp8_matmuls`, the post-norm projections quantized to e4m3 (muse_jax/models/fp8.py)."""
+  params = cast_params(params, config.model.dtype)
+  if config.model.get("fp8_matmuls", False):
+    from muse_jax.models import fp8
+    params = fp8.quantize_params(params)
+  return LoadedStage(name, config, ckpt.stage_model(config), params, step)
 
 
 def cast_params(params, dtype: str):
@@ -112,7 +122,7 @@ def cast_params(params, dtype: str):
 
 
 def load_exported_stage(section, name: str, path: str):
-  """(config, model_def, params, step) of an exported stage.
+  """(config, params as stored, step) of an exported stage.
 
   Shapes come from the export's config.json; the section's runtime model keys (dtype,
   attention, ...) apply on top. A section step other than the exported one is an error.
@@ -127,8 +137,8 @@ def load_exported_stage(section, name: str, path: str):
                      f"{info['step']}; leave the step unset or export that step")
   overrides = {k: _to_python(v) for k, v in section.model.items()
                if k in ckpt.RUNTIME_MODEL_KEYS}
-  config, model_def, params = export_io.load_exported(path, model_overrides=overrides)
-  return config, model_def, params, int(info["step"])
+  config, _, params = export_io.load_exported(path, model_overrides=overrides)
+  return config, params, int(info["step"])
 
 
 def _is_diffusers(path: str) -> bool:
@@ -145,7 +155,7 @@ def load_vq(section, name: str, root: Optional[str], mesh: Mesh):
   if workdir and _is_diffusers(workdir):
     return VQTokenizer.from_diffusers(workdir, mesh, dtype=section.model.get("dtype"))
   if export_io.is_export(workdir):
-    config, _, params, _ = load_exported_stage(section, name, workdir)
+    config, params, _ = load_exported_stage(section, name, workdir)
     return VQTokenizer(V.VQGANConfig.from_config(config.model), params, mesh)
   config = stage_config(section, workdir)
   if config.stage != "vqgan":

@@ -232,7 +232,8 @@ def load_exported(path: str, *, model_overrides: Optional[Mapping[str, Any]] = N
 
   Returns:
     (the training config as a ConfigDict, the stage's FunctionalModel, params as a nested dict
-    of jax.Arrays). A key or shape that differs from the model's raises WeightsError naming
+    of jax.Arrays); model and params are as stored (`model.fp8_matmuls` is applied by
+    `muse_jax.sampling.stages.sampling_stage`). A key or shape that differs from the model's raises WeightsError naming
     all of them.
   """
   from muse_jax.sampling import checkpoints as ckpt
@@ -245,7 +246,7 @@ def load_exported(path: str, *, model_overrides: Optional[Mapping[str, Any]] = N
       if key not in config.model:
         raise ValueError(f"model override {key!r} is not a model key of {path}/config.json")
       config.model[key] = value
-  model_def = ckpt.stage_model(config)
+  model_def = ckpt.stage_model(ckpt.stored_config(config))
   abstract = model_def.abstract_params()
   reader = SafetensorsReader(path)
   check_keys({k: a.shape for k, a in flatten(abstract).items()},

@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
 from configs import pipeline_tiny
@@ -286,3 +287,23 @@ def test_gpu_sampler_options_are_known_to_xla():
         jnp.eye(3))
   assert P.sampler_compiler_options() == ({} if jax.default_backend() != "gpu"
                                           else P.GPU_SAMPLER_OPTIONS)
+
+
+def test_fp8_override_quantizes_the_stage_and_samples_like_it(tiny_run, pipe):
+  root, config, _ = tiny_run
+  section = ml_collections.ConfigDict(config.pipeline.base.to_dict())
+  section.model.fp8_matmuls = True
+  base8 = stages.load_transformer(section, "base", root)
+  blocks = base8.params["stack"]["blocks"]
+  assert blocks["mlp"]["wi"]["kernel"].dtype == jnp.float8_e4m3fn
+  assert blocks["mlp"]["wo"]["kernel"].dtype == pipe.base.params["stack"]["blocks"]["mlp"][
+      "wo"]["kernel"].dtype
+  p8 = Pipeline(pipe.sampling, pipe.text_encoder, pipe.vq_lo, base8, rng_impl="rbg")
+  p32 = Pipeline(pipe.sampling, pipe.text_encoder, pipe.vq_lo, pipe.base, rng_impl="rbg")
+  prompts = ["a red cube", "two blue balls"]
+  got, ref = p8.generate(prompts, seed=0), p32.generate(prompts, seed=0)
+  assert got.tokens_lo.shape == ref.tokens_lo.shape
+  assert ((got.tokens_lo >= 0) & (got.tokens_lo < base8.mask_id)).all()
+  agree = float(np.mean(got.tokens_lo == ref.tokens_lo))
+  print(f"fp8 vs float tokens agree: {agree:.2f}")
+  assert agree > 0.5

@@ -1,0 +1,56 @@
+r"""The demo's sample evaluation re-run on a finished demo workdir, e.g. with FP8 projections.
+
+  python benchmarks/sample_quality.py --config=configs/demo_cpu.py --workdir=demo_out \
+      --out=/tmp/eval_fp8 --fp8
+
+Links the trained stages of WORKDIR (tokenizer, precompute, base, sr) into OUT, then runs the
+demo's `samples` stage there (`muse_jax.demo.evaluate.run_samples`: the detector's accuracy on
+train-like and held-out captions, with and without CFG), with `model.fp8_matmuls` set on the
+base and SR stages when --fp8 is given (muse_jax/models/fp8.py). WORKDIR is only read. Compare
+with the same command without --fp8 (or with WORKDIR's own metrics.json).
+"""
+import argparse
+import json
+import os
+import runpy
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+LINKED = ("tokenizer", "precompute", "base", "sr")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--config", required=True, help="the demo config WORKDIR was made with")
+  p.add_argument("--workdir", required=True, help="a demo workdir whose training stages are done")
+  p.add_argument("--out", required=True, help="a new directory for this evaluation")
+  p.add_argument("--fp8", action="store_true", help="model.fp8_matmuls on base and SR")
+  args = p.parse_args(argv)
+  from muse_jax.demo.evaluate import run_samples
+  from muse_jax.demo.runner import Demo
+  src, out = os.path.abspath(args.workdir), os.path.abspath(args.out)
+  missing = [n for n in LINKED if not os.path.isdir(os.path.join(src, n))]
+  if missing:
+    raise SystemExit(f"{src} has no {', '.join(missing)}: run the demo's training stages first")
+  if os.path.exists(os.path.join(out, "demo_state.json")):
+    raise SystemExit(f"{out} already holds an evaluation (demo_state.json); pick a new --out")
+  os.makedirs(out, exist_ok=True)
+  for name in LINKED:
+    if not os.path.exists(os.path.join(out, name)):
+      os.symlink(os.path.join(src, name), os.path.join(out, name))
+  config = runpy.run_path(args.config)["get_config"]()
+  demo = Demo(config, out)
+  for name in ("base", "sr"):
+    with demo.cfgs[name].unlocked():
+      demo.cfgs[name].model.fp8_matmuls = bool(args.fp8)
+  run_samples(demo)
+  result = demo.state["stages"]["samples"]
+  print(json.dumps({split: {mode: result[split][mode] for mode in ("cfg", "no_cfg")}
+                    for split in ("train", "heldout")}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
