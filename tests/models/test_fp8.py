@@ -56,19 +56,23 @@ def _with_norm_scales(params, seed):
   return jax.tree_util.tree_map_with_path(draw, params)
 
 
-def _fp8_model(cls, config):
-  with config.unlocked():
-    config.model.fp8_matmuls = True
-  return functionalize(lambda r: cls(config.model, rngs=r))[0]
+def float_and_fp8(cls, config_module, seed):
+  """(config, float model, its params with non-unit norm gains, fp8 model, quantized params);
+  the quantized tree must be the fp8 model's own."""
+  c = config_module.get_config()
+  fm, init = functionalize(lambda r: cls(c.model, rngs=r))
+  params = _with_norm_scales(init(jax.random.key(0)), seed)
+  c8 = config_module.get_config()
+  with c8.unlocked():
+    c8.model.fp8_matmuls = True
+  fm8 = functionalize(lambda r: cls(c8.model, rngs=r))[0]
+  q = fp8.quantize_params(params)
+  assert jax.tree.structure(q) == jax.tree.structure(fm8.abstract_params())
+  return c, fm, params, fm8, q
 
 
 def test_quantized_base_model_tracks_the_float_model():
-  c = tiny.get_config()
-  fm, init = functionalize(lambda r: MaskedTransformer(c.model, rngs=r))
-  params = _with_norm_scales(init(jax.random.key(0)), 0)
-  fm8 = _fp8_model(MaskedTransformer, tiny.get_config())
-  q = fp8.quantize_params(params)
-  assert jax.tree.structure(q) == jax.tree.structure(fm8.abstract_params())
+  c, fm, params, fm8, q = float_and_fp8(MaskedTransformer, tiny, 0)
   blocks = q["stack"]["blocks"]
   for path in (("self_attn", "qkv"), ("cross_attn", "q"), ("mlp", "wi")):
     leaf = blocks[path[0]][path[1]]
@@ -82,18 +86,12 @@ def test_quantized_base_model_tracks_the_float_model():
   tokens = jax.random.randint(jax.random.key(1), (3, m.grid_size ** 2), 0, m.codebook_size + 1)
   text = jax.random.normal(jax.random.key(2), (3, m.text_length, m.text_dim))
   text_len = jnp.array([m.text_length, 3, 0], jnp.int32)
-  ref = fm.bind(params)(tokens, text, text_len)
-  got = fm8.bind(q)(tokens, text, text_len)
-  assert 1e-3 < rel(got, ref) < 0.15, rel(got, ref)
+  err = rel(fm8.bind(q)(tokens, text, text_len), fm.bind(params)(tokens, text, text_len))
+  assert 1e-3 < err < 0.15, err
 
 
 def test_quantized_sr_model_tracks_the_float_model():
-  c = sr_tiny.get_config()
-  fm, init = functionalize(lambda r: SuperResTransformer(c.model, rngs=r))
-  params = _with_norm_scales(init(jax.random.key(0)), 1)
-  fm8 = _fp8_model(SuperResTransformer, sr_tiny.get_config())
-  q = fp8.quantize_params(params)
-  assert jax.tree.structure(q) == jax.tree.structure(fm8.abstract_params())
+  c, fm, params, fm8, q = float_and_fp8(SuperResTransformer, sr_tiny, 1)
   assert q["lowres_stack"]["blocks"]["self_attn"]["qkv"]["kernel"].dtype == fp8.E4M3
   assert "cross_attn" not in q["lowres_stack"]["blocks"]
   m = c.model
