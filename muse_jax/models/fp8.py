@@ -25,14 +25,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 E4M3 = jnp.float8_e4m3fn
 E4M3_MAX = 448.0
-# Which (norm, projection) pairs run in FP8, by parameter path inside a block.
-FOLDED = ((("norm_self",), ("self_attn", "qkv")),
-          (("norm_cross",), ("cross_attn", "q")),
-          (("norm_mlp",), ("mlp", "wi")))
+# (norm, module, projection) inside a block: the norm feeds module.projection, run in FP8.
+FOLDED = (("norm_self", "self_attn", "qkv"), ("norm_cross", "cross_attn", "q"),
+          ("norm_mlp", "mlp", "wi"))
 
 
 def check_width(dim: int) -> None:
@@ -52,10 +50,9 @@ def matmul(x2: jax.Array, kernel: jax.Array, scale: jax.Array, out_dtype) -> jax
   return y * scale.astype(out_dtype)
 
 
-def quantize_kernel(w: jax.Array, n_in: int = 1):
-  """A [K..., N...] kernel (K = its first `n_in` dims) -> (e4m3 [N, K], fp32 scale)."""
-  k = int(np.prod(w.shape[:n_in]))
-  w2 = w.reshape(k, -1).astype(jnp.float32).T
+def quantize_kernel(w: jax.Array):
+  """A [K, N...] kernel -> (e4m3 [prod(N...), K], fp32 scale)."""
+  w2 = w.reshape(w.shape[0], -1).astype(jnp.float32).T
   amax = jnp.max(jnp.abs(w2))
   scale = jnp.where(amax > 0, amax / E4M3_MAX, 1.0).astype(jnp.float32)
   return (w2 / scale).astype(E4M3), scale
@@ -69,12 +66,6 @@ def _fold_and_quantize(norm_scale, kernel):
   return jnp.ones_like(norm_scale), w8, s
 
 
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def quantize_params(params: dict) -> dict:
   """A model's params (stacked blocks: `stack`, an SR model's `lowres_stack`) -> the params of
   the same config with `fp8_matmuls=True`. Returns a new tree; `params` is unchanged."""
@@ -84,10 +75,10 @@ def quantize_params(params: dict) -> dict:
     if not (isinstance(sub, dict) and "blocks" in sub):
       continue
     blocks = sub["blocks"]
-    for norm_path, proj_path in FOLDED:
-      if norm_path[0] not in blocks or proj_path[0] not in blocks:
+    for norm_name, module, proj_name in FOLDED:
+      if module not in blocks:
         continue  # e.g. the SR low-res encoder has no cross-attention
-      norm, proj = _get(blocks, norm_path), _get(blocks, proj_path)
+      norm, proj = blocks[norm_name], blocks[module][proj_name]
       ones, w8, s = jax.vmap(_fold_and_quantize)(norm["scale"], proj["kernel"])
       norm["scale"] = ones.astype(norm["scale"].dtype)
       proj["kernel"], proj["kernel_scale"] = w8, s

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from muse_jax.models import layers as L
+from muse_jax.models.fp8 import check_width as check_fp8_width
 from muse_jax.parallel.sharding import constrain
 
 REMAT_POLICIES = {
@@ -49,8 +50,7 @@ class Block(nnx.Module):
     kw = dict(rngs=rngs, precision=precision)
     fp8 = bool(getattr(cfg, "fp8_matmuls", False))  # sampling only: muse_jax/models/fp8.py
     if fp8:
-      from muse_jax.models import fp8 as F
-      F.check_width(d)
+      check_fp8_width(d)
     self.norm_self = L.RMSNorm(d, **kw)
     self.self_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim,
                                           implementation=cfg.attention, fp8_query=fp8, **kw)
