@@ -1,5 +1,5 @@
-"""The sampling and attention benchmarks run end to end on CPU: smoke runs of the scripts whose
-GPU tables the README reports (benchmarks/sample.py, benchmarks/attention.py)."""
+"""The sampling, attention and dispatch benchmarks run end to end on CPU: smoke runs of the
+scripts whose GPU tables the README reports (benchmarks/sample.py, attention.py, dispatch.py)."""
 import os
 import subprocess
 import sys
@@ -38,6 +38,18 @@ def test_attention_benchmark_prints_its_table():
   row = next(l for l in out.stdout.splitlines() if l.startswith("| amused_cross | xla |"))
   us, note = row.split("|")[3:5]
   assert float(us) > 0 and float(note.split()[-1]) < 1e-2, row  # rel err against float32
+
+
+def test_dispatch_benchmark_times_each_argument_count():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/dispatch.py", "--args=1,30", "--calls=5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [l.split("|")[1:4] for l in out.stdout.splitlines() if l.startswith("| default")
+          or l.startswith("| sampler")]
+  assert [(o.strip(), int(n)) for o, n, _ in rows] == [("default", 1), ("default", 30),
+                                                       ("sampler", 1), ("sampler", 30)]
+  assert all(float(us) > 0 for _, _, us in rows)
 
 
 def _row(profile=None):

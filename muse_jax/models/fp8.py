@@ -7,7 +7,8 @@ reads the output of an RMSNorm, and that is what makes a static activation scale
   RMSNorm(x) = g * x / rms(x), and |x_i / rms(x)| <= sqrt(D) for every row x of width D.
 
 `quantize_params` folds each norm's scale g into the rows of the kernel it feeds
-(diag(g) @ W: the same product) and sets g to ones. The norm then emits x / rms(x), which fits
+(diag(g) @ W: the same product) and drops g: built with `fp8_matmuls`, those norms have no
+scale (nothing to multiply, nor to slice per layer in a sampler). The norm emits x / rms(x), which fits
 e4m3's range (+-448) for any D <= 200704 and needs no scaling; the kernel is stored as e4m3
 with one scale per matrix (its max |value| maps to 448), transposed to [N, K], cuBLAS's layout
 for FP8 operands. The matmul runs e4m3 x e4m3 with fp32 accumulation and writes the compute
@@ -59,11 +60,10 @@ def quantize_kernel(w: jax.Array):
 
 
 def _fold_and_quantize(norm_scale, kernel):
-  """One layer: (ones like the norm scale, e4m3 kernel [N, K], scale)."""
+  """One layer: (e4m3 kernel [N, K], scale) of diag(norm_scale) @ kernel."""
   folded = kernel.astype(jnp.float32) * norm_scale.astype(jnp.float32).reshape(
       (-1,) + (1,) * (kernel.ndim - 1))
-  w8, s = quantize_kernel(folded)
-  return jnp.ones_like(norm_scale), w8, s
+  return quantize_kernel(folded)
 
 
 def quantize_params(params: dict) -> dict:
@@ -78,9 +78,8 @@ def quantize_params(params: dict) -> dict:
     for norm_name, module, proj_name in FOLDED:
       if module not in blocks:
         continue  # e.g. the SR low-res encoder has no cross-attention
-      norm, proj = blocks[norm_name], blocks[module][proj_name]
-      ones, w8, s = jax.vmap(_fold_and_quantize)(norm["scale"], proj["kernel"])
-      norm["scale"] = ones.astype(norm["scale"].dtype)
+      proj = blocks[module][proj_name]
+      w8, s = jax.vmap(_fold_and_quantize)(blocks.pop(norm_name)["scale"], proj["kernel"])
       proj["kernel"], proj["kernel_scale"] = w8, s
       found = True
   if not found:

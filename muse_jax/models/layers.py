@@ -102,13 +102,16 @@ class DenseGeneral(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-  """x * rsqrt(mean(x^2) + eps) * scale, computed in fp32; output in the compute dtype."""
+  """x * rsqrt(mean(x^2) + eps) * scale, computed in fp32; output in the compute dtype.
+
+  `use_scale=False`: no scale (a norm whose gain is folded into the next matmul's kernel).
+  """
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, axis_name: str = "embed",
-               eps: float = 1e-6, precision: Precision = Precision()):
+               eps: float = 1e-6, precision: Precision = Precision(), use_scale: bool = True):
     self.eps, self.precision = eps, precision
-    self.scale = param(rngs, jax.nn.initializers.ones, (dim,), (axis_name,),
-                       precision.param_dtype)
+    self.scale = (param(rngs, jax.nn.initializers.ones, (dim,), (axis_name,),
+                        precision.param_dtype) if use_scale else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # On rows flattened to 2-D: the gradient of `scale` is then one column reduction over all
@@ -118,7 +121,8 @@ class RMSNorm(nnx.Module):
     shape = x.shape
     x32 = x.reshape(-1, shape[-1]).astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    y = y * self.scale[...].astype(jnp.float32)
+    if self.scale is not None:
+      y = y * self.scale[...].astype(jnp.float32)
     return y.astype(self.precision.dtype).reshape(shape)
 
 

@@ -51,16 +51,18 @@ class Block(nnx.Module):
     fp8 = bool(getattr(cfg, "fp8_matmuls", False))  # sampling only: muse_jax/models/fp8.py
     if fp8:
       check_fp8_width(d)
-    self.norm_self = L.RMSNorm(d, **kw)
+    # With fp8, the norms feeding the e4m3 projections have their gains folded into the kernels.
+    norm_kw = dict(kw, use_scale=not fp8)
+    self.norm_self = L.RMSNorm(d, **norm_kw)
     self.self_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim,
                                           implementation=cfg.attention, fp8_query=fp8, **kw)
     if cross:
-      self.norm_cross = L.RMSNorm(d, **kw)
+      self.norm_cross = L.RMSNorm(d, **norm_kw)
       self.cross_attn = L.MultiHeadAttention(d, cfg.num_heads, cfg.head_dim, kv_dim=d,
                                              implementation=cfg.attention, fp8_query=fp8, **kw)
     else:
       self.norm_cross = self.cross_attn = None
-    self.norm_mlp = L.RMSNorm(d, **kw)
+    self.norm_mlp = L.RMSNorm(d, **norm_kw)
     self.mlp = L.MLP(d, cfg.mlp_dim, fp8_input=fp8, **kw)
     self.dropout = float(cfg.dropout)
 
@@ -115,7 +117,9 @@ class BlockStack(nnx.Module):
     The unrolled loop slices layer i out of every stacked array. Inside a loop (a sampler's
     steps) XLA re-materialises those slices at every iteration: on an H200, six weight copies
     per layer and step, 19% of the aMUSEd-size sampler's time (benchmarks/sample.py --profile).
-    A sampler slices them once, before its loop, and passes them back as `layers=`.
+    A sampler slices them once, before its loop, and passes them back as `layers=`. (Slicing
+    at load instead, with each layer's arrays as jit arguments, was slower: every argument
+    costs a call about 2 us of host time on an H200; benchmarks/dispatch.py, README.)
     """
     if self.scan:
       return None
