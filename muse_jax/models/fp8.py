@@ -8,10 +8,10 @@ reads the output of an RMSNorm, and that is what makes a static activation scale
 
 `quantize_params` folds each norm's scale g into the rows of the kernel it feeds
 (diag(g) @ W: the same product) and drops g: built with `fp8_matmuls`, those norms have no
-scale (nothing to multiply, nor to slice per layer in a sampler). The norm emits x / rms(x), which fits
-e4m3's range (+-448) for any D <= 200704 and needs no scaling; the kernel is stored as e4m3
-with one scale per matrix (its max |value| maps to 448), transposed to [N, K], cuBLAS's layout
-for FP8 operands. The matmul runs e4m3 x e4m3 with fp32 accumulation and writes the compute
+scale (nothing to multiply, nor to slice per layer in a sampler). The norm emits x / rms(x),
+which fits e4m3's range (+-448) for any D <= 200704 and needs no scaling; the kernel is stored
+as e4m3 with one scale per matrix (its max |value| maps to 448), transposed to [N, K],
+cuBLAS's layout for FP8 operands. The matmul runs e4m3 x e4m3 with fp32 accumulation and writes the compute
 dtype, times the kernel's scale. Everything else (the other matmuls, attention, norms, the
 residual stream) keeps its precision.
 
