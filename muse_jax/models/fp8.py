@@ -11,9 +11,9 @@ reads the output of an RMSNorm, and that is what makes a static activation scale
 scale (nothing to multiply, nor to slice per layer in a sampler). The norm emits x / rms(x),
 which fits e4m3's range (+-448) for any D <= 200704 and needs no scaling; the kernel is stored
 as e4m3 with one scale per matrix (its max |value| maps to 448), transposed to [N, K],
-cuBLAS's layout for FP8 operands. The matmul runs e4m3 x e4m3 with fp32 accumulation and writes the compute
-dtype, times the kernel's scale. Everything else (the other matmuls, attention, norms, the
-residual stream) keeps its precision.
+cuBLAS's layout for FP8 operands. The matmul runs e4m3 x e4m3 with fp32 accumulation and
+writes the compute dtype, times the kernel's scale. Everything else (the other matmuls,
+attention, norms, the residual stream) keeps its precision.
 
 This is an inference transform, not a training mode: `quantize_params` maps a trained model's
 parameters to those of the same config with `fp8_matmuls=True`. Quantization changes the
