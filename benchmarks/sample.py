@@ -476,8 +476,7 @@ def main(argv=None):
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
   print(f"device: {device}; attention={args.attention} scan={args.scan} "
         f"param_dtype={args.param_dtype} fp8={args.fp8} guidance={args.guidance} "
-        f"rng={args.rng} "
-        f"xla options={compiler_options(args)}", flush=True)
+        f"rng={args.rng} xla options={compiler_options(args)}", flush=True)
   rows, base_loops = [], {}
   for spec in specs:
     t0 = time.perf_counter()

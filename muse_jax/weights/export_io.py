@@ -233,8 +233,8 @@ def load_exported(path: str, *, model_overrides: Optional[Mapping[str, Any]] = N
   Returns:
     (the training config as a ConfigDict, the stage's FunctionalModel, params as a nested dict
     of jax.Arrays); model and params are as stored (`model.fp8_matmuls` is applied by
-    `muse_jax.sampling.stages.sampling_stage`). A key or shape that differs from the model's raises WeightsError naming
-    all of them.
+    `muse_jax.sampling.stages.sampling_stage`). A key or shape that differs from the model's
+    raises WeightsError naming all of them.
   """
   from muse_jax.sampling import checkpoints as ckpt
   read_info(path)
