@@ -8,7 +8,7 @@ setup(
     name="muse_jax",
     version="0.1.0",
     description="JAX/Flax trainer for Muse text-to-image models",
-    packages=find_packages(include=["muse_jax", "muse_jax.*", "configs"]),
+    packages=find_packages(include=["muse_jax", "muse_jax.*"]),
     python_requires=">=3.12",
     install_requires=requirements,
 )

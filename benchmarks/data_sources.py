@@ -23,7 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from muse_jax.data import preprocess, shapes  # pylint: disable=g-import-not-at-top
+from muse_jax.data import preprocess
+from muse_jax.data.shapes import dataset as shapes  # pylint: disable=g-import-not-at-top
 from muse_jax.evaluation import detector  # pylint: disable=g-import-not-at-top
 
 

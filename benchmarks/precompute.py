@@ -32,9 +32,10 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common_t5, common_vqgan  # pylint: disable=g-import-not-at-top
 from configs import shapes_base_tiny, shapes_precompute  # pylint: disable=g-import-not-at-top
-from muse_jax.data import input_pipeline, precompute  # pylint: disable=g-import-not-at-top
+from muse_jax.configs import common_t5, common_vqgan  # pylint: disable=g-import-not-at-top
+from muse_jax.data import input_pipeline
+from muse_jax.precompute import run as precompute  # pylint: disable=g-import-not-at-top
 from muse_jax.training.base_stage import BaseStage  # pylint: disable=g-import-not-at-top
 
 
@@ -54,9 +55,11 @@ def full_size_config(workers: int):
 def bench_parts(c, batch: int, workers: int, reps: int = 5) -> None:
   """examples/s of each part of precompute on its own: rendering, each model, all models."""
   import concurrent.futures
+
   import jax
   import numpy as np
-  from muse_jax.data import shapes
+
+  from muse_jax.data.shapes import dataset as shapes
   res = (int(c.tokenizer.resolution), int(c.sr_tokenizer.resolution))
   t0 = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -7,10 +7,11 @@ r"""Sampling latency and images/s of the Muse cascade, with random weights.
 Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond):
   base256_b{1,16}     base_632m, 16x16 tokens, 24 steps, then f16 VQ decode to 256 px
   cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64) -> f8 VQ decode to 512 px
-  amused              ~604M masked transformer of aMUSEd's width (hidden 1024, 35 layers, 16
-                      heads, MLP 4096, 768-d text padded to 128), 256 tokens, 12 steps, batch
-                      1; latency = the transformer loop (what the 25 ms goal and the 54 ms
-                      plain-JAX reference time); its VQ decoder (146M, 256 px) is beside it.
+  amused              masked transformer of aMUSEd's size (hidden 1024, 35 layers, 16 heads,
+                      MLP 4096, 768-d text padded to 128; the table prints its parameter count),
+                      256 tokens, 12 steps, batch 1; latency = the transformer loop (what the
+                      latency goal and the plain-JAX reference of docs/performance.md time); its
+                      VQ decoder (146M, 256 px) is beside it.
 Text embeddings are random and made once (T5 is not timed: it runs once per prompt; see
 benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
 (`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
@@ -106,7 +107,8 @@ def _model_overrides(cfg, args, tiny):
 
 def amused_size_config(tiny: bool):
   """aMUSEd's width and parameter count as a Muse base transformer (see module docstring)."""
-  from configs import common, tiny as tiny_cfg
+  from configs import tiny as tiny_cfg
+  from muse_jax.configs import common
   if tiny:
     c = tiny_cfg.get_config()
     c.model.update(dict(num_layers=3, text_dim=16))
@@ -118,7 +120,8 @@ def amused_size_config(tiny: bool):
 
 
 def row_specs(args):
-  from configs import base_632m, common_vqgan, sr_268m, sr_tiny, tiny as tiny_cfg
+  from configs import base_632m, sr_268m, sr_tiny, tiny as tiny_cfg
+  from muse_jax.configs import common_vqgan
   if args.tiny:
     base = tiny_cfg.get_config()
     sr = sr_tiny.get_config()
@@ -190,7 +193,9 @@ def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int =
   the summed kernel time and the time per kernel category (ms per call). The optimized HLO is
   written beside the trace (TRACE_DIR/optimized_hlo.txt) to look up what each fusion holds."""
   import collections
+
   import jax
+
   from benchmarks.trace_summary import category, device_events
   os.makedirs(trace_dir, exist_ok=True)
   with open(os.path.join(trace_dir, "optimized_hlo.txt"), "w") as f:
@@ -265,15 +270,16 @@ def loop_bytes(params, sr: bool) -> int:
 def run_row(spec: RowSpec, args):
   import jax
   import jax.numpy as jnp
+
   from muse_jax.models import vqgan as V
   from muse_jax.models.functional import functionalize
   from muse_jax.models.superres import SuperResTransformer
-  from muse_jax.models.tokenizer import from_model_range
   from muse_jax.models.transformer import MaskedTransformer
+  from muse_jax.models.vqgan import from_model_range
   from muse_jax.sampling import parallel_decode
-  from muse_jax.sampling.checkpoints import stored_config
+  from muse_jax.sampling.loading import sampling_stage
   from muse_jax.sampling.pipeline import sample_stage
-  from muse_jax.sampling.stages import sampling_stage
+  from muse_jax.workdir.saved_config import stored_config
 
   b = spec.batch
   xla_opts = compiler_options(args)

@@ -26,10 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+from muse_jax.encoders.text_encoder import TextEncoder  # pylint: disable=g-import-not-at-top
 from muse_jax.models import t5  # pylint: disable=g-import-not-at-top
-from muse_jax.models.text_encoder import TextEncoder  # pylint: disable=g-import-not-at-top
 from muse_jax.parallel.mesh import make_mesh  # pylint: disable=g-import-not-at-top
 from muse_jax.training.flops import peak_flops_per_device  # pylint: disable=g-import-not-at-top
+
 
 def _table(rows: list[tuple[str, str]]) -> str:
   width = max(len(k) for k, _ in rows)
@@ -37,7 +38,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _tokenizer_rate(spiece_model: str, length: int, num: int) -> float:
-  from muse_jax.models.t5_tokenizer import T5Tokenizer  # pylint: disable=g-import-not-at-top
+  from muse_jax.encoders.text_tokenizer import T5Tokenizer  # pylint: disable=g-import-not-at-top
   tok = T5Tokenizer(spiece_model, max_length=length)
   rng = np.random.default_rng(0)
   words = ["a", "red", "cube", "on", "top", "of", "the", "blue", "sphere", "photo", "dog",

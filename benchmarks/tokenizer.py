@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import common_vqgan  # noqa: E402
+from muse_jax.configs import common_vqgan  # noqa: E402
+from muse_jax.encoders.vq_tokenizer import VQTokenizer  # noqa: E402
 from muse_jax.models import vqgan as V  # noqa: E402
-from muse_jax.models.tokenizer import VQTokenizer  # noqa: E402
 
 SETUPS = {  # name -> [(model kind, resolution)]
     "muse": [("f16", 256), ("f8", 512)],
@@ -72,6 +72,7 @@ def bench_api(kind, size, batch, dtype, repeats):
 
 def bench_train(kind, size, batch, dtype, steps):
   from safetensors.numpy import save_file
+
   from muse_jax.training.loop import Trainer
   from muse_jax.weights.vgg_lpips import random_torch_state
   c = common_vqgan.get_config()

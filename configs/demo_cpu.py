@@ -1,7 +1,7 @@
 """The end-to-end demo on the shapes dataset, sized for 2 CPU cores (<= 15 minutes).
 
 COMMAND: python -m muse_jax.demo --config=configs/demo_cpu.py --workdir=demo_out
-         (= `make demo`; 14.3 min on 2 cores, README "The demo")
+         (= `make demo`; its time and results on 2 cores: docs/demo.md)
 Trains an f4 VQGAN tokenizer on 64px shapes images, precomputes tokens (32px -> 8x8 for the
 base stage, 64px -> 16x16 for SR) and random tiny-T5 caption embeddings, trains the base and
 SR transformers, then writes demo_out/samples_train.png, samples_heldout.png, inpaint.png,
@@ -11,22 +11,29 @@ held-out captions, with and without CFG; stage timings; configs). Rerun to resum
 Sections: `vqgan`, `precompute`, `base`, `sr` are full stage configs (override any key, e.g.
 --config.base.train.num_steps=600); the keys that link stages (tokenizer weights and
 resolutions, data paths, codebook size, token grids, text width/length) are set by
-muse_jax.demo. `sampling` is configs/common_sampling.py; `eval` and `edits` are the demo's.
+muse_jax.demo. `sampling` is muse_jax/configs/common_sampling.py; `eval` and `edits` are the demo's.
 """
 import ml_collections
 
-from configs import common, common_data, common_sampling, common_sr, common_t5, common_vqgan
+from muse_jax.configs import (
+  common,
+  common_data,
+  common_sampling,
+  common_sr,
+  common_t5,
+  common_vqgan,
+)
 
 
 def vqgan_config():
   """f4 tokenizer: 2x2 space-to-depth stem + two levels (32x32, 16x16), l2-normalised 8-dim codes.
 
-  Measured on 2 CPU cores (README, "The demo"): the detector reads >= 95% of its 64px
-  reconstructions right. The patch stem keeps every conv at <= 32x32 with >= 32 channels, which
-  XLA's CPU convolutions run ~4x more efficiently than 16 channels at 64x64; l2-normalised codes
-  (ViT-VQGAN) keep the 512 codes in use and learn colours far sooner; batch 4 x 1500 steps
-  learns small shapes better than batch 8 x 1000 steps at about the same cost. 1300 steps: the
-  reconstruction PSNR is flat after ~1200 (28-30 dB) and the demo must fit 15 minutes.
+  The patch stem keeps every conv at <= 32x32 with >= 32 channels, which XLA's CPU convolutions
+  run far more efficiently than 16 channels at 64x64; l2-normalised codes (ViT-VQGAN) keep the
+  512 codes in use and learn colours far sooner; batch 4 learns small shapes better than batch 8
+  for about the same training time. 1300 steps: the reconstruction PSNR (`psnr` in
+  WORKDIR/tokenizer/metrics.jsonl) has flattened by then, and the demo must fit 15 minutes. How
+  well the detector reads the reconstructions: metrics.json of `make demo`; docs/demo.md.
   """
   c = common_vqgan.get_config()
   c.model = common_vqgan.vqgan_model(
@@ -39,8 +46,9 @@ def vqgan_config():
   # to draw only background). disc_start_step beyond num_steps: no discriminator is compiled.
   c.loss.update(dict(reconstruction="l2", disc_start_step=1_000_000, perceptual_dtype="float32"))
   # No dead-code restarts: they keep all 512 codes alive, and the live codes then share out the
-  # flat background, so the same background patch gets many ids (token entropy ~5.8 nats
-  # instead of ~2.2), which the base and SR transformers cannot learn in the demo's budget.
+  # flat background, so the same background patch gets many ids (a much higher token entropy,
+  # the log of `codebook_perplexity` in WORKDIR/tokenizer/metrics.jsonl; docs/experiments.md),
+  # which the base and SR transformers cannot learn in the demo's budget.
   # Without restarts a few dozen codes stay in use and reconstructions read as well.
   c.quantizer.update(dict(usage_ema_decay=0.9, restart_every=0))
   c.optimizer.update(dict(learning_rate=2e-3, warmup_steps=10, weight_decay=0.0))
@@ -88,7 +96,9 @@ def _token_stage(c, *, batch_size, num_steps, learning_rate):
 def base_config():
   c = common.get_config("base")
   # codebook_size, grid_size, text_dim, text_length: set by muse_jax.demo.
-  # 2 heads of 64 rather than 4 of 32: 9% faster steps on 2 CPU cores at the same width.
+  # 2 heads of 64 rather than 4 of 32: faster steps on 2 CPU cores at the same width (the
+  # [B, N, T, T] attention arrays halve; the base stage's time in `make demo`'s metrics.json;
+  # docs/experiments.md).
   c.model.update(dict(hidden_size=128, num_layers=4, num_heads=2, head_dim=64, mlp_dim=512,
                       dtype="float32", attention="xla", scan_layers=False))
   return _token_stage(c, batch_size=64, num_steps=650, learning_rate=2e-3)
@@ -96,9 +106,10 @@ def base_config():
 
 def sr_config():
   """The low-res skip (not in the paper, muse_jax/models/superres.py): with the same data
-  and 400 steps, the SR eval loss fell from 1.67 to 1.33 and the detector's position accuracy
-  rose from 38-56% to 64-75% (README "The demo"). 2 heads of 32: the [B, N, T, T] attention
-  arrays of its 256 tokens halve, and a step on 2 CPU cores takes 367 instead of 469 ms."""
+  and steps it lowers the SR eval loss and raises the detector's position and colour accuracy
+  (docs/demo.md). 2 heads of 32: the [B, N, T, T] attention arrays of its 256 tokens, which
+  dominate its step, halve, so steps on 2 CPU cores are faster (the SR stage's time in
+  `make demo`'s metrics.json; docs/experiments.md)."""
   c = common_sr.get_config()
   c.model.update(dict(hidden_size=64, num_layers=2, lowres_num_layers=1, num_heads=2,
                       head_dim=32, mlp_dim=256, dtype="float32", attention="xla",
@@ -118,9 +129,10 @@ def get_config():
   c.sr = sr_config()
   c.sampling = common_sampling.get_sampling_config()
   # guidance_scale / sr_guidance_scale are the `cfg` setting of the metrics (`no_cfg`: 0).
-  # 1.0 as on the GPU config: there guidance 3 broke counting (README "The demo"); here, on
-  # a finished workdir, guidance 3 gave the lowest count of every setting tried (7.8% on both
-  # splits, against 10.9-25.0% for none, 0.5, 1, 2 and per-stage 1; 64 captions per split).
+  # 1.0 as on the GPU config: there guidance 3 breaks counting (stray fragments count as
+  # objects); here too guidance 3 scores the lowest count of the settings in a sweep (set
+  # eval.guidance_sweep and read metrics.json's guidance_sweep; docs/demo.md,
+  # docs/experiments.md).
   c.sampling.update(dict(base_steps=12, sr_steps=6, guidance_scale=1.0, sr_guidance_scale=1.0))
   c.sampling.editing.mask_free_iterations = 24
   c.eval = ml_collections.ConfigDict(dict(

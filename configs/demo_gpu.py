@@ -1,4 +1,4 @@
-"""The end-to-end shapes demo, bigger, for one NVIDIA H200 (<= 10 minutes; measured 8.7).
+"""The end-to-end shapes demo, bigger, for one NVIDIA H200 (sized for <= 10 minutes).
 
 COMMAND: python -m muse_jax.demo --config=configs/demo_gpu.py --workdir=demo_gpu_out
 Same stages and outputs as configs/demo_cpu.py (samples_train.png, samples_heldout.png,
@@ -6,7 +6,8 @@ inpaint.png, outpaint.png, maskfree.png, metrics.json) at the same resolutions (
 32px base), with a wider tokenizer, larger transformers trained for longer in
 bfloat16 with fused attention where cuDNN takes it (`attention=auto`), 4x the precompute data
 and 256 evaluation captions per split. Needs no TensorFlow: precompute writes its records
-without it and training reads them with the numpy reader.
+without it and training reads them with the numpy reader. At guidance 1 most train-like
+captions come out fully right; its time, per-attribute results and guidance sweep: docs/demo.md.
 
 Text is padded to 64 tokens (captions have <= 28) so that cuDNN flash attention can take the
 cross-attention keys (base: 64 text keys; SR: 8x8 low-res tokens + 64 text keys = 128).
@@ -24,7 +25,8 @@ def get_config():
   v.model.update(dict(block_out_channels=(64, 128), layers_per_block=2, norm_groups=16,
                       dtype="bfloat16"))
   v.optimizer.update(dict(learning_rate=2e-3, warmup_steps=50))
-  # Images are drawn on the host in the loop (about 1.4 ms each): batch x steps bounds the time.
+  # Images are drawn on the host in the loop, at a fixed cost each, so batch x steps bounds the
+  # time (python benchmarks/data_sources.py: shapes examples/s; docs/demo.md).
   v.train.update(dict(batch_size=16, num_steps=3000, log_every=100))
   v.checkpoint.update(dict(every_steps=1000))
 
@@ -41,9 +43,8 @@ def get_config():
                            eval_batches=4))
   c.base.checkpoint.update(dict(every_steps=1000))
 
-  # lowres_skip as in demo_cpu (inherited; stated here). With it, held-out samples were fully
-  # right in 46.5% without CFG and 32.0% at guidance 3; a run before the skip existed gave
-  # 35.9% and 4.3% (README "The demo").
+  # lowres_skip as in demo_cpu (inherited; stated here). It raises the held-out captions' fully
+  # right rate, most at guidance 3 (docs/demo.md compares runs with and without it).
   c.sr.model.update(dict(hidden_size=256, num_layers=6, lowres_num_layers=2, num_heads=4,
                          head_dim=64, mlp_dim=1024, dtype="bfloat16", attention="auto",
                          lowres_skip=True))
@@ -52,10 +53,9 @@ def get_config():
                          eval_batches=4))
   c.sr.checkpoint.update(dict(every_steps=1000))
 
-  # Guidance 1.0 for both stages, from the sweeps of two runs (README "The demo"): fully right
-  # (train-like / held-out) 71.5% / 48.4% and 78.1% / 53.1% at 1.0, 73.4% / 48.0% and
-  # 78.9% / 52.3% at 0.5, 35.2% / 14.8% and 50.8% / 32.0% at 3 (stray fragments break
-  # counting); each stage's guidance alone at 3 (base 3 / SR 0, base 0 / SR 3) is scored too.
+  # Guidance 1.0 for both stages: light guidance (0.5-1) scores best in the guidance sweep and
+  # 3 worst (stray fragments break counting); each stage's guidance alone at 3 (base 3 / SR 0,
+  # base 0 / SR 3) is scored too. The sweep is metrics.json's guidance_sweep; docs/demo.md.
   c.sampling.update(dict(base_steps=16, sr_steps=8, guidance_scale=1.0, sr_guidance_scale=1.0))
   c.sampling.editing.mask_free_iterations = 50
   c.eval.update(dict(num_captions=256, batch_size=128, grid_images=64,

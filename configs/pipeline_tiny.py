@@ -17,7 +17,7 @@ the f4 tiny VQGAN: 16px -> 4x4 base tokens, 32px -> 8x8 SR tokens. SPIECE is any
 sentencepiece model with <= 256 pieces (e.g. WORKDIR/spiece.model of
 configs/shapes_precompute.py); the text encoder is a random tiny T5 (32-d outputs, 8 tokens).
 """
-from configs import common_pipeline
+from muse_jax.configs import common_pipeline
 
 
 def get_config():
@@ -26,7 +26,7 @@ def get_config():
   p.text_encoder = common_pipeline.common_t5.text_encoder_config("tiny")
   p.text_encoder.update(dict(max_length=8, dtype="float32", param_dtype="float32",
                              output_dtype="float32", weights_format="random"))
-  # Base unrolled (as configs/common_pipeline.py samples), SR scanned: the tests sample with
+  # Base unrolled (as muse_jax/configs/common_pipeline.py samples), SR scanned: the tests sample with
   # both.
   p.base = common_pipeline.stage_section("tiny", text_dim=32, dtype="float32", attention="xla",
                                          scan_layers=False)

@@ -12,7 +12,7 @@ Real runs: set tokenizer.weights (a vqgan workdir or diffusers VQModel), text_en
 """
 import ml_collections
 
-from configs import common, common_data, common_t5, common_vqgan
+from muse_jax.configs import common, common_data, common_t5, common_vqgan
 
 
 def tokenizer_section(resolution: int, seed: int = 0, **model) -> ml_collections.ConfigDict:

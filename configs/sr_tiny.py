@@ -5,7 +5,7 @@ COMMAND: python -m muse_jax.train --config=configs/sr_tiny.py --workdir=/tmp/sr_
 Trains in seconds on CPU (2x2 low-res tokens -> 4x4 high-res tokens, 1 encoder + 2 decoder
 layers) and leaves a checkpoint; rerun with a larger num_steps to resume.
 """
-from configs import common_sr
+from muse_jax.configs import common_sr
 
 
 def get_config():

@@ -4,7 +4,7 @@ COMMAND: python -m muse_jax.train --config=configs/tiny.py --workdir=/tmp/tiny \
            --config.train.num_steps=20
 Trains in seconds on CPU and leaves a checkpoint; rerun with a larger num_steps to resume.
 """
-from configs import common
+from muse_jax.configs import common
 
 
 def get_config():

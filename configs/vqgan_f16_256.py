@@ -6,7 +6,7 @@ Trains encoder, codebook and decoder (L1 + 0.05 LPIPS + 0.1 GAN from step 20k, L
 steps at batch 256; checkpoints every 1000 steps, resumable. Without perceptual_weights the run
 says that the perceptual loss is off.
 """
-from configs import common_vqgan
+from muse_jax.configs import common_vqgan
 
 
 def get_config():

@@ -7,7 +7,7 @@ COMMAND: python -m muse_jax.train --config=configs/vqgan_f16_256_decoder_ft.py \
 init_from is the finished run's workdir (its newest checkpoint is used) or a diffusers VQModel.
 Token ids are unchanged by fine-tuning, so precomputed shards stay valid.
 """
-from configs import common_vqgan
+from muse_jax.configs import common_vqgan
 
 
 def get_config():

@@ -4,7 +4,7 @@ COMMAND: python -m muse_jax.train --config=configs/vqgan_f8_512.py --workdir=/tm
            --config.loss.perceptual_weights=/path/lpips_vgg16.safetensors
 Same recipe as vqgan_f16_256 at 512px with 3 downsamplings (channels 128,128,256,512).
 """
-from configs import common_vqgan
+from muse_jax.configs import common_vqgan
 
 
 def get_config():

@@ -4,7 +4,7 @@ COMMAND: python -m muse_jax.train --config=configs/vqgan_tiny.py --workdir=/tmp/
            --config.train.num_steps=20
 Trains in seconds on CPU (8x8 tokens, 64 codes, GAN from step 10) and leaves a checkpoint.
 """
-from configs import common_vqgan
+from muse_jax.configs import common_vqgan
 
 
 def get_config():

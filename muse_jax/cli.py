@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from muse_jax.configs.checks import ConfigError
+from muse_jax.parallel.mesh import MeshError
+from muse_jax.training.loop import NonFiniteLoss, Preempted
+
 
 def run_or_exit(fn: Callable[[], object], user_errors: tuple[type[BaseException], ...] = ()):
   """Runs `fn`; maps the project's stop conditions to a message on stderr and an exit status."""
-  from muse_jax.config import ConfigError
-  from muse_jax.parallel.mesh import MeshError
-  from muse_jax.training.loop import NonFiniteLoss, Preempted
   try:
     return fn()
   except (ConfigError, MeshError, *user_errors) as e:

@@ -16,7 +16,7 @@ state is read). Writes to DIR:
 The export is written into DIR.tmp-<pid> and renamed when complete; an existing non-empty DIR
 is only replaced with --overwrite.
 
-Load it with `muse_jax.weights.export_io.load_exported(DIR) -> (config, model_def, params)`,
+Load it with `muse_jax.sampling.loading.load_exported(DIR) -> (config, model_def, params)`,
 or point a sampling pipeline stage's workdir at DIR (--config.pipeline.base.workdir=DIR).
 
 Exit status: 0 done; 2 bad flags, no workdir / config.json / checkpoint (or no EMA with
@@ -32,6 +32,11 @@ import sys
 from typing import Optional
 
 from absl import app, flags
+
+from muse_jax.cli import run_or_exit
+from muse_jax.sampling.loading import restore_stage_params
+from muse_jax.training import registry
+from muse_jax.workdir import checkpoints, export_io, saved_config
 
 flags.DEFINE_string("workdir", None, "The stage's training workdir (holds config.json and "
                     "checkpoints/).")
@@ -111,13 +116,11 @@ def export_stage(workdir: str, out: str, *, step=None, dtype: str = "float32",
   Raises ExportError (bad arguments, unknown stage), FileNotFoundError / MissingCheckpoint
   (no workdir, config.json or checkpoint) or ExportExists (non-empty `out`).
   """
-  from muse_jax.sampling import checkpoints as ckpt
-  from muse_jax.weights import export_io
   if not workdir or not out:
     raise ExportError("give both --workdir=WORKDIR (a training workdir) and --out=DIR")
   step = parse_step(step)
   dtype = _choice("dtype", dtype, tuple(export_io.DTYPES))
-  params = _choice("params", params, ckpt.PARAM_CHOICES)
+  params = _choice("params", params, checkpoints.PARAM_CHOICES)
   if not isinstance(max_shard_bytes, int):
     max_shard_bytes = parse_bytes(max_shard_bytes)
   if not os.path.isdir(workdir):
@@ -126,16 +129,16 @@ def export_stage(workdir: str, out: str, *, step=None, dtype: str = "float32",
   if os.path.commonpath([src, dst]) == dst:
     raise ExportError(f"--out={out} is or contains --workdir={workdir}; choose another --out")
   export_io.check_target(dst, overwrite)
-  config = ckpt.load_saved_config(workdir)
+  config = saved_config.load_saved_config(workdir)
   stage = config.get("stage")
-  if stage not in ckpt.STAGES:
+  if stage not in registry.STAGES:
     raise ExportError(f"{workdir}/config.json has stage={stage!r}; export knows "
-                      f"{', '.join(ckpt.STAGES)}")
-  tree, step, source = ckpt.restore_params(config, workdir, step=step, which=params,
-                                           name=stage)
+                      f"{', '.join(registry.STAGES)}")
+  tree, step, source = restore_stage_params(config, workdir, step=step, which=params,
+                                            name=stage)
   info = {"stage": stage, "step": int(step), "params": source,
           "source_workdir": os.path.abspath(workdir), **provenance()}
-  return export_io.write_export(out, tree, ckpt.saved_config(workdir), info, dtype=dtype,
+  return export_io.write_export(out, tree, saved_config.saved_config(workdir), info, dtype=dtype,
                                 max_shard_bytes=max_shard_bytes, overwrite=overwrite)
 
 
@@ -144,7 +147,6 @@ def main(argv):
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
-  from muse_jax.cli import run_or_exit
 
   def run():
     info = export_stage(FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,

@@ -1,11 +1,11 @@
 r"""Sample or edit images with a trained Muse cascade (base -> SR -> VQ decode).
 
-  python -m muse_jax.sample --config=configs/common_pipeline.py --workdir=RUNS \
+  python -m muse_jax.sample --config=muse_jax/configs/common_pipeline.py --workdir=RUNS \
       --prompt "a red cube on a blue sphere" [--negative_prompt "blurry"] --out cube.png \
       [--seed=0 --num_images=4 --guidance=4 --steps=24 --sr_steps=8 --config.a.b=value ...]
 
 The config's `pipeline` section names each stage's training config and workdir
-(configs/common_pipeline.py); a stage with an empty workdir is read from RUNS/<stage>
+(muse_jax/configs/common_pipeline.py); a stage with an empty workdir is read from RUNS/<stage>
 (RUNS/base, RUNS/sr, RUNS/vq_lo, RUNS/vq_hi). Only the parameters of each checkpoint are
 loaded (the EMA when there is one). Disable super-resolution with --config.pipeline.sr.config=''.
 
@@ -31,7 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a sampling config, e.g. "
-                                "configs/common_pipeline.py or configs/pipeline_tiny.py.",
+                                "muse_jax/configs/common_pipeline.py or configs/pipeline_tiny.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory whose base/, sr/, vq_lo/, vq_hi/ subdirectories "
                     "are the stage workdirs (for stages whose pipeline.<stage>.workdir is "
@@ -83,6 +83,7 @@ def parse_pad(value: str, size: int) -> tuple[int, int, int, int]:
 def outpaint_canvas(image, box):
   """The image resized into box on a mid-grey canvas of the image's size."""
   import numpy as np
+
   from muse_jax.sampling.image_io import resize_images
   size = image.shape[0]
   top, left, bottom, right = box
@@ -139,6 +140,7 @@ def check_flags():
 
 def run(config):
   import numpy as np
+
   from muse_jax.sampling.image_io import load_image, load_mask, save_images
   from muse_jax.sampling.pipeline import Pipeline
   check_flags()
@@ -183,7 +185,7 @@ def main(argv):
     sys.exit(EXIT_USAGE)
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
-  from muse_jax.sampling.checkpoints import MissingCheckpoint
+  from muse_jax.workdir.checkpoints import MissingCheckpoint
   try:
     run(FLAGS.config)
   except MissingCheckpoint as e:

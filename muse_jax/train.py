@@ -37,8 +37,8 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
   distributed.initialize_from_flags()
   from muse_jax.cli import run_or_exit
-  from muse_jax.config import validate
   from muse_jax.training.loop import train
+  from muse_jax.training.registry import validate
   config = FLAGS.config
 
   def run():

@@ -1,5 +1,6 @@
-"""The sampling, attention and dispatch benchmarks run end to end on CPU: smoke runs of the
-scripts whose GPU tables the README reports (benchmarks/sample.py, attention.py, dispatch.py)."""
+"""The sampling, attention and dispatch benchmarks run end to end on CPU: smoke runs, so the
+scripts that measure the GPU figures of docs/performance.md (benchmarks/sample.py, attention.py,
+dispatch.py) keep working and keep their table layout without a GPU."""
 import os
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def test_dispatch_benchmark_times_each_argument_count():
 
 
 def _row(profile=None):
-  # The aMUSEd row of the README's H200 table: forward 2.6 ms x 12 steps, floors 7.3 / 3.0 ms.
+  # A row shaped like the aMUSEd row (12 steps, no sampler overhead) whose forwards take longer
+  # than both floors: name_limit must call it "forward above floors".
   return dict(steps=12, forward_s=2.6e-3, compute_floor_s=7.3e-3 / 12,
               weight_floor_s=3.0e-3 / 12, sampler_s=0.0, profile=profile)
 
@@ -62,7 +64,8 @@ def test_limit_names_the_profiles_largest_share_of_a_slow_forward():
   sys.path.insert(0, ROOT)
   from benchmarks.sample import name_limit
   assert name_limit(_row()) == "forward above floors (77%)"
-  # The README's profile of that row: gemms 18.8 of 29.9 ms, no idle gaps.
+  # A profile where matmuls take most of the call and no time is idle: the limit names small
+  # matmuls. Then one where most of the call is idle: it names the kernel launches.
   gemms = dict(latency_ms=29.9, busy_ms=29.9,
                by_category_ms={"matmul": 18.8, "attention": 4.8, "fusion/elementwise": 4.4,
                                "copy/transpose": 1.8, "other": 0.1})

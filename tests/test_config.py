@@ -1,17 +1,19 @@
 """Bad configs fail early with one line that says what to change."""
-import jax
 import pytest
 
-from configs import base_3b, base_632m, common, tiny
-from muse_jax.config import ConfigError, validate
+from configs import base_3b, base_632m, tiny
+from muse_jax.configs import common
+from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel.mesh import MeshError, make_mesh
+from muse_jax.training import registry
+from muse_jax.training.base_stage import BaseStage
 from muse_jax.training.loop import Trainer
 from tests.training.helpers import run_cli
 
 
 @pytest.mark.parametrize("module", [tiny, base_632m, base_3b])
 def test_shipped_configs_validate(module):
-  validate(module.get_config())
+  registry.validate(module.get_config())
 
 
 def test_unknown_key_suggests_the_closest_name():
@@ -19,7 +21,7 @@ def test_unknown_key_suggests_the_closest_name():
   c.model.hiden_size = 3
   with pytest.raises(ConfigError, match=r"unknown config key config.model.hiden_size; "
                      r"did you mean config.model.hidden_size\?"):
-    validate(c)
+    registry.validate(c)
 
 
 @pytest.mark.parametrize("section,key,value,message", [
@@ -39,14 +41,14 @@ def test_invalid_values(section, key, value, message):
       Trainer(c, "/tmp/unused")
     return
   with pytest.raises(ConfigError, match=message):
-    validate(c)
+    registry.validate(c)
 
 
 def test_cudnn_attention_needs_text_length_multiple_of_64():
   c = base_632m.get_config()
   c.model.update(dict(attention="cudnn", text_length=77))
   with pytest.raises(ConfigError, match="text_length=77: cuDNN flash attention needs a multiple"):
-    validate(c)
+    registry.validate(c)
 
 
 def test_mesh_size_must_match_devices():
@@ -78,7 +80,37 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith("error: mesh: data*fsdp*tensor = 3")
 
 
-def test_reference_config_knows_the_stages():
-  assert common.reference_config("base").model.hidden_size > 0
-  with pytest.raises(ValueError, match="choose vqgan, base or sr"):
-    common.reference_config("gan")
+def test_registry_knows_the_stages():
+  assert registry.get_stage("base").reference_config().model.hidden_size > 0
+  with pytest.raises(ConfigError, match="config.stage='gan'; choose one of vqgan, base, sr"):
+    registry.get_stage("gan")
+
+
+class _ToyStage(BaseStage):
+  """A stage added as the registry says: one class, one line in STAGES."""
+  name = "toy"
+
+  @classmethod
+  def reference_config(cls):
+    return common.get_config("toy")
+
+  @classmethod
+  def validate(cls, config):
+    if config.model.num_layers != 1:
+      raise ConfigError("toy stages have one layer")
+    super().validate(config)
+
+
+def test_a_registered_stage_is_validated_built_and_trained(monkeypatch, tmp_path):
+  monkeypatch.setitem(registry.STAGES, "toy", _ToyStage)
+  c = tiny.get_config()
+  c.stage = "toy"
+  with pytest.raises(ConfigError, match="toy stages have one layer"):
+    registry.validate(c)
+  c.model.num_layers = 1
+  c.train.update(num_steps=2, eval_every=0, tensorboard=False)
+  registry.validate(c)
+  abstract = registry.stage_model(c).abstract_params()
+  assert abstract["stack"]["blocks"]
+  result = Trainer(c, str(tmp_path)).run()
+  assert result.step == 2

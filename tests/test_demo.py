@@ -8,7 +8,7 @@ import pytest
 
 from configs import demo_cpu, demo_gpu
 from muse_jax import demo
-from muse_jax.config import validate
+from muse_jax.training.registry import validate
 
 
 def micro_config():
@@ -45,7 +45,7 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   out = io.StringIO()
   metrics = demo.Demo(micro_config(), workdir, stream=out, argv=["demo"]).run()
   log = out.getvalue()
-  for stage in demo.STAGES:
+  for stage in demo.STEPS:
     assert f" {stage}]" in log, stage
 
   for name in ("samples_train.png", "samples_heldout.png", "samples_train_no_cfg.png",
@@ -66,7 +66,7 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     assert saved["guidance_sweep"][split]["1.5/0"]["num_examples"] == 2
     assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
   assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
-  assert set(saved["stage_seconds"]) >= set(demo.STAGES) - {"report"}
+  assert set(saved["stage_seconds"]) >= set(demo.STEPS) - {"report"}
   assert saved["training"]["base"]["steps"] == 3
   assert "loss_first" in saved["training"]["sr"] and "loss_last" in saved["training"]["tokenizer"]
   assert saved["configs"]["base"]["model"]["grid_size"] == 4      # 16 px / f4

@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 
 from muse_jax import export
-from muse_jax.sampling import checkpoints as ckpt
-from muse_jax.sampling import stages
-from muse_jax.sampling import pipeline as pl
-from muse_jax.weights import export_io
+from muse_jax.sampling import loading, pipeline as pl
+from muse_jax.training.registry import stage_model
 from muse_jax.weights.safetensors_io import SafetensorsReader, WeightsError
-from tests.sampling.test_pipeline import (make_tiny_run, random_params, save_random_stage,
-                                          spiece)  # noqa: F401 (spiece: fixture)
+from muse_jax.workdir import export_io
+from muse_jax.workdir.checkpoints import MissingCheckpoint
+from tests.sampling.test_pipeline import (
+  make_tiny_run,
+  random_params,
+  save_random_stage,
+  spiece,  # noqa: F401 (spiece: fixture)
+)
 from tests.training.helpers import REPO, cli_env, flat
 
 
@@ -28,7 +32,7 @@ def run(tmp_path_factory, spiece):  # noqa: F811
   trainer's config.json. Returns (root, pipeline config, base config, raw base params)."""
   root = str(tmp_path_factory.mktemp("run"))
   config, _ = make_tiny_run(root, spiece)
-  base_cfg = stages.stage_config(config.pipeline.base)
+  base_cfg = loading.stage_config(config.pipeline.base)
   save_random_stage(base_cfg, os.path.join(root, "base"), 0, step=2, ema=True)
   return root, config, base_cfg, random_params(base_cfg, 0)
 
@@ -61,7 +65,7 @@ def test_export_holds_the_ema_params_exactly_and_the_same_logits(run, exported):
   export_io.verify_files(out)
   # Flat, framework-neutral keys.
   assert "stack.blocks.self_attn.qkv.kernel" in SafetensorsReader(out)
-  config, model_def, params = export_io.load_exported(out)
+  config, model_def, params = loading.load_exported(out)
   assert config.stage == "base" and config.model.to_dict() == base_cfg.model.to_dict()
   want, got = flat(ema), flat(params)
   assert want.keys() == got.keys()
@@ -73,7 +77,7 @@ def test_export_holds_the_ema_params_exactly_and_the_same_logits(run, exported):
   tokens = jnp.asarray(rng.integers(0, 65, (2, 16)), jnp.int32)
   text = jnp.asarray(rng.standard_normal((2, 8, 32)), jnp.float32)
   length = jnp.array([5, 0], jnp.int32)
-  original = ckpt.stage_model(base_cfg).bind(jax.tree.map(jnp.asarray, ema))
+  original = stage_model(base_cfg).bind(jax.tree.map(jnp.asarray, ema))
   np.testing.assert_array_equal(model_def.bind(params)(tokens, text, length),
                                 original(tokens, text, length))
 
@@ -85,7 +89,7 @@ def test_raw_bfloat16_and_step_choice(run, tmp_path):
   assert (info["params"], info["dtype"], info["step"]) == ("raw", "bfloat16", 2)
   reader = SafetensorsReader(str(tmp_path / "bf16"))
   assert reader["head.kernel"].dtype == ml_dtypes.bfloat16
-  _, _, params = export_io.load_exported(str(tmp_path / "bf16"))
+  _, _, params = loading.load_exported(str(tmp_path / "bf16"))
   raw = flat(raw)
   for k, got in flat(params).items():
     want = raw[k]
@@ -94,9 +98,9 @@ def test_raw_bfloat16_and_step_choice(run, tmp_path):
     np.testing.assert_allclose(got, want, rtol=2.0 ** -8, atol=0, err_msg=k)
   # Step 1 has no EMA: auto gives the raw params, ema is a clear error.
   assert export.export_stage(workdir, str(tmp_path / "s1"), step="1")["params"] == "raw"
-  with pytest.raises(ckpt.MissingCheckpoint, match="holds no EMA parameters"):
+  with pytest.raises(MissingCheckpoint, match="holds no EMA parameters"):
     export.export_stage(workdir, str(tmp_path / "s1e"), step=1, params="ema")
-  with pytest.raises(ckpt.MissingCheckpoint, match="no checkpoint for step 7"):
+  with pytest.raises(MissingCheckpoint, match="no checkpoint for step 7"):
     export.export_stage(workdir, str(tmp_path / "s7"), step=7)
   assert not os.path.exists(tmp_path / "s1e") and not os.path.exists(tmp_path / "s7")
 
@@ -131,8 +135,8 @@ def test_sharded_export_round_trips(run, exported, tmp_path):
     assert sum(sizes[k] for k in keys) <= 4096 or len(keys) == 1
   assert set(info["files"]) == set(shards) | {"model.safetensors.index.json", "config.json"}
   export_io.verify_files(out)
-  _, _, a = export_io.load_exported(out)
-  _, _, b = export_io.load_exported(exported[0])
+  _, _, a = loading.load_exported(out)
+  _, _, b = loading.load_exported(exported[0])
   for k, v in flat(b).items():
     np.testing.assert_array_equal(flat(a)[k], v, err_msg=k)
 
@@ -146,8 +150,8 @@ def test_pipeline_samples_the_same_tokens_from_exports(run, exported, tmp_path):
     exp.pipeline[name].workdir = str(tmp_path / name)
   exp.pipeline.vq_hi.workdir = str(tmp_path / "vq_lo")
   # SR from its export: the same (EMA) params and config as from its workdir.
-  sr_a = stages.load_transformer(config.pipeline.sr, "sr", root)
-  sr_b = stages.load_transformer(exp.pipeline.sr, "sr")
+  sr_a = loading.load_transformer(config.pipeline.sr, "sr", root)
+  sr_b = loading.load_transformer(exp.pipeline.sr, "sr")
   assert (sr_b.step, sr_b.config.model.to_dict()) == (sr_a.step, sr_a.config.model.to_dict())
   for k, v in flat(sr_a.params).items():
     np.testing.assert_array_equal(flat(sr_b.params)[k], v, err_msg=k)
@@ -167,10 +171,10 @@ def test_pipeline_samples_the_same_tokens_from_exports(run, exported, tmp_path):
   bad = copy.deepcopy(exp)
   bad.pipeline.base.workdir = str(tmp_path / "sr")
   with pytest.raises(ValueError, match="is an export of a 'sr' stage; pipeline.base needs"):
-    stages.load_transformer(bad.pipeline.base, "base")
+    loading.load_transformer(bad.pipeline.base, "base")
   bad.pipeline.base.workdir, bad.pipeline.base.step = exported[0], 1
   with pytest.raises(ValueError, match="pipeline.base.step=1 but .* export of step 2"):
-    stages.load_transformer(bad.pipeline.base, "base")
+    loading.load_transformer(bad.pipeline.base, "base")
 
 
 def test_refuses_to_overwrite_unless_asked(run, tmp_path):
@@ -201,7 +205,7 @@ def test_mismatching_export_names_every_key(exported, tmp_path):
   tensors["extra.weight"] = np.zeros((2,), np.float32)
   save_file(tensors, os.path.join(out, "model.safetensors"))
   with pytest.raises(WeightsError) as e:
-    export_io.load_exported(out)
+    loading.load_exported(out)
   msg = str(e.value)
   for part in ("1 missing: stack.blocks.mlp.wi.kernel", "1 unexpected: extra.weight",
                "head.bias: file (65,) vs model (64,)"):

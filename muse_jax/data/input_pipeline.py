@@ -44,8 +44,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from muse_jax.data import records
-from muse_jax.data.precompute_manifest import read_manifest
-from muse_jax.training.stage import BatchSource, Feature
+from muse_jax.data.batch import BatchSource, Feature
+from muse_jax.data.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 

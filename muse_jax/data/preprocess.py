@@ -353,7 +353,7 @@ def preprocess_stream(raw_examples: Iterable[RawExample], options: PreprocessOpt
 
 
 def options_from_config(config) -> PreprocessOptions:
-  """PreprocessOptions from the `data` config section (configs/common_data.py)."""
+  """PreprocessOptions from the `data` config section (muse_jax/configs/common_data.py)."""
   return PreprocessOptions(
       resolutions=tuple(int(r) for r in config.resolutions),
       min_size=int(config.min_size),

@@ -13,7 +13,7 @@ in the manifest as a `RecordSpec`):
   text_len   int64_list[1]  number of valid T5 tokens, 1 <= text_len <= text_max_length
 
 Token ids must be < codebook_size <= 65536 (uint16). Readers rebuild the padded text as
-zeros past `text_len` (the T5 padding convention of `muse_jax.models.text_encoder`).
+zeros past `text_len` (the T5 padding convention of `muse_jax.encoders.text_encoder`).
 
 A reader rejects a record whose framing CRC fails, that is not an Example, that misses a
 feature, or whose sizes or values disagree with the spec: `decode_example` raises
@@ -159,7 +159,9 @@ def crc32c_many(buffers: Iterable[bytes], native: bool = True) -> np.ndarray:
   """CRC32C of each buffer, [n] uint32.
 
   With `native` and google-crc32c's C extension installed (requirements.txt), each buffer
-  goes through it (GB/s); otherwise the numpy version below runs (~40 MB/s on one core).
+  goes through it; otherwise the numpy version below runs, far slower: at the paper's sizes it
+  makes record framing a large share of precompute (python benchmarks/precompute.py --full
+  without google-crc32c installed; docs/experiments.md).
   """
   if native and _NATIVE_CRC32C is not None:
     return np.array([_NATIVE_CRC32C(b) for b in buffers], np.uint32)

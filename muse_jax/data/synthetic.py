@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from muse_jax.training.stage import BatchSource, Feature
+from muse_jax.data.batch import Feature, IndexedRowsSource
 
 _SPLIT_IDS = {"train": 0, "eval": 1}
 
@@ -35,30 +35,15 @@ def synthetic_example(feature_specs: dict[str, Feature], seed: int, split: str, 
   return out
 
 
-class SyntheticSource(BatchSource):
+class SyntheticSource(IndexedRowsSource):
   """Process-local rows of global batches; `eval` cycles over `num_batches` fixed batches."""
 
   def __init__(self, features: dict[str, Feature], vocab: dict[str, int], *, seed: int,
                split: str, global_batch: int, process_index: int = 0,
                process_count: int = 1, num_batches: int | None = None):
-    if global_batch % process_count:
-      raise ValueError(f"batch {global_batch} not divisible by {process_count} processes")
+    super().__init__(global_batch=global_batch, process_index=process_index,
+                     process_count=process_count, num_batches=num_batches)
     self.features, self.vocab, self.seed, self.split = features, vocab, seed, split
-    self.global_batch, self.num_batches = global_batch, num_batches
-    per = global_batch // process_count
-    self.rows = range(process_index * per, (process_index + 1) * per)
-    self.position = 0
 
-  def __next__(self):
-    b = self.position if self.num_batches is None else self.position % self.num_batches
-    examples = [synthetic_example(self.features, self.seed, self.split,
-                                  b * self.global_batch + r, vocab=self.vocab)
-                for r in self.rows]
-    self.position += 1
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-
-  def get_state(self):
-    return {"position": self.position}
-
-  def set_state(self, state):
-    self.position = int(state["position"])
+  def example(self, index):
+    return synthetic_example(self.features, self.seed, self.split, index, vocab=self.vocab)

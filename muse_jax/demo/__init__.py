@@ -10,7 +10,7 @@ Stages, run in order in this one process through the library APIs (one JAX start
                  base stage and the high-res ones for the SR stage.        -> WORKDIR/tokenizer
   2. precompute  shapes train/heldout splits -> VQ tokens at both resolutions + embeddings of
                  a frozen random-init tiny T5 (with a sentencepiece model trained on the
-                 captions) -> shards (muse_jax.data.precompute).             -> WORKDIR/precompute
+                 captions) -> shards (muse_jax.precompute.run).             -> WORKDIR/precompute
   3. base        the base masked transformer on the low-res tokens.         -> WORKDIR/base
   4. sr          the super-resolution transformer (low-res -> high-res tokens). -> WORKDIR/sr
   5. samples     text-to-image (muse_jax.sampling.pipeline) for `eval.num_captions` new
@@ -22,7 +22,7 @@ Stages, run in order in this one process through the library APIs (one JAX start
 
 The text encoder is a randomly initialised tiny T5 (seeded, so precompute and sampling compute
 the same deterministic random features of the caption tokens): the demo shows the system, not
-T5's language knowledge. Real runs use T5-XXL weights (configs/common_t5.py).
+T5's language knowledge. Real runs use T5-XXL weights (muse_jax/configs/common_t5.py).
 
 Stage configs. The demo config holds one full training config per stage (`vqgan`, `precompute`,
 `base`, `sr`: the same ConfigDicts `python -m muse_jax.train` / `muse_jax.precompute` take) plus
@@ -52,10 +52,10 @@ entries in demo_state.json (or use a new workdir) after changing an earlier stag
 
 Exit status: 0 done; 2 bad config; 3 non-finite loss; 143 stopped by SIGTERM (rerun to resume).
 
-Modules: stage_configs.py (linking the stage configs), runner.py (`Demo`: state, training
+Modules: constants.py (step names, files), stage_configs.py (linking the stage configs), runner.py (`Demo`: state, training
 stages, precompute, the loaded cascade), evaluate.py (samples + detector metrics, edits),
 report.py (metrics.json), images.py (PNG grids), __main__.py (the command line).
 """
-from muse_jax.demo.runner import (GUIDANCE, METRICS_FILE, SPLITS, STAGES, STATE_FILE,  # noqa: F401
-                                  Demo)
+from muse_jax.demo.constants import GUIDANCE, METRICS_FILE, SPLITS, STATE_FILE, STEPS  # noqa: F401
+from muse_jax.demo.runner import Demo  # noqa: F401
 from muse_jax.demo.stage_configs import stage_configs  # noqa: F401

@@ -30,7 +30,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   from muse_jax.cli import run_or_exit
-  from muse_jax.sampling.checkpoints import MissingCheckpoint
+  from muse_jax.workdir.checkpoints import MissingCheckpoint
   run_or_exit(lambda: _demo.Demo(FLAGS.config, FLAGS.workdir, argv=sys.argv).run(),
               user_errors=(MissingCheckpoint,))
 

@@ -11,8 +11,11 @@ import time
 
 import numpy as np
 
+from muse_jax.data.shapes import dataset as shapes
 from muse_jax.demo import images as I
-from muse_jax.demo.runner import GUIDANCE, SPLITS, grid_name
+from muse_jax.demo.constants import GUIDANCE, SPLITS, grid_name
+from muse_jax.evaluation import compositional, detector
+from muse_jax.sampling import editing
 
 
 def acc_line(r: dict) -> str:
@@ -36,7 +39,6 @@ def sweep_name(base: float, sr: float) -> str:
 
 
 def run_samples(demo) -> None:
-  from muse_jax.evaluation import compositional
   if demo.done("samples"):
     demo.log("samples", "finished already; skipping")
     return
@@ -96,9 +98,6 @@ def run_samples(demo) -> None:
 
 
 def run_edits(demo) -> None:
-  from muse_jax.data import shapes
-  from muse_jax.evaluation import detector
-  from muse_jax.sampling import editing
   if demo.done("edits"):
     demo.log("edits", "finished already; skipping")
     return

@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from muse_jax.demo.runner import GUIDANCE, METRICS_FILE, SPLITS, STAGES, grid_name
+from muse_jax.demo.constants import GUIDANCE, METRICS_FILE, SPLITS, STEPS, grid_name
 
 ATTRIBUTES = ("count", "colour", "shape", "position", "overall")
 
@@ -38,8 +38,8 @@ def write_report(demo) -> dict:
       "training": {name: {k: v for k, v in st.get(name, {}).items()
                           if k.startswith("loss") or k.startswith("eval") or k == "steps"}
                    for name in ("tokenizer", "base", "sr")},
-      "stage_seconds": {name: st[name]["seconds"] for name in STAGES if name in st},
-      "total_seconds": round(sum(st[name]["seconds"] for name in STAGES if name in st), 2),
+      "stage_seconds": {name: st[name]["seconds"] for name in STEPS if name in st},
+      "total_seconds": round(sum(st[name]["seconds"] for name in STEPS if name in st), 2),
       "command": "python -m muse_jax.demo " + " ".join(demo.argv[1:]),
       "stage_commands": {
           "tokenizer": "python -m muse_jax.train --config=<configs.tokenizer> "

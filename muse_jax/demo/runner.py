@@ -1,6 +1,6 @@
 """`Demo`: one demo workdir's state and its stages (muse_jax/demo/__init__.py has the overview).
 
-Training stages go through muse_jax.training.loop, precompute through muse_jax.data.precompute;
+Training stages go through muse_jax.training.loop, precompute through muse_jax.precompute.run;
 samples and edits are in evaluate.py, metrics.json in report.py.
 """
 from __future__ import annotations
@@ -10,18 +10,23 @@ import os
 import sys
 import time
 
+import ml_collections
+
+from muse_jax.data.shapes import dataset as shapes
+from muse_jax.demo.constants import STATE_FILE, STEPS
+from muse_jax.demo.evaluate import run_edits, run_samples
+from muse_jax.demo.report import write_report
 from muse_jax.demo.stage_configs import fingerprint, stage_configs, tokenizer_factor
-
-STAGES = ("tokenizer", "precompute", "base", "sr", "samples", "edits", "report")
-STATE_FILE = "demo_state.json"
-METRICS_FILE = "metrics.json"
-SPLITS = ("train", "heldout")
-GUIDANCE = ("cfg", "no_cfg")
-
-
-def grid_name(split: str, mode: str) -> str:
-  """PNG grid of one split's samples: samples_<split>.png (CFG), samples_<split>_no_cfg.png."""
-  return f"samples_{split}.png" if mode == "cfg" else f"samples_{split}_{mode}.png"
+from muse_jax.encoders.text_encoder import TextEncoder
+from muse_jax.encoders.vq_tokenizer import VQTokenizer
+from muse_jax.models import vqgan as V
+from muse_jax.precompute.run import MANIFEST, run_precompute
+from muse_jax.progress import format_duration
+from muse_jax.sampling.loading import load_stage_params, sampling_stage, single_device_mesh
+from muse_jax.sampling.pipeline import Pipeline
+from muse_jax.training.loop import Trainer
+from muse_jax.training.registry import validate
+from muse_jax.workdir.checkpoints import latest_step
 
 
 class Demo:
@@ -45,9 +50,8 @@ class Demo:
   # --- bookkeeping -------------------------------------------------------------------------
 
   def log(self, stage: str, text: str) -> None:
-    from muse_jax.training.reporting import format_duration
-    i = STAGES.index(stage) + 1
-    print(f"[demo {i}/{len(STAGES)} {stage}] {text} ({format_duration(self.elapsed())} "
+    i = STEPS.index(stage) + 1
+    print(f"[demo {i}/{len(STEPS)} {stage}] {text} ({format_duration(self.elapsed())} "
           "elapsed)", file=self.stream, flush=True)
 
   def elapsed(self) -> float:
@@ -91,9 +95,6 @@ class Demo:
     return self.report()
 
   def train_stage(self, stage: str) -> None:
-    from muse_jax.config import validate
-    from muse_jax.sampling.checkpoints import latest_step
-    from muse_jax.training.loop import Trainer
     cfg = self.cfgs[stage]
     wd = self.path(stage)
     total = int(cfg.train.num_steps)
@@ -126,7 +127,6 @@ class Demo:
              f" -> {summary.get('loss_last', float('nan')):.4g}")
 
   def precompute(self) -> None:
-    from muse_jax.data.precompute import MANIFEST, run_precompute
     cfg = self.cfgs["precompute"]
     wd = self.path("precompute")
     self._check_fingerprint("precompute", cfg)
@@ -147,15 +147,12 @@ class Demo:
     self.log("precompute", f"done in {seconds:.0f} s")
 
   def samples(self) -> None:
-    from muse_jax.demo.evaluate import run_samples
     run_samples(self)
 
   def edits(self) -> None:
-    from muse_jax.demo.evaluate import run_edits
     run_edits(self)
 
   def report(self) -> dict:
-    from muse_jax.demo.report import write_report
     return write_report(self)
 
   # --- what the stages share ---------------------------------------------------------------
@@ -164,21 +161,14 @@ class Demo:
     """The trained cascade (base -> SR -> VQ decode), built from this demo's stages."""
     if self.pipeline is not None:
       return self.pipeline
-    import ml_collections
-    from muse_jax.models import vqgan as V
-    from muse_jax.models.text_encoder import TextEncoder
-    from muse_jax.models.tokenizer import VQTokenizer
-    from muse_jax.sampling import checkpoints as ckpt
-    from muse_jax.sampling.pipeline import Pipeline
-    from muse_jax.sampling.stages import sampling_stage, single_device_mesh
     mesh = single_device_mesh()
     stages = {}
     for name in ("base", "sr"):
       cfg = self.cfgs[name]
-      params, step = ckpt.load_stage_params(cfg, self.path(name), name=name)
+      params, step = load_stage_params(cfg, self.path(name), name=name)
       stages[name] = sampling_stage(name, cfg, params, step)
     vq_cfg = self.cfgs["tokenizer"]
-    vq_params, _ = ckpt.load_stage_params(vq_cfg, self.path("tokenizer"), name="tokenizer")
+    vq_params, _ = load_stage_params(vq_cfg, self.path("tokenizer"), name="tokenizer")
     vq = VQTokenizer(V.VQGANConfig.from_config(vq_cfg.model), vq_params, mesh)
     encoder = TextEncoder.from_config(self.cfgs["text_encoder"], mesh=mesh)
     sampling = ml_collections.ConfigDict(self.config.sampling.to_dict())
@@ -188,7 +178,6 @@ class Demo:
 
   def eval_captions(self, split: str) -> list:
     """`eval.num_captions` scenes of `split` (train-like: indices after the training set)."""
-    from muse_jax.data import shapes
     e = self.config.eval
     start = int(self.cfgs["precompute"].data.shapes.num_train) if split == "train" else 0
     seed = int(self.config.seed) + int(e.caption_seed_offset)

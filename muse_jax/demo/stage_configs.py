@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import os
 
+import ml_collections
+
+from muse_jax.configs.checks import ConfigError
+from muse_jax.models import t5, vqgan as V
+
 
 def tokenizer_factor(model_cfg) -> int:
   """Downsampling factor (pixels per token side) of a tokenizer `model` section."""
-  from muse_jax.config import ConfigError
-  from muse_jax.models import vqgan as V
   try:
     return V.VQGANConfig.from_config(model_cfg).downsample_factor
   except ValueError as e:
@@ -21,13 +24,10 @@ def stage_configs(config, workdir: str) -> dict:
   Returns {'tokenizer', 'precompute', 'base', 'sr'}: copies of config.vqgan, .precompute,
   .base, .sr (the demo config is not changed) and 'text_encoder' (the sampling encoder).
   """
-  import ml_collections
-  from muse_jax.models import t5
   workdir = os.path.abspath(workdir)
   hi, lo = int(config.image_size), int(config.lowres_size)
   f = tokenizer_factor(config.vqgan.model)
   if hi % f or lo % f or lo > hi:
-    from muse_jax.config import ConfigError
     raise ConfigError(f"image_size={hi} and lowres_size={lo} must be multiples of the tokenizer's "
                       f"downsampling factor {f}, with lowres_size <= image_size")
   copy = lambda c: ml_collections.ConfigDict(c.to_dict())  # noqa: E731

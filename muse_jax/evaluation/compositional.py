@@ -14,8 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from muse_jax.data import shapes
-from muse_jax.data import shapes_grammar as grammar
+from muse_jax.data.shapes import dataset as shapes, grammar
 from muse_jax.evaluation import detector
 
 METRICS = detector.ATTRIBUTES + ("overall",)
@@ -27,7 +26,7 @@ def evaluate(images: Iterable[np.ndarray], captions: Sequence[str],
 
   Returns {'count', 'colour', 'shape', 'position', 'overall': accuracy in [0, 1],
   'num_examples': n}. Raises ValueError if the lengths differ or there are no examples, and
-  shapes_grammar.CaptionParseError for a caption outside the shapes grammar.
+  grammar.CaptionParseError for a caption outside the shapes grammar.
   """
   captions = list(captions)
   if hasattr(images, "__len__") and len(images) != len(captions):

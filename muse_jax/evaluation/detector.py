@@ -14,7 +14,7 @@ Pipeline (numpy + scipy.ndimage, no learned parts, so it can judge generated sam
    square, triangle and cross rasterised into that box; the best match wins. Position is the
    bounding-box centre, as in the generator.
 5. Objects are grouped by (colour, shape); one group gets a position word, two groups a relation
-   word, by the same rules the generator enforces (`shapes_grammar.classify_position/relation`).
+   word, by the same rules the generator enforces (`grammar.classify_position/relation`).
 
 `score(image, caption)` gives per-attribute correctness (count, colour, shape, position) and
 `overall` (all four); see `score` for the exact definitions.
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from muse_jax.data import shapes_grammar as grammar
+from muse_jax.data.shapes import grammar
 
 _PALETTE_NAMES = tuple(grammar.COLOURS)
 _PALETTE = np.array([grammar.COLOURS[c] for c in _PALETTE_NAMES], np.float32)
@@ -223,6 +223,6 @@ def score(image: np.ndarray, caption: str, min_area_frac: float = 0.002) -> dict
               groups (two groups) is the caption's;
     overall:  all four.
   A caption group with nothing to match (the image shows fewer groups) fails all four.
-  Raises shapes_grammar.CaptionParseError for a caption outside the shapes grammar.
+  Raises grammar.CaptionParseError for a caption outside the shapes grammar.
   """
   return score_scene(image, grammar.parse_caption(caption), min_area_frac)

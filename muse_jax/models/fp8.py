@@ -17,8 +17,10 @@ attention, norms, the residual stream) keeps its precision.
 
 This is an inference transform, not a training mode: `quantize_params` maps a trained model's
 parameters to those of the same config with `fp8_matmuls=True`. Quantization changes the
-numbers (e4m3 keeps 3 mantissa bits): tests/models/test_fp8.py bounds the error, and the README
-("Measured performance") gives its measured effect on samples and speed.
+numbers (e4m3 keeps 3 mantissa bits): tests/models/test_fp8.py bounds the error. Its effect on
+speed: `python benchmarks/sample.py --rows=amused --fp8`; on samples: `python
+benchmarks/sample_quality.py --config=configs/demo_cpu.py --workdir=demo_out --out=DIR --fp8`
+(figures in docs/performance.md).
 """
 from __future__ import annotations
 

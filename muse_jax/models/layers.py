@@ -1,6 +1,6 @@
 """Building blocks shared by every muse_jax model (Flax NNX).
 
-Conventions (see README "Sharding"):
+Conventions (docs/design.md explains the sharding):
 - Every parameter is created with `param(...)`, which records its *logical* axis names
   (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) in the variable's `out_sharding` metadata.
   Models never name mesh axes; `muse_jax.parallel.sharding` maps logical names to the mesh
@@ -84,9 +84,11 @@ class DenseGeneral(nnx.Module):
     n_in = len(self.in_shape)
     if x.shape[x.ndim - n_in:] != self.in_shape:
       raise ValueError(f"DenseGeneral expects trailing dims {self.in_shape}, got {x.shape}")
-    # The leading (batch) dims are flattened into one: on CPUs, XLA otherwise transposed the
-    # GELU gradient in a slow loop for the weight gradient of a [B, T, D] matmul. A CPU demo
-    # train step: base 703 -> 534 ms, SR 617 -> 469 ms; GPU steps unchanged (README "The demo").
+    # The leading (batch) dims are flattened into one: on CPUs, XLA otherwise transposes the
+    # GELU gradient in a slow loop fusion for the weight gradient of a [B, T, D] matmul, which
+    # slows every CPU demo train step (stage times in `make demo`'s metrics.json); GPU steps are
+    # the same either way (python benchmarks/train_step.py --config=configs/base_632m.py;
+    # docs/experiments.md).
     lead = x.shape[:x.ndim - n_in]
     if self.fp8:
       w = self.kernel[...]
@@ -115,9 +117,9 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # On rows flattened to 2-D: the gradient of `scale` is then one column reduction over all
-    # rows. Over [B, T, D], XLA on GPUs split it in two and transposed the activations for it;
-    # flattening cut 7.6 ms of kernel time from a base_632m train step at batch 64 on an H200
-    # (benchmarks/profile_step.py; README "Measured performance").
+    # rows. Over [B, T, D], XLA on GPUs splits it in two and transposes the fp32 activations for
+    # it, which costs kernel time in every train step (python benchmarks/profile_step.py
+    # --config=configs/base_632m.py --config.train.batch_size=64; docs/performance.md).
     shape = x.shape
     x32 = x.reshape(-1, shape[-1]).astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -141,9 +143,9 @@ def attention(q, k, v, *, kv_lengths=None, implementation: str = "xla"):
       q, k, v, key_value_seq_lengths=kv_lengths, implementation=impl)
 
 
-# Longest query or key sequence that `pallas` attention takes; beyond it cuDNN was faster on an
-# H200 (benchmarks/attention.py, us per call: T=256 cross-attention 19.2 against cuDNN's 24.4,
-# T=4096 self-attention 420 against 355; README "Measured performance").
+# Longest query or key sequence that `pallas` attention takes: the Pallas kernel is faster than
+# cuDNN at the samplers' short sequences and slower at the SR stage's 4096 tokens on an H200
+# (python benchmarks/attention.py; docs/performance.md).
 PALLAS_MAX_LENGTH = 1024
 
 

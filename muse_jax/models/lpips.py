@@ -15,8 +15,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from muse_jax.weights.vgg_lpips import VGG16_CONVS
-
+# torchvision vgg16.features: conv layer indices and their (in, out) channels.
+VGG16_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256),
+               (12, 256, 256), (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512),
+               (24, 512, 512), (26, 512, 512), (28, 512, 512))
+LPIPS_CHANNELS = (64, 128, 256, 512, 512)
 SHIFT = jnp.array([-0.030, -0.088, -0.188], jnp.float32)
 SCALE = jnp.array([0.458, 0.448, 0.450], jnp.float32)
 TAPS = (2, 7, 14, 21, 28)          # conv indices whose ReLU outputs are compared

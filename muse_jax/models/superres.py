@@ -26,7 +26,8 @@ input at grid cell (i, j) also adds the encoded low-res token of the cell that c
 rows. The decoder then starts from the low-res content at every position instead of having
 to learn where to cross-attend; no parameters are added, so checkpoints are the same shape
 either way (but not interchangeable: it is a different function). Small, briefly trained
-SR models need it (the CPU demo: README "The demo").
+SR models need it: the CPU demo's SR stage places and colours shapes better with it (its
+effect on the detector's scores is in docs/demo.md).
 
 The encoder and the decoder are `transformer.BlockStack`s of the same width, heads and MLP
 (so their outputs concatenate without a projection); only their depths differ. Both honour
@@ -63,7 +64,7 @@ def lowres_encoder_config(cfg) -> types.SimpleNamespace:
 class SuperResTransformer(nnx.Module):
   """Muse SR model: high-res masked token prediction given low-res tokens and text.
 
-  `cfg` is `config.model` of an `sr` config (configs/common_sr.py): the base model's keys plus
+  `cfg` is `config.model` of an `sr` config (muse_jax/configs/common_sr.py): the base model's keys plus
   `lowres_grid_size` and `lowres_num_layers`. Both token grids use `codebook_size` codes.
   """
 

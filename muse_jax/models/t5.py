@@ -26,7 +26,7 @@ Parameter tree (`functionalize(...)` keys; the loaders in `muse_jax.weights.t5_h
   encoder_norm/scale                           [embed]
 
 Padding: `__call__(ids, mask)` masks padded keys out of attention and returns exactly zero at
-padded positions (mask == 0); see `muse_jax.models.text_encoder` for the full convention.
+padded positions (mask == 0); see `muse_jax.encoders.text_encoder` for the full convention.
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ cross-attention always has a valid key and never produces NaNs.
 
 Layers are stored stacked (leading `layers` axis); `scan_layers` chooses `lax.scan` (fast compiles
 for deep models) or an unrolled loop over the same parameters, so checkpoints work with both.
-Unrolled trained faster on an H200 at 16 layers (base_632m: 118.9 against 148.5 ms per step) and
-slower at 48 (base_3b); README "Measured performance".
+Unrolled, a train step avoids the scan's stacked residual buffers and loop-carry copies: faster
+on an H200 at 16 layers (base_632m), slower at 48 (base_3b) (python benchmarks/train_step.py
+--config=configs/base_632m.py [--config.model.scan_layers=True]; docs/performance.md).
 """
 from __future__ import annotations
 
@@ -115,11 +116,11 @@ class BlockStack(nnx.Module):
     """Each layer's parameters as arrays of their own (unrolled stacks; None when scanning).
 
     The unrolled loop slices layer i out of every stacked array. Inside a loop (a sampler's
-    steps) XLA re-materialises those slices at every iteration: on an H200, six weight copies
-    per layer and step, 19% of the aMUSEd-size sampler's time (benchmarks/sample.py --profile).
-    A sampler slices them once, before its loop, and passes them back as `layers=`. (Slicing
-    at load instead, with each layer's arrays as jit arguments, was slower: every argument
-    costs a call about 2 us of host time on an H200; benchmarks/dispatch.py, README.)
+    steps) XLA re-materialises those slices at every iteration: six weight copies per layer
+    and step (python benchmarks/sample.py --rows=amused --profile DIR). A sampler slices them
+    once, before its loop, and passes them back as `layers=`. (Slicing at load instead, with
+    each layer's arrays as jit arguments, is slower: each array argument adds host time to
+    every call; python benchmarks/dispatch.py; docs/experiments.md.)
     """
     if self.scan:
       return None

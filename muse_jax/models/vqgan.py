@@ -28,7 +28,7 @@ Muse's decoder fine-tuning (Sec. 2.5) uses a bigger decoder on the same encoder 
 `decoder_block_out_channels` / `decoder_layers_per_block` set the decoder independently.
 
 Pixels: the network sees images in `pixel_range` ("-1_1" for muse_jax-trained tokenizers, "0_1"
-for aMUSEd). `muse_jax.models.tokenizer.VQTokenizer` converts to and from [0, 1] for users.
+for aMUSEd). `muse_jax.encoders.vq_tokenizer.VQTokenizer` converts to and from [0, 1] for users.
 Precision: parameters in `param_dtype`; convolutions in the compute `dtype`; GroupNorm and the
 quantizer in fp32.
 """
@@ -41,8 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from muse_jax.models import layers as L
-from muse_jax.models import quantizer as Q
+from muse_jax.models import layers as L, quantizer as Q
 from muse_jax.parallel.sharding import constrain
 
 ACT = ("act_batch", None, None, None)
@@ -418,3 +417,16 @@ def trainable_mask(params: dict, decoder_only: bool) -> dict:
   """Pytree of bools: True where a parameter trains (all, or only the decoder side)."""
   return {k: jax.tree.map(lambda _: (not decoder_only) or k in decoder_param_keys(), v)
           for k, v in params.items()}
+
+
+def to_model_range(images: jax.Array, pixel_range: str) -> jax.Array:
+  """[0, 1] float (or uint8) images -> the network's pixel range, fp32."""
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  images = images.astype(jnp.float32)
+  return images * 2.0 - 1.0 if pixel_range == "-1_1" else images
+
+
+def from_model_range(images: jax.Array, pixel_range: str) -> jax.Array:
+  """The network's pixel range -> [0, 1] fp32 (not clipped)."""
+  return (images + 1.0) * 0.5 if pixel_range == "-1_1" else images

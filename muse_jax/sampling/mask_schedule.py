@@ -18,6 +18,11 @@ Names accepted by `get` / `mask_ratio`:
   log               1 - log2(1 + r)             (reveals many tokens early)
   exp               2 - 2^r                     (reveals few tokens early)
 
+`log` and `exp` share MaskGIT's names but not its formulas: MaskGIT's `log` is
+-log2(r) / log2(N) and its `exp` is 1 - exp2(-log2(N) (1 - r)), both depending on the token
+count N. Here both are fixed curves from 1 to 0 that need no N. `cosine`, `uniform` and
+`pow<p>` are MaskGIT's schedules of those names.
+
 `num_masked_after_steps` turns a schedule into integer counts: how many of the N unknown tokens
 are still masked after each step. The counts reveal at least one token per step while any remain
 and reveal everything by the last step.

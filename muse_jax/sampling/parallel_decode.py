@@ -272,7 +272,7 @@ def check_top_k(top_k: Optional[int]) -> Optional[int]:
 def decode_options(sampling_config, stage: str) -> dict:
   """`decode` keyword arguments from the `sampling` config section for stage 'base' or 'sr'.
 
-  See configs/common_sampling.py; mask_id and the inputs are the caller's.
+  See muse_jax/configs/common_sampling.py; mask_id and the inputs are the caller's.
   """
   if stage not in ("base", "sr"):
     raise ValueError(f"stage={stage!r}; use 'base' or 'sr'")

@@ -1,6 +1,6 @@
 """The cascaded Muse sampler: text -> T5 -> base tokens -> SR tokens -> VQ decode -> images.
 
-  pipe = Pipeline.from_config(config, workdir)        # config: configs/common_pipeline.py
+  pipe = Pipeline.from_config(config, workdir)        # config: muse_jax/configs/common_pipeline.py
   out = pipe.generate(["a red cube on a blue sphere"], negative_prompt="blurry", seed=0)
   out.images                                           # float32 [B, H, W, 3] in [0, 1]
 
@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from muse_jax.encoders.text_encoder import TextEncoder
 from muse_jax.sampling import editing, parallel_decode
 from muse_jax.sampling.image_io import as_bool_masks, as_float_images, resize_images
-from muse_jax.sampling.stages import LoadedStage, load_transformer, load_vq, single_device_mesh
-
+from muse_jax.sampling.loading import LoadedStage, load_transformer, load_vq, single_device_mesh
 
 # --------------------------------------------------------------------------------------------
 # The pipeline.
@@ -66,7 +66,7 @@ class Pipeline:
   """The loaded cascade. Build it with `from_config`, or from parts (tests, custom stages).
 
   Args:
-    sampling: the `sampling` ConfigDict (configs/common_sampling.py); read at call time, so
+    sampling: the `sampling` ConfigDict (muse_jax/configs/common_sampling.py); read at call time, so
       changing it (steps, guidance, ...) affects later calls.
     text_encoder: a `TextEncoder` (or anything with `encode(list[str]) -> (emb, mask)` and a
       `config.d_model`).
@@ -90,7 +90,6 @@ class Pipeline:
   def from_config(cls, config, workdir: Optional[str] = None, *,
                   rng_impl: Optional[str] = None) -> "Pipeline":
     """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>."""
-    from muse_jax.models.text_encoder import TextEncoder
     p = config.pipeline
     mesh = single_device_mesh()
     use_sr = bool(p.sr.config)
@@ -350,14 +349,16 @@ def _pad_text(text_and_len, length: int):
   return emb, text_len
 
 
-# XLA options for the sampler's jit on GPUs (measured with benchmarks/sample.py --rows=amused
-# on an H200; README "Sampling"):
+# XLA options for the sampler's jit on GPUs (each one's effect: python benchmarks/sample.py
+# --rows=amused --profile DIR on an H200, against a run with that option overridden by
+# --xla_option NAME=VALUE; docs/performance.md, docs/experiments.md):
 # - cuBLAS gemms. The matmuls are small (2B x 256 rows at batch B under CFG): XLA's own Triton
 #   gemms split them over K and add the partial sums in separate kernels, while cuBLAS fuses
-#   bias, GELU and residual adds into its epilogues. 40.0 -> 30.8 ms.
+#   bias, GELU and residual adds into its epilogues, so there are fewer kernels and a faster
+#   call.
 # - CUDA graphs (command buffers) for every kernel type, the step loop's WHILE included, from
-#   the first kernel on: ~6,400 kernels of ~4.5 us per image leave the GPU waiting on kernel
-#   launches. 0.6-1.1 ms less in each of five same-machine pairs, identical tokens. Needs a
+#   the first kernel on: thousands of microsecond-long kernels per image otherwise leave the GPU
+#   waiting on kernel launches. The tokens are identical with and without them. Needs a
 #   driver with CUDA graph conditional nodes (CUDA >= 12.3); drop the two command-buffer
 #   entries for older ones.
 GPU_SAMPLER_OPTIONS = {

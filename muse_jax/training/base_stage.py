@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from muse_jax.configs import common
+from muse_jax.data.batch import Feature
+from muse_jax.data.token_sources import make_source
 from muse_jax.models.transformer import MaskedTransformer
 from muse_jax.training.flops import base_transformer_train_flops
 from muse_jax.training.masked_stage import MaskedTokenStage
-from muse_jax.training.stage import Feature
 
 
 class BaseStage(MaskedTokenStage):
   name = "base"
 
-  def make_model(self, rngs):
-    return MaskedTransformer(self.config.model, rngs=rngs)
+  @classmethod
+  def reference_config(cls):
+    return common.get_config("base")
+
+  @staticmethod
+  def make_model(config, rngs):
+    return MaskedTransformer(config.model, rngs=rngs)
 
   def apply_model(self, model, inputs, dropout_key):
     return model(inputs["tokens"], inputs["text"], inputs["text_len"], dropout_key=dropout_key)
@@ -27,7 +34,6 @@ class BaseStage(MaskedTokenStage):
     }
 
   def make_source(self, split, process_index, process_count):
-    from muse_jax.data.sources_for_training import make_source
     return make_source(self, split, process_index, process_count)
 
   def flops_per_example(self):

@@ -22,13 +22,16 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from muse_jax.configs.checks import ConfigError
+from muse_jax.data.batch import BatchSource
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.distributed import global_batch
 from muse_jax.parallel.mesh import data_parallel_size, make_mesh
-from muse_jax.training.checkpoint import Checkpointer
 from muse_jax.training.flops import peak_flops_per_device
+from muse_jax.training.registry import get_stage, validate
 from muse_jax.training.reporting import Reporter
-from muse_jax.training.stage import BatchSource, get_stage
+from muse_jax.workdir.checkpoints import Checkpointer, checkpoint_dir
+from muse_jax.workdir.saved_config import write_config
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +83,16 @@ def check_batch(config, mesh):
   b = int(config.train.batch_size)
   dp = data_parallel_size(mesh)
   if b % dp:
-    raise ValueError(f"train.batch_size={b} is not divisible by the data-parallel size {dp} "
-                     f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
-                     "change --config.train.batch_size or the mesh")
+    raise ConfigError(f"train.batch_size={b} is not divisible by the data-parallel size {dp} "
+                      f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
+                      "change --config.train.batch_size or the mesh")
   if b % jax.process_count():
-    raise ValueError(f"train.batch_size={b} is not divisible by {jax.process_count()} processes")
+    raise ConfigError(f"train.batch_size={b} is not divisible by {jax.process_count()} "
+                      "processes")
   a = int(config.train.grad_accum)
   if a < 1 or b % a or (b // a) % dp:
-    raise ValueError(f"train.grad_accum={a}: the microbatch batch_size/grad_accum must be a "
-                     f"whole multiple of the data-parallel size {dp}")
+    raise ConfigError(f"train.grad_accum={a}: the microbatch batch_size/grad_accum must be a "
+                      f"whole multiple of the data-parallel size {dp}")
 
 
 class Trainer:
@@ -97,6 +101,7 @@ class Trainer:
   def __init__(self, config, workdir: str, *, train_source: BatchSource | None = None,
                eval_source: BatchSource | None = None, stream=None, devices=None):
     self.config, self.workdir = config, os.path.abspath(workdir)
+    validate(config)  # every start-time check before anything is built
     self.mesh = make_mesh(config.mesh, devices)
     check_batch(config, self.mesh)
     self.stage = get_stage(config.stage)(config, self.mesh)
@@ -114,7 +119,7 @@ class Trainer:
     b = int(config.train.batch_size)
     self.batch_sh = {k: shd.named_sharding(f.axes, self.mesh, self.rules, (b,) + f.shape)
                      for k, f in self.stage.features().items()}
-    self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), config.checkpoint)
+    self.ckpt = Checkpointer(checkpoint_dir(self.workdir), config.checkpoint)
     repl = NamedSharding(self.mesh, P())
     self.train_step_fn = jax.jit(self._traced(self.stage.train_step, self.step_key),
                                in_shardings=(self.state_sh, self.batch_sh, repl),
@@ -173,9 +178,7 @@ class Trainer:
     cfg = self.config
     total = int(cfg.train.num_steps)
     if self.is_main:
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(os.path.join(self.workdir, "config.json"), "w") as f:
-        f.write(cfg.to_json_best_effort(indent=2))
+      write_config(self.workdir, cfg)
     state, step = self.initial_state()
     start = step
     reporter = Reporter(self.workdir, total_steps=total, start_step=step,

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from muse_jax.configs.checks import ConfigError, check_transformer
 from muse_jax.models.functional import functionalize
+from muse_jax.models.transformer import REMAT_POLICIES
 from muse_jax.parallel import sharding as shd
 from muse_jax.training import masking
 from muse_jax.training.losses import masked_cross_entropy_sums
@@ -37,16 +39,26 @@ class MaskedTokenStage(Stage):
 
   target_key = "tokens"
 
+  @classmethod
+  def validate(cls, config):
+    m = config.model
+    check_transformer(m)
+    if m.remat not in REMAT_POLICIES:
+      raise ConfigError(f"model.remat={m.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    if m.get("fp8_matmuls", False):
+      raise ConfigError("model.fp8_matmuls is a sampling transform of trained weights "
+                        "(muse_jax/models/fp8.py): set it in a pipeline stage's model "
+                        "overrides, not in a training config")
+    if not 0.0 <= config.objective.cfg_dropout < 1.0:
+      raise ConfigError(f"objective.cfg_dropout={config.objective.cfg_dropout} must be in "
+                        "[0, 1)")
+
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
-    self.fm, self._init_params = functionalize(self.make_model)
+    self.fm, self._init_params = functionalize(lambda rngs: self.make_model(config, rngs))
     self.tx, self.schedule = make_optimizer(config.optimizer, config.train.num_steps)
     self.accum = int(config.train.grad_accum)
     self.ema_decay = float(config.train.ema_decay)
-
-  @abc.abstractmethod
-  def make_model(self, rngs):
-    ...
 
   @abc.abstractmethod
   def apply_model(self, model, inputs, dropout_key):

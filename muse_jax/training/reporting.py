@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
 
 import numpy as np
 
+from muse_jax.progress import format_duration, progress_bar
+
 log = logging.getLogger(__name__)
-
-
-def format_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def progress_bar(done: int, total: int, width: int = 20) -> str:
-  frac = min(max(done / max(total, 1), 0.0), 1.0)
-  fill = int(round(frac * width))
-  return "[" + "#" * fill + "." * (width - fill) + f"] {done}/{total} {100 * frac:5.1f}%"
 
 
 class Reporter:

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from muse_jax.config import ConfigError
+from muse_jax.configs import common_sr
+from muse_jax.configs.checks import ConfigError
+from muse_jax.data.batch import Feature
+from muse_jax.data.token_sources import make_source
 from muse_jax.models.superres import SuperResTransformer
 from muse_jax.training.flops import block_forward_flops
 from muse_jax.training.masked_stage import MaskedTokenStage
-from muse_jax.training.stage import Feature
 
 
 def check_superres(m) -> None:
-  """SR-specific checks of `config.model` (beyond `config.check_transformer`)."""
+  """SR-specific checks of `config.model` (beyond `checks.check_transformer`)."""
   for name in ("lowres_grid_size", "lowres_num_layers"):
     if name not in m:
       raise ConfigError(f"model.{name} is missing; an sr config starts from "
-                        "configs/common_sr.get_config()")
+                        "muse_jax/configs/common_sr.get_config()")
     v = m[name]
     if not isinstance(v, int) or v <= 0:
       raise ConfigError(f"model.{name}={v!r} must be a positive integer")
@@ -54,12 +56,18 @@ def sr_transformer_train_flops(cfg) -> float:
 class SuperResStage(MaskedTokenStage):
   name = "sr"
 
-  def __init__(self, config, mesh):
-    check_superres(config.model)
-    super().__init__(config, mesh)
+  @classmethod
+  def reference_config(cls):
+    return common_sr.get_config()
 
-  def make_model(self, rngs):
-    return SuperResTransformer(self.config.model, rngs=rngs)
+  @classmethod
+  def validate(cls, config):
+    check_superres(config.model)
+    super().validate(config)
+
+  @staticmethod
+  def make_model(config, rngs):
+    return SuperResTransformer(config.model, rngs=rngs)
 
   def apply_model(self, model, inputs, dropout_key):
     return model(inputs["tokens"], inputs["tokens_lo"], inputs["text"], inputs["text_len"],
@@ -75,7 +83,6 @@ class SuperResStage(MaskedTokenStage):
     }
 
   def make_source(self, split, process_index, process_count):
-    from muse_jax.data.sources_for_training import make_source
     return make_source(self, split, process_index, process_count)
 
   def flops_per_example(self):

@@ -1,62 +1,49 @@
-"""What the generic training loop needs from a stage (`vqgan`, `base`, `sr`).
+"""What the generic training loop, sampling and export need from a stage (`vqgan`, `base`,
+`sr`).
 
-A stage owns its model(s), optimizer(s), losses and input format; the loop
-(`muse_jax.training.loop`) owns devices, data feeding, checkpoints, signals and logging.
-Everything a stage returns from `init_state`/`train_step`/`eval_step` must be a pure function
-of its arguments so it can be `jax.jit`-ed with explicit shardings and resumed exactly.
+A stage owns its config schema and start-time checks, its model(s), optimizer(s), losses and
+input format; the loop (`muse_jax.training.loop`) owns devices, data feeding, checkpoints,
+signals and logging. Everything a stage returns from `init_state`/`train_step`/`eval_step` must
+be a pure function of its arguments so it can be `jax.jit`-ed with explicit shardings and
+resumed exactly.
 
-To add a stage: subclass `Stage`, then register it in `STAGES` below.
+To add a stage: subclass `Stage`, then add one line to `STAGES` in
+`muse_jax/training/registry.py`.
 """
 from __future__ import annotations
 
 import abc
-import dataclasses
-import importlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from muse_jax.data.batch import BatchSource, Feature
+
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Feature:
-  """One batch entry: per-example shape, dtype and logical axes (batch axis first)."""
-  shape: tuple[int, ...]
-  dtype: Any
-  axes: tuple[str | None, ...]
-
-
-class BatchSource(abc.ABC):
-  """A resumable iterator of process-local numpy batches.
-
-  `get_state()` returns a JSON-serialisable position saved with each checkpoint;
-  `set_state()` restores it so a resumed run sees exactly the examples it would have seen.
-  """
-
-  @abc.abstractmethod
-  def __next__(self) -> dict[str, np.ndarray]:
-    ...
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  @abc.abstractmethod
-  def get_state(self) -> dict:
-    ...
-
-  @abc.abstractmethod
-  def set_state(self, state: dict) -> None:
-    ...
 
 
 class Stage(abc.ABC):
   """A trainable stage. Subclasses set `name` and implement the abstract methods."""
 
   name: str = ""
+
+  @classmethod
+  @abc.abstractmethod
+  def reference_config(cls):
+    """Every key a config of this stage may use, with its default (a ConfigDict)."""
+
+  @classmethod
+  def validate(cls, config) -> None:
+    """The stage's own start-time checks of `config`; raise ConfigError. Runs before any
+    model is built (`muse_jax.training.registry.validate`)."""
+
+  @staticmethod
+  @abc.abstractmethod
+  def make_model(config, rngs):
+    """The stage's model (the one checkpoints, sampling and export hold) from a config."""
 
   def __init__(self, config, mesh: Mesh):
     self.config = config
@@ -98,21 +85,3 @@ class Stage(abc.ABC):
   def params_for_export(self, state: Any) -> Any:
     """The parameters a sampler/exporter needs (EMA if kept)."""
     return state.params
-
-
-STAGES = {
-    "base": "muse_jax.training.base_stage:BaseStage",
-    "vqgan": "muse_jax.training.vqgan_stage:VQGANStage",
-    "sr": "muse_jax.training.sr_stage:SuperResStage",
-}
-
-
-def get_stage(name: str) -> type[Stage]:
-  if name not in STAGES:
-    raise ValueError(f"config.stage={name!r}; choose one of {sorted(STAGES)}")
-  module, cls = STAGES[name].split(":")
-  try:
-    mod = importlib.import_module(module)
-  except ModuleNotFoundError as e:
-    raise ValueError(f"stage {name!r} is not available in this version ({e})") from e
-  return getattr(mod, cls)

@@ -24,7 +24,6 @@ says so when it is built.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
@@ -35,16 +34,21 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from muse_jax.models import quantizer as Q
-from muse_jax.models import vqgan as V
+from muse_jax.configs import common_vqgan
+from muse_jax.configs.checks import ConfigError
+from muse_jax.data.batch import Feature
+from muse_jax.data.images import ImageSource
+from muse_jax.encoders.vq_tokenizer import load_vq_params
+from muse_jax.models import quantizer as Q, vqgan as V
 from muse_jax.models.discriminator import Discriminator, DiscriminatorConfig
 from muse_jax.models.functional import functionalize
 from muse_jax.models.lpips import lpips
-from muse_jax.models.tokenizer import from_model_range, to_model_range
+from muse_jax.models.vqgan import from_model_range, to_model_range
 from muse_jax.parallel import sharding as shd
 from muse_jax.training import vqgan_losses as VL
 from muse_jax.training.optimizer import make_optimizer
-from muse_jax.training.stage import BatchSource, Feature, Stage
+from muse_jax.training.stage import Stage
+from muse_jax.weights.vgg_lpips import load_lpips_params
 
 log = logging.getLogger(__name__)
 
@@ -61,108 +65,46 @@ class VQGANState:
   lpips: Any            # frozen VGG16 + LPIPS weights ({} when the perceptual loss is off)
 
 
-class ImageSource(BatchSource):
-  """uint8 images [b, S, S, 3]: `shapes` scenes or uniform noise (`synthetic`).
-
-  Example i of a split is a pure function of (seed, split, i); `eval` cycles over
-  `num_batches` fixed batches. The position is the number of batches drawn.
-  """
-
-  def __init__(self, kind: str, image_size: int, *, seed: int, split: str, global_batch: int,
-               process_index: int = 0, process_count: int = 1, num_batches: int | None = None):
-    if kind not in ("shapes", "synthetic"):
-      raise ValueError(f"config.data.source={kind!r}; the vqgan stage reads `shapes` or "
-                       "`synthetic` images")
-    if global_batch % process_count:
-      raise ValueError(f"batch {global_batch} not divisible by {process_count} processes")
-    self.kind, self.size, self.seed, self.split = kind, image_size, seed, split
-    self.global_batch, self.num_batches = global_batch, num_batches
-    per = global_batch // process_count
-    self.rows = range(process_index * per, (process_index + 1) * per)
-    self.position = 0
-
-  def _example(self, index: int) -> np.ndarray:
-    if self.kind == "shapes":
-      from muse_jax.data import shapes
-      return shapes.generate(index, "train" if self.split == "train" else "heldout", self.seed,
-                             self.size).image
-    rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, index])
-    return rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
-
-  def __next__(self):
-    b = self.position if self.num_batches is None else self.position % self.num_batches
-    self.position += 1
-    return {"images": np.stack([self._example(b * self.global_batch + r) for r in self.rows])}
-
-  def get_state(self):
-    return {"position": self.position}
-
-  def set_state(self, state):
-    self.position = int(state["position"])
-
-
-def _int_keys(tree):
-  """Orbax restores nnx.List indices as strings; the model's param dicts use ints."""
-  if isinstance(tree, dict):
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
-            for k, v in tree.items()}
-  return tree
-
-
-def load_finished_params(path: str, cfg: V.VQGANConfig, decoder_only: bool = False) -> dict:
-  """Generator params of a finished tokenizer: a vqgan workdir or a diffusers VQModel.
-
-  For decoder fine-tuning the finished model's own decoder is read from the file's config.json
-  when there is one, else assumed to mirror the encoder (the fine-tuned decoder differs).
-  """
-  if path.endswith(".safetensors") or os.path.exists(
-      os.path.join(path, "diffusion_pytorch_model.safetensors")):
-    import dataclasses
-    from muse_jax.weights import diffusers_vq as D
-    src_cfg = cfg
-    if decoder_only:
-      try:
-        src_cfg = D.vqgan_config_from_diffusers(
-            D.read_diffusers_config(path), pixel_range=cfg.pixel_range, dtype=cfg.dtype)
-      except FileNotFoundError:
-        src_cfg = dataclasses.replace(cfg, decoder_block_out_channels=None,
-                                      decoder_layers_per_block=None)
-    return D.load_diffusers_vq(path, src_cfg)[1]
-  import orbax.checkpoint as ocp
-  ckpt_dir = os.path.join(os.path.abspath(path), "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"finetune.init_from={path!r}: no checkpoints/ directory (give a "
-                            "vqgan workdir or a diffusers VQModel)")
-  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"finetune.init_from={path!r}: no finished checkpoint in {ckpt_dir}")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mngr.close()
-  state = restored.state
-  params = state["params"] if isinstance(state, dict) else state.params
-  return jax.tree.map(np.asarray, _int_keys(params))
-
-
 class VQGANStage(Stage):
   name = "vqgan"
+
+  @classmethod
+  def reference_config(cls):
+    return common_vqgan.get_config()
+
+  @classmethod
+  def validate(cls, config):
+    try:
+      model_cfg = V.VQGANConfig.from_config(config.model)
+      disc_cfg = DiscriminatorConfig.from_config(config.discriminator)
+      model_cfg.token_grid(int(config.data.image_size))
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    image_size = int(config.data.image_size)
+    if disc_cfg.image_size != image_size:
+      raise ConfigError(f"discriminator.image_size={disc_cfg.image_size} differs from "
+                        f"data.image_size={image_size}; set them equal")
+    lc = config.loss
+    if lc.reconstruction not in VL.RECONSTRUCTION_KINDS:
+      raise ConfigError(f"loss.reconstruction must be one of {VL.RECONSTRUCTION_KINDS}")
+    if lc.gan_loss not in VL.GAN_KINDS:
+      raise ConfigError(f"loss.gan_loss must be one of {VL.GAN_KINDS}")
+    if lc.adversarial_weight_mode not in ("fixed", "adaptive"):
+      raise ConfigError("loss.adversarial_weight_mode must be fixed or adaptive")
+    if config.finetune.decoder_only and not config.finetune.init_from:
+      raise ConfigError("finetune.decoder_only=True needs finetune.init_from (a finished "
+                        "tokenizer workdir or diffusers VQModel)")
+
+  @staticmethod
+  def make_model(config, rngs):
+    return V.VQGAN(V.VQGANConfig.from_config(config.model), rngs=rngs)
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
     self.model_cfg = V.VQGANConfig.from_config(config.model)
     self.disc_cfg = DiscriminatorConfig.from_config(config.discriminator)
     self.image_size = int(config.data.image_size)
-    self.model_cfg.token_grid(self.image_size)
-    if self.disc_cfg.image_size != self.image_size:
-      raise ValueError(f"discriminator.image_size={self.disc_cfg.image_size} differs from "
-                       f"data.image_size={self.image_size}; set them equal")
     lc = config.loss
-    if lc.reconstruction not in VL.RECONSTRUCTION_KINDS:
-      raise ValueError(f"loss.reconstruction must be one of {VL.RECONSTRUCTION_KINDS}")
-    if lc.gan_loss not in VL.GAN_KINDS:
-      raise ValueError(f"loss.gan_loss must be one of {VL.GAN_KINDS}")
-    if lc.adversarial_weight_mode not in ("fixed", "adaptive"):
-      raise ValueError("loss.adversarial_weight_mode must be fixed or adaptive")
     self.fm, self._init_g = functionalize(lambda r: V.VQGAN(self.model_cfg, rngs=r))
     self.dm, self._init_d = functionalize(lambda r: Discriminator(self.disc_cfg, rngs=r))
     n = int(config.train.num_steps)
@@ -179,14 +121,10 @@ class VQGANStage(Stage):
     self.dtx, self.disc_schedule = make_optimizer(config.disc_optimizer, n)
     self._finished = None
     if config.finetune.init_from:
-      self._finished = load_finished_params(config.finetune.init_from, self.model_cfg,
-                                            self.decoder_only)
-    elif self.decoder_only:
-      raise ValueError("finetune.decoder_only=True needs finetune.init_from (a finished "
-                       "tokenizer workdir or diffusers VQModel)")
+      self._finished = load_vq_params(config.finetune.init_from, self.model_cfg,
+                                      self.decoder_only)
     self._lpips = None
     if lc.perceptual_weight > 0 and lc.perceptual_weights:
-      from muse_jax.weights.vgg_lpips import load_lpips_params
       self._lpips = load_lpips_params(lc.perceptual_weights)
     elif lc.perceptual_weight > 0:
       msg = ("perceptual loss is OFF: loss.perceptual_weights is empty. Set it to a "

@@ -18,13 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from muse_jax.models.lpips import LPIPS_CHANNELS, VGG16_CONVS
 from muse_jax.weights.safetensors_io import SafetensorsReader, check_keys
-
-# torchvision vgg16.features: conv layer indices and their (in, out) channels.
-VGG16_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256),
-               (12, 256, 256), (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512),
-               (24, 512, 512), (26, 512, 512), (28, 512, 512))
-LPIPS_CHANNELS = (64, 128, 256, 512, 512)
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:

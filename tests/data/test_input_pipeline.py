@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from muse_jax.data import input_pipeline as ip
-from muse_jax.data import precompute_manifest, precompute_shards, records
+from muse_jax.data import input_pipeline as ip, manifest, records
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.distributed import global_batch
 from muse_jax.parallel.mesh import make_mesh
+from muse_jax.precompute import shards
 from muse_jax.training.base_stage import BaseStage
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,14 +49,14 @@ def write_dataset(root, splits=(("train", COUNTS), ("heldout", (5,))), extra=Non
         idx += 1
       if extra and k == 0 and split == "train":
         recs += extra
-      name = precompute_shards.shard_name(split, 0, k) + ".tfrecord"
+      name = shards.shard_name(split, 0, k) + ".tfrecord"
       records.write_tfrecord(os.path.join(root, "shards", name), recs)
       entries.append({"file": name, "process": 0, "shard": k, "records": len(recs),
                       "seen": len(recs), "skipped": {}, "notes": {}, "sha256": ""})
     with open(os.path.join(root, "index", f"{split}-00000.json"), "w") as f:
       json.dump({"shards": entries}, f)
   cfg = types.SimpleNamespace(to_json_best_effort=lambda: "{}")
-  precompute_manifest.write_manifest(root, cfg, SPEC, [s for s, _ in splits], 1, {})
+  manifest.write_manifest(root, cfg, SPEC, [s for s, _ in splits], 1, {})
   return out
 
 
@@ -280,7 +280,8 @@ print(type(src).__name__, b['tokens'].shape, b['text'].shape, json.dumps(src.get
 def test_input_position_survives_an_orbax_checkpoint(data, tmp_path):
   """The loop saves get_state() with each checkpoint (Orbax JSON) and set_state()s it."""
   import ml_collections
-  from muse_jax.training.checkpoint import Checkpointer
+
+  from muse_jax.workdir.checkpoints import Checkpointer
   root, _ = data
   ckpt = Checkpointer(str(tmp_path), ml_collections.ConfigDict(
       dict(every_steps=1, keep=1, async_save=False)))

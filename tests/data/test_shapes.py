@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from muse_jax.data import shapes, shapes_layout
-from muse_jax.data import shapes_grammar as grammar
+from muse_jax.data.shapes import dataset as shapes, grammar, layout
 
 
 def test_same_seed_and_index_give_same_example():
@@ -51,7 +50,7 @@ def test_caption_round_trip_and_layout_rules():
     assert seen == counts
     for i, a in enumerate(ex.objects):
       for b in ex.objects[i + 1:]:
-        assert shapes_layout._apart(a, b), (ex.caption, a, b)
+        assert layout._apart(a, b), (ex.caption, a, b)
     means = [(np.mean([o.cx for o in ex.objects if (o.colour, o.shape) == g.pair]),
               np.mean([o.cy for o in ex.objects if (o.colour, o.shape) == g.pair]))
              for g in ex.scene.groups]
@@ -124,9 +123,9 @@ def test_shapes_detector_and_sources_import_without_tensorflow():
   import subprocess
   import sys
   code = ("import sys; sys.modules['tensorflow'] = None; "
-          "import muse_jax.data.shapes, muse_jax.data.sources, muse_jax.data.preprocess; "
-          "import muse_jax.evaluation.compositional; from configs import common_data; "
+          "import muse_jax.data.shapes.dataset, muse_jax.data.raw_sources, muse_jax.data.preprocess; "
+          "import muse_jax.evaluation.compositional; from muse_jax.configs import common_data; "
           "c = common_data.data_config(); c.resolutions = (32,); c.shapes.num_train = 2; "
-          "assert len(list(muse_jax.data.sources.iterate_examples(c))) == 2")
+          "assert len(list(muse_jax.data.raw_sources.iterate_examples(c))) == 2")
   root = __file__.rsplit("/tests/", 1)[0]
   subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

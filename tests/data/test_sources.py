@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common_data
-from muse_jax.data import preprocess, shapes, sources
+from muse_jax.configs import common_data
+from muse_jax.data import preprocess, raw_sources
 from muse_jax.data.preprocess import SkipCounter
+from muse_jax.data.shapes import dataset as shapes
 
 
 def _png(colour, size=(48, 40)):
@@ -32,7 +33,7 @@ def _config(source, **kw):
 
 def _run(config, process_index=0, process_count=1):
   counter = SkipCounter()
-  out = list(sources.iterate_examples(config, process_index, process_count, counter))
+  out = list(raw_sources.iterate_examples(config, process_index, process_count, counter))
   return out, counter
 
 
@@ -179,16 +180,16 @@ def test_shapes_source_and_config_validation():
   assert len(_run(config)[0]) == 3
   config.source = "webdataset"
   with pytest.raises(ValueError, match="data.source"):
-    sources.make_source(config)
+    raw_sources.make_source(config)
   config.source = "folder"
   with pytest.raises(ValueError, match="folder.root"):
-    sources.make_source(config)
+    raw_sources.make_source(config)
   with pytest.raises(ValueError, match="process_index"):
-    list(sources.ShapesSource("train", 3, 0, (32,)).raw_examples(2, 2))
+    list(raw_sources.ShapesSource("train", 3, 0, (32,)).raw_examples(2, 2))
 
 
 def test_shapes_scenes_are_drawn_in_the_preprocessing_workers():
-  src = sources.ShapesSource("train", 6, 0, (32, 64))
+  src = raw_sources.ShapesSource("train", 6, 0, (32, 64))
   raws = list(src.raw_examples(1, 2))  # indices 1, 3, 5
   assert all(r.images is None and r.load is not None for r in raws)  # nothing drawn yet
   counter = preprocess.SkipCounter()

@@ -4,8 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from muse_jax.data import shapes
-from muse_jax.data import shapes_grammar as grammar
+from muse_jax.data.shapes import dataset as shapes, grammar
 from muse_jax.evaluation import compositional, detector
 
 

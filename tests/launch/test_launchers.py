@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.training.helpers import REPO, cli_env
+from tests.training.helpers import REPO
 
 sys.path.insert(0, os.path.join(REPO, "launch"))
 import sweep  # noqa: E402

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from configs import sr_tiny, tiny
-from muse_jax.config import ConfigError, validate
+from muse_jax.configs.checks import ConfigError
 from muse_jax.models import fp8
 from muse_jax.models.functional import functionalize
 from muse_jax.models.superres import SuperResTransformer
 from muse_jax.models.transformer import MaskedTransformer
+from muse_jax.training.registry import validate
 
 
 def rel(a, b):

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common_sr, sr_268m, sr_tiny
-from muse_jax.config import ConfigError, validate
+from configs import sr_268m, sr_tiny
+from muse_jax.configs import common_sr
+from muse_jax.configs.checks import ConfigError
 from muse_jax.models.functional import functionalize
 from muse_jax.models.superres import SuperResTransformer
+from muse_jax.training.registry import validate
 from muse_jax.training.sr_stage import check_superres, sr_transformer_train_flops
 
 
@@ -43,8 +45,8 @@ def inputs(c, b=3, seed=1):
 
 
 def random_params(fm, seed=0):
-  """Random parameters of the model's shapes, drawn with numpy: compiling the model's own init
-  costs ~10 s on CPU, and the stage tests exercise it anyway."""
+  """Random parameters of the model's shapes, drawn with numpy: the model's own init is a slow
+  compile on CPU, and the stage tests exercise it anyway."""
   rng = np.random.default_rng(seed)
   def draw(path, a):
     if jax.tree_util.keystr(path).endswith("['scale']"):

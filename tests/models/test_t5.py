@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs.common_t5 import text_encoder_config
+from muse_jax.configs.common_t5 import text_encoder_config
+from muse_jax.encoders.text_encoder import DEFAULT_RULES, TextEncoder
+from muse_jax.encoders.text_tokenizer import T5Tokenizer
 from muse_jax.models import t5
 from muse_jax.models.functional import functionalize
-from muse_jax.models.t5_tokenizer import T5Tokenizer
-from muse_jax.models.text_encoder import DEFAULT_RULES, TextEncoder
 from muse_jax.parallel.mesh import make_mesh
 from muse_jax.parallel.sharding import tree_shardings
 from muse_jax.weights.t5_hf import iter_hf_params, load_hf_params
-from tests.models.test_t5_tokenizer import train_spiece
+from tests.encoders.test_text_tokenizer import train_spiece
 from tests.reference import run_reference, torch_available
 
 # name -> (T5Config, sequence length, valid lengths per row, how the reference saves it)

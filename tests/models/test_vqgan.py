@@ -6,11 +6,11 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from configs import common_vqgan
+from muse_jax.configs import common_vqgan
+from muse_jax.encoders.vq_tokenizer import VQTokenizer
 from muse_jax.models import vqgan as V
 from muse_jax.models.discriminator import Discriminator, DiscriminatorConfig, minibatch_stddev
 from muse_jax.models.functional import functionalize
-from muse_jax.models.tokenizer import VQTokenizer
 from muse_jax.training import vqgan_losses as VL
 from tests.models.test_vqgan_helpers import np_params
 

@@ -1,6 +1,5 @@
 """Golden shardings: which mesh axes each parameter and optimizer statistic uses."""
 import jax
-import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import base_632m, tiny

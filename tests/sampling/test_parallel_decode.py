@@ -16,7 +16,7 @@ D = 6  # text width
 
 
 def rng_key(seed):
-  """An 'rbg' key: compiles ~3x faster than threefry on CPU (the sharded test uses threefry)."""
+  """An 'rbg' key: compiles faster than threefry on CPU (the sharded test uses threefry)."""
   return jax.random.key(seed, impl="rbg")
 
 
@@ -401,7 +401,7 @@ def test_largest_k_matches_lax_top_k(k):
 
 
 def test_options_from_sampling_config():
-  from configs import common_sampling
+  from muse_jax.configs import common_sampling
   from muse_jax.sampling import editing
   config = common_sampling.get_sampling_config()
   base = parallel_decode.decode_options(config, "base")

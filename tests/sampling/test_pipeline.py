@@ -4,14 +4,15 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import pytest
 
 from configs import pipeline_tiny
-from muse_jax.sampling import checkpoints as ckpt
-from muse_jax.sampling import image_io, stages
+from muse_jax.sampling import image_io, loading
 from muse_jax.sampling.pipeline import Pipeline
+from muse_jax.training.registry import stage_model
+from muse_jax.workdir.checkpoints import MissingCheckpoint
 
 STAGES = ("base", "sr", "vq_lo", "vq_hi")
 
@@ -29,7 +30,7 @@ def random_params(config, seed: int):
       return np.zeros(a.shape, a.dtype)
     return (0.3 * rng.standard_normal(a.shape)).astype(a.dtype)
 
-  return jax.tree_util.tree_map_with_path(draw, ckpt.stage_model(config).abstract_params())
+  return jax.tree_util.tree_map_with_path(draw, stage_model(config).abstract_params())
 
 
 def save_random_stage(config, workdir: str, seed: int, *, step: int = 1, ema: bool = False,
@@ -40,7 +41,7 @@ def save_random_stage(config, workdir: str, seed: int, *, step: int = 1, ema: bo
   base/sr: the masked stages' TrainState (params, optimizer state, EMA); vqgan: step and
   generator params (the sampler reads nothing else).
   """
-  from muse_jax.training.checkpoint import Checkpointer
+  from muse_jax.workdir.checkpoints import Checkpointer
   params = random_params(config, seed)
   if config.stage in ("base", "sr"):
     from muse_jax.training.masked_stage import TrainState
@@ -73,7 +74,7 @@ def make_tiny_run(root: str, spiece: str):
   config.pipeline.vq_hi.workdir = os.path.join(root, "vq_lo")
   params = {}
   for seed, name in enumerate(("base", "sr", "vq_lo")):
-    stage_cfg = stages.stage_config(config.pipeline[name])
+    stage_cfg = loading.stage_config(config.pipeline[name])
     # base: no config.json (the pipeline's own model overrides must give its shapes);
     # sr: with an EMA, which the sampler must prefer.
     params[name] = save_random_stage(stage_cfg, os.path.join(root, name), seed,
@@ -83,7 +84,7 @@ def make_tiny_run(root: str, spiece: str):
 
 @pytest.fixture(scope="module")
 def spiece(tmp_path_factory):
-  from tests.models.test_t5_tokenizer import train_spiece
+  from tests.encoders.test_text_tokenizer import train_spiece
   return train_spiece(str(tmp_path_factory.mktemp("spiece")))
 
 
@@ -108,8 +109,8 @@ def flat(tree):
 def test_load_stage_params_restores_exactly_the_saved_params(tiny_run):
   root, config, params = tiny_run
   for name in ("base", "sr", "vq_lo"):  # sr: the EMA params
-    cfg = stages.stage_config(config.pipeline[name], os.path.join(root, name))
-    loaded, step = ckpt.load_stage_params(cfg, os.path.join(root, name), name=name)
+    cfg = loading.stage_config(config.pipeline[name], os.path.join(root, name))
+    loaded, step = loading.load_stage_params(cfg, os.path.join(root, name), name=name)
     assert step == 1
     want, got = flat(params[name]), flat(loaded)
     assert want.keys() == got.keys()
@@ -231,7 +232,7 @@ def test_base_only_pipeline(pipe):
 
 def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path):
   _, config, _ = tiny_run
-  with pytest.raises(ckpt.MissingCheckpoint) as e:
+  with pytest.raises(MissingCheckpoint) as e:
     Pipeline.from_config(config, str(tmp_path))
   msg = str(e.value)
   assert f"no checkpoint in {tmp_path}/base/checkpoints" in msg
@@ -241,11 +242,11 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path):
 
 def test_mismatched_checkpoint_names_the_parameter(tiny_run):
   root, config, _ = tiny_run
-  cfg = stages.stage_config(config.pipeline.base)  # no config.json in base/: shapes from config
+  cfg = loading.stage_config(config.pipeline.base)  # no config.json in base/: shapes from config
   with cfg.unlocked():
     cfg.model.hidden_size = 48
   with pytest.raises(ValueError, match=r"base checkpoint .* has shape .* config needs"):
-    ckpt.load_stage_params(cfg, os.path.join(root, "base"), name="base")
+    loading.load_stage_params(cfg, os.path.join(root, "base"), name="base")
 
 
 def test_saved_config_json_wins_for_shapes(tiny_run):
@@ -253,7 +254,7 @@ def test_saved_config_json_wins_for_shapes(tiny_run):
   import copy
   section = copy.deepcopy(config.pipeline.sr)
   section.model.grid_size = 4  # wrong; sr/config.json says 8
-  cfg = stages.stage_config(section, os.path.join(root, "sr"))
+  cfg = loading.stage_config(section, os.path.join(root, "sr"))
   assert cfg.model.grid_size == 8 and cfg.model.dtype == "float32"
   with open(os.path.join(root, "sr", "config.json")) as f:
     assert json.load(f)["model"]["grid_size"] == 8
@@ -262,9 +263,9 @@ def test_saved_config_json_wins_for_shapes(tiny_run):
 def test_cast_params_and_mask_files(tmp_path):
   from PIL import Image
   params = {"w": np.ones((2, 3), np.float32), "ids": np.arange(3, dtype=np.int32)}
-  cast = stages.cast_params(params, "bfloat16")
+  cast = loading.cast_params(params, "bfloat16")
   assert cast["w"].dtype == jax.numpy.bfloat16 and cast["ids"].dtype == np.int32
-  assert stages.cast_params(params, "float32")["w"].dtype == np.float32
+  assert loading.cast_params(params, "float32")["w"].dtype == np.float32
   # A 40x60 mask is centre-cropped to 40x40 (columns 10..49) and resized to 20x20.
   m = np.zeros((40, 60), np.uint8)
   m[:, 30:] = 255
@@ -293,7 +294,7 @@ def test_fp8_override_quantizes_the_stage_and_samples_like_it(tiny_run, pipe):
   root, config, _ = tiny_run
   section = ml_collections.ConfigDict(config.pipeline.base.to_dict())
   section.model.fp8_matmuls = True
-  base8 = stages.load_transformer(section, "base", root)
+  base8 = loading.load_transformer(section, "base", root)
   blocks = base8.params["stack"]["blocks"]
   assert blocks["mlp"]["wi"]["kernel"].dtype == jnp.float8_e4m3fn
   assert blocks["mlp"]["wo"]["kernel"].dtype == pipe.base.params["stack"]["blocks"]["mlp"][

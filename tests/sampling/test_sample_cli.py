@@ -32,7 +32,7 @@ def sample(no_tensorflow):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  from tests.models.test_t5_tokenizer import train_spiece
+  from tests.encoders.test_text_tokenizer import train_spiece
   spiece = train_spiece(str(tmp_path_factory.mktemp("spiece")))
   root = str(tmp_path_factory.mktemp("run"))
   make_tiny_run(root, spiece)

@@ -7,10 +7,9 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
-from muse_jax.training.checkpoint import Checkpointer
 from muse_jax.training.loop import read_metrics
+from muse_jax.workdir.checkpoints import Checkpointer
 from tests.training.helpers import REPO, cli_env, run_cli, tiny_config, train_cmd
 
 

@@ -80,7 +80,7 @@ def test_training_reduces_the_loss(runs):
   assert [r["step"] for r in log] == list(range(1, STEPS + 1))
   losses = [r["loss"] for r in log]
   assert np.mean(losses[:2]) > 4.0  # about ln(64) = 4.16 or more at the start
-  assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses  # measured: 0.84
+  assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses  # the loss clearly falls
   assert int(one.state.step) == STEPS
 
 

@@ -3,9 +3,9 @@ import jax
 import numpy as np
 import pytest
 
+from muse_jax.data.batch import BatchSource
 from muse_jax.data.synthetic import SyntheticSource
 from muse_jax.training.loop import NonFiniteLoss, Trainer, read_metrics, train
-from muse_jax.training.stage import BatchSource
 from tests.training.helpers import flat, tiny_config
 
 
@@ -90,7 +90,7 @@ def test_injected_nan_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path)
   batch = first_batch(c)
   with pytest.raises(NonFiniteLoss, match=r"at step 7;.*Last good checkpoint: step 5"):
     train(c, str(tmp_path), train_source=FixedBatch(batch, nan_at=7))
-  from muse_jax.training.checkpoint import Checkpointer
+  from muse_jax.workdir.checkpoints import Checkpointer
   assert Checkpointer(str(tmp_path / "checkpoints"), c.checkpoint).all_steps() == [5]
 
 

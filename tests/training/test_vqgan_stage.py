@@ -7,8 +7,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import vqgan_tiny
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.mesh import make_mesh
-from muse_jax.training.checkpoint import Checkpointer
 from muse_jax.training.vqgan_stage import VQGANStage
+from muse_jax.workdir.checkpoints import Checkpointer
 from tests.models.test_vqgan_helpers import np_params
 
 
@@ -109,9 +109,10 @@ def test_resume_is_exact(runner8, tmp_path):
 
 
 def test_decoder_finetune_freezes_encoder_and_codebook(tmp_path):
-  from muse_jax.weights.diffusers_vq import to_diffusers_state
-  from muse_jax.models import vqgan as V
   from safetensors.numpy import save_file
+
+  from muse_jax.models import vqgan as V
+  from muse_jax.weights.diffusers_vq import to_diffusers_state
   base = _config(data=1)
   small = V.VQGANConfig.from_config(base.model)
   from muse_jax.models.functional import functionalize
@@ -139,7 +140,8 @@ def test_patch_stem_with_adaptive_gan_weight():
   """patch_size=2 (f4 from two levels): the stage's reconstruction is the model's own (the
   depth-to-space head is applied in the loss and in the adaptive weight's output conv)."""
   import jax.numpy as jnp
-  from muse_jax.models.tokenizer import to_model_range
+
+  from muse_jax.models.vqgan import to_model_range
   from muse_jax.training import vqgan_losses as VL
   c = _config(data=1)
   c.model.update(dict(patch_size=2, codebook_norm="l2", codebook_dim=3))

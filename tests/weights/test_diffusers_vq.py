@@ -1,10 +1,11 @@
 """Parity with diffusers' VQModel (aMUSEd layout, small channels, random weights)."""
 import json
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from muse_jax.models.tokenizer import VQTokenizer
+from muse_jax.encoders.vq_tokenizer import VQTokenizer
 from muse_jax.weights import diffusers_vq as D
 from muse_jax.weights.safetensors_io import WeightsError
 from tests.reference import run_reference, torch_available
@@ -117,7 +118,7 @@ def test_unsupported_config_is_rejected():
 
 
 def test_amused_architecture_size():
-  """The aMUSEd config (146M parameters measured in diffusers) maps onto our model exactly."""
+  """The aMUSEd config (146M parameters as diffusers counts them) maps onto our model exactly."""
   cfg = D.vqgan_config_from_diffusers(dict(
       block_out_channels=[128, 256, 256, 512, 768], layers_per_block=2, latent_channels=64,
       num_vq_embeddings=8192, vq_embed_dim=64, norm_num_groups=32,

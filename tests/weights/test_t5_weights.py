@@ -10,8 +10,8 @@ import tensorstore as ts
 from flax import serialization
 from safetensors.numpy import save_file
 
+from muse_jax.encoders.text_encoder import TextEncoder
 from muse_jax.models import t5
-from muse_jax.models.text_encoder import TextEncoder
 from muse_jax.parallel.mesh import make_mesh
 from muse_jax.weights.safetensors_io import WeightsError
 from muse_jax.weights.t5_hf import load_hf_params

@@ -1,0 +1,367 @@
+"""Raw image-caption sources, chosen by config, and the uniform example iterator.
+
+  shapes    the synthetic shapes dataset (shapes.py), rendered natively at each resolution
+  tfds      a TFDS dataset by name and data_dir; image and caption feature keys configurable
+            ('/' separates nested keys; a list of captions gives its first)
+  tfrecord  TFRecord files of tf.train.Example (a glob; bytes features, keys configurable)
+  folder    a folder of images with captions from a JSONL manifest (one {"file": ..,
+            "caption": ..} object per line, paths relative to the folder) or from sidecar .txt
+            files (a.jpg -> a.txt)
+
+`iterate_examples(config.data, process_index, process_count)` yields
+{'id': str, 'image': {resolution: uint8 HxWx3}, 'caption': str} for this process's disjoint
+slice of the source, counting every skipped record in a `SkipCounter` (see preprocess.py).
+
+Sharding: shapes, folder and TFRecord (when there are fewer files than processes) are split by
+record index (i::process_count); TFRecord files are split by file when there are at least as
+many files as processes; TFDS uses `tfds.even_splits`. In every case the slices are disjoint and
+together cover the source.
+
+TensorFlow is imported only when a tfds or tfrecord source is used, so shapes and folder
+sources work where TensorFlow is not installed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from muse_jax.data import preprocess
+from muse_jax.data.preprocess import RawExample, SkipCounter
+from muse_jax.data.shapes import dataset as shapes
+
+SOURCES = ("shapes", "tfds", "tfrecord", "folder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+class Source(Protocol):
+
+  def raw_examples(self, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[RawExample]:
+    ...
+
+
+def _check_shard(process_index: int, process_count: int) -> None:
+  preprocess.shard_indices(0, process_index, process_count)
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+class ShapesSource:
+  """The synthetic shapes dataset, one split, rendered at every resolution."""
+
+  def __init__(self, split: str, num_examples: int, seed: int, resolutions: Sequence[int],
+               max_count: int = shapes.MAX_COUNT, two_group_prob: float = 0.5):
+    self.dataset = shapes.ShapesDataset(split, num_examples, seed,
+                                        tuple(int(r) for r in resolutions), max_count,
+                                        two_group_prob)
+
+  def raw_examples(self, process_index=0, process_count=1):
+    """Deferred records: each scene is drawn by the preprocessing worker that takes it."""
+    _check_shard(process_index, process_count)
+    for i in preprocess.shard_indices(len(self.dataset), process_index, process_count):
+      yield RawExample(f"shapes-index-{i}", None, load=functools.partial(self._load, i))
+
+  def _load(self, index: int) -> RawExample:
+    ex = self.dataset[index]
+    return RawExample(ex.id, ex.caption, images=ex.image)
+
+
+def _get_path(features: Any, key: str) -> Any:
+  """features['a']['b'] for key 'a/b' (dicts or TFDS FeaturesDicts); None if absent."""
+  value = features
+  for part in key.split("/"):
+    try:
+      value = value[part]
+    except (KeyError, TypeError, IndexError, ValueError):
+      return None
+  return value
+
+
+def _first_text(value: Any) -> bytes | str | None:
+  """A caption value: bytes/str, or the first of a list/array of them."""
+  if value is None:
+    return None
+  if isinstance(value, np.ndarray):
+    if value.ndim == 0:
+      return value.item()
+    return value.reshape(-1)[0] if value.size else None
+  if isinstance(value, (list, tuple)):
+    return value[0] if value else None
+  return value
+
+
+class TFDSSource:
+  """A TFDS dataset read from `data_dir` (images are kept encoded and decoded by PIL)."""
+
+  def __init__(self, name: str, data_dir: str | None, split: str = "train",
+               image_key: str = "image", caption_key: str = "caption", id_key: str = ""):
+    if not name:
+      raise ValueError("data.tfds.name is empty: set it to a TFDS dataset name, e.g. 'coco'")
+    self.name, self.data_dir, self.split = name, data_dir or None, split
+    self.image_key, self.caption_key, self.id_key = image_key, caption_key, id_key
+
+  def raw_examples(self, process_index=0, process_count=1):
+    _check_shard(process_index, process_count)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder(self.name, data_dir=self.data_dir)
+    features = builder.info.features
+    image_feature = _get_path(features, self.image_key)
+    if image_feature is None:
+      raise ValueError(f"TFDS {self.name} has no feature {self.image_key!r} "
+                       f"(has {sorted(features.keys())}); set data.tfds.image_key")
+    if _get_path(features, self.caption_key) is None:
+      raise ValueError(f"TFDS {self.name} has no feature {self.caption_key!r} "
+                       f"(has {sorted(features.keys())}); set data.tfds.caption_key")
+    decoders = None
+    if isinstance(image_feature, tfds.features.Image):
+      decoders = {}
+      node = decoders
+      parts = self.image_key.split("/")
+      for part in parts[:-1]:
+        node = node.setdefault(part, {})
+      node[parts[-1]] = tfds.decode.SkipDecoding()
+    split = self.split
+    if process_count > 1:
+      split = tfds.even_splits(self.split, n=process_count, drop_remainder=False)[process_index]
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                            read_config=tfds.ReadConfig(add_tfds_id=True))
+    it = iter(ds.as_numpy_iterator())
+    index = 0
+    while True:
+      try:
+        record = next(it)
+      except StopIteration:
+        return
+      except tf.errors.OpError:
+        # A corrupt shard ends the iterator; count it and stop.
+        yield RawExample(f"{self.name}:{split}:{index}", None, error="corrupt_record")
+        return
+      index += 1
+      ident = _get_path(record, self.id_key) if self.id_key else record.get("tfds_id")
+      ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+      image = _get_path(record, self.image_key)
+      caption = _first_text(_get_path(record, self.caption_key))
+      if image is None:
+        yield RawExample(ident, caption, error="missing_image")
+      elif isinstance(image, (bytes, np.bytes_)):
+        yield RawExample(ident, caption, image_bytes=bytes(image))
+      else:
+        yield RawExample(ident, caption, image_array=np.asarray(image))
+
+
+class TFRecordSource:
+  """TFRecord files (a glob) of tf.train.Example with encoded image and caption bytes."""
+
+  def __init__(self, pattern: str, image_key: str = "image", caption_key: str = "caption",
+               id_key: str = "", compression: str = ""):
+    if not pattern:
+      raise ValueError("data.tfrecord.pattern is empty: set it to a glob of TFRecord files")
+    self.pattern, self.image_key, self.caption_key = pattern, image_key, caption_key
+    self.id_key, self.compression = id_key, compression
+
+  def files(self) -> list[str]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    files = sorted(tf.io.gfile.glob(self.pattern))
+    if not files:
+      raise FileNotFoundError(f"no files match data.tfrecord.pattern={self.pattern!r}")
+    return files
+
+  def _parse(self, name: str, raw: bytes) -> RawExample:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      example = tf.train.Example.FromString(raw)
+    except Exception:  # noqa: BLE001 -- protobuf DecodeError
+      return RawExample(name, None, error="corrupt_record")
+    feats = example.features.feature
+
+    def first_bytes(key):
+      if key not in feats:
+        return None
+      values = feats[key].bytes_list.value
+      return values[0] if values else None
+
+    ident = first_bytes(self.id_key) if self.id_key else None
+    ident = ident.decode("utf-8", errors="replace") if ident else name
+    caption = first_bytes(self.caption_key)
+    image = first_bytes(self.image_key)
+    if image is None:
+      return RawExample(ident, caption, error="missing_image")
+    return RawExample(ident, caption, image_bytes=image)
+
+  def raw_examples(self, process_index=0, process_count=1):
+    _check_shard(process_index, process_count)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    files = self.files()
+    by_file = len(files) >= process_count
+    if by_file:
+      files = files[process_index::process_count]
+    global_index = 0
+    for path in files:
+      base = os.path.basename(path)
+      ds = tf.data.TFRecordDataset(path, compression_type=self.compression or None)
+      it = iter(ds.as_numpy_iterator())
+      index = 0
+      while True:
+        try:
+          raw = next(it)
+        except StopIteration:
+          break
+        except tf.errors.OpError:
+          # Truncated or corrupt file: count it once and go on with the next file.
+          if by_file or global_index % process_count == process_index:
+            yield RawExample(f"{base}:{index}", None, error="corrupt_record")
+          global_index += 1
+          break
+        mine = by_file or global_index % process_count == process_index
+        global_index += 1
+        if mine:
+          yield self._parse(f"{base}:{index}", raw)
+        index += 1
+
+
+def _read_bytes(path: str) -> bytes | None:
+  try:
+    if _is_remote(path):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+    with open(path, "rb") as f:
+      return f.read()
+  except (FileNotFoundError, IsADirectoryError, PermissionError):
+    return None
+  except Exception as e:  # noqa: BLE001
+    if type(e).__name__ == "NotFoundError":
+      return None
+    raise
+
+
+def _list_images(root: str, extensions: Sequence[str]) -> list[str]:
+  exts = tuple(e.lower() for e in extensions)
+  if _is_remote(root):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    paths = []
+    for dirpath, _, names in tf.io.gfile.walk(root):
+      paths += [os.path.join(dirpath, n) for n in names if n.lower().endswith(exts)]
+  else:
+    paths = [os.path.join(d, n) for d, _, names in os.walk(root)
+             for n in names if n.lower().endswith(exts)]
+  return sorted(os.path.relpath(p, root) for p in paths)
+
+
+class FolderSource:
+  """Images under `root`; captions from a JSONL `manifest` or from sidecar .txt files."""
+
+  def __init__(self, root: str, manifest: str = "", image_key: str = "file",
+               caption_key: str = "caption", extensions: Sequence[str] = IMAGE_EXTENSIONS):
+    if not root:
+      raise ValueError("data.folder.root is empty: set it to the image folder")
+    self.root, self.manifest = root, manifest
+    self.image_key, self.caption_key, self.extensions = image_key, caption_key, extensions
+
+  def _manifest_path(self) -> str:
+    if os.path.isabs(self.manifest) or _is_remote(self.manifest):
+      return self.manifest
+    return os.path.join(self.root, self.manifest)
+
+  def raw_examples(self, process_index=0, process_count=1):
+    _check_shard(process_index, process_count)
+    if self.manifest:
+      yield from self._from_manifest(process_index, process_count)
+    else:
+      yield from self._from_sidecars(process_index, process_count)
+
+  def _from_manifest(self, process_index, process_count):
+    data = _read_bytes(self._manifest_path())
+    if data is None:
+      raise FileNotFoundError(f"manifest {self._manifest_path()!r} not found; set "
+                              "data.folder.manifest (or leave it empty for sidecar .txt files)")
+    lines = [l for l in data.decode("utf-8", errors="replace").splitlines() if l.strip()]
+    for i in preprocess.shard_indices(len(lines), process_index, process_count):
+      try:
+        entry = json.loads(lines[i])
+        if not isinstance(entry, dict):
+          raise ValueError("not an object")
+      except ValueError:
+        yield RawExample(f"manifest:{i}", None, error="corrupt_record")
+        continue
+      rel = entry.get(self.image_key)
+      caption = entry.get(self.caption_key)
+      ident = str(rel) if rel else f"manifest:{i}"
+      if not isinstance(caption, str):
+        caption = None
+      if not isinstance(rel, str) or not rel:
+        yield RawExample(ident, caption, error="missing_image")
+        continue
+      path = rel if os.path.isabs(rel) or _is_remote(rel) else os.path.join(self.root, rel)
+      image = _read_bytes(path)
+      if image is None:
+        yield RawExample(ident, caption, error="missing_image")
+      else:
+        yield RawExample(ident, caption, image_bytes=image)
+
+  def _from_sidecars(self, process_index, process_count):
+    files = _list_images(self.root, self.extensions)
+    for i in preprocess.shard_indices(len(files), process_index, process_count):
+      rel = files[i]
+      caption = _read_bytes(os.path.join(self.root, os.path.splitext(rel)[0] + ".txt"))
+      image = _read_bytes(os.path.join(self.root, rel))
+      if image is None:
+        yield RawExample(rel, caption, error="missing_image")
+      elif caption is None:
+        yield RawExample(rel, None, error="missing_caption")
+      else:
+        yield RawExample(rel, caption, image_bytes=image)
+
+
+def validate_config(data) -> None:
+  """Check the `data` config section; messages say what to change."""
+  if data.source not in SOURCES:
+    raise ValueError(f"data.source={data.source!r}; use one of {SOURCES}")
+  if not tuple(data.resolutions) or any(int(r) < 16 for r in data.resolutions):
+    raise ValueError(f"data.resolutions={tuple(data.resolutions)}: give sides >= 16")
+  if data.source == "shapes":
+    if data.shapes.split not in shapes.SPLITS:
+      raise ValueError(f"data.shapes.split={data.shapes.split!r}; use one of {shapes.SPLITS}")
+    if not 1 <= data.shapes.max_count <= shapes.MAX_COUNT:
+      raise ValueError(f"data.shapes.max_count must be in [1, {shapes.MAX_COUNT}]")
+
+
+def make_source(data) -> Source:
+  """The source that `data.source` names, built from its config section."""
+  validate_config(data)
+  if data.source == "shapes":
+    c = data.shapes
+    num = c.num_train if c.split == "train" else c.num_heldout
+    return ShapesSource(c.split, int(num), int(c.seed), tuple(data.resolutions),
+                        int(c.max_count), float(c.two_group_prob))
+  if data.source == "tfds":
+    c = data.tfds
+    return TFDSSource(c.name, c.data_dir, c.split, c.image_key, c.caption_key, c.id_key)
+  if data.source == "tfrecord":
+    c = data.tfrecord
+    return TFRecordSource(c.pattern, c.image_key, c.caption_key, c.id_key, c.compression)
+  c = data.folder
+  return FolderSource(c.root, c.manifest, c.image_key, c.caption_key, tuple(c.extensions))
+
+
+def iterate_examples(data, process_index: int = 0, process_count: int = 1,
+                     counter: SkipCounter | None = None,
+                     num_workers: int | None = None) -> Iterator[dict]:
+  """{'id', 'image': {res: uint8 HxWx3}, 'caption'} for this process's slice of the source.
+
+  Pass `jax.process_index()` / `jax.process_count()` on multi-host runs. Skips are counted in
+  `counter` (create one to read them afterwards).
+  """
+  counter = counter if counter is not None else SkipCounter()
+  source = make_source(data)
+  options = preprocess.options_from_config(data)
+  workers = int(data.num_workers if num_workers is None else num_workers)
+  return preprocess.preprocess_stream(source.raw_examples(process_index, process_count),
+                                      options, counter, num_workers=workers)

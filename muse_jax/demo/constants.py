@@ -1,0 +1,13 @@
+"""Names shared by the demo's modules: its steps, files, splits and guidance modes."""
+
+# The demo's steps, in order: its training stages plus precompute, sampling, edits, report.
+STEPS = ("tokenizer", "precompute", "base", "sr", "samples", "edits", "report")
+STATE_FILE = "demo_state.json"
+METRICS_FILE = "metrics.json"
+SPLITS = ("train", "heldout")
+GUIDANCE = ("cfg", "no_cfg")
+
+
+def grid_name(split: str, mode: str) -> str:
+  """PNG grid of one split's samples: samples_<split>.png (CFG), samples_<split>_no_cfg.png."""
+  return f"samples_{split}.png" if mode == "cfg" else f"samples_{split}_{mode}.png"

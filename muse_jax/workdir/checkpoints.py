@@ -1,0 +1,237 @@
+"""Orbax checkpoints of a stage's train state plus the input position: the writer
+(`Checkpointer`) and the readers (newest step, parameters only, the raw state).
+
+Each step directory holds `state` (the sharded train state, written by every process) and
+`data` (the process-0 JSON position of the input iterator). Saves are asynchronous (only the
+device-to-host copy blocks), atomic (Orbax writes to a temporary directory and renames), and
+the last `keep` steps are kept. Unfinished saves are ignored on restore.
+
+Restoring takes the *target* shardings, so a run saved on one mesh restores onto another.
+
+Sampling and export need only the parameters: `restore_params` restores just that subtree with
+Orbax's partial restore (no optimizer state is built, read or held in memory): the EMA
+(`ema_params`) when the checkpoint holds a non-empty one, else `params`; `which` can insist on
+one of them ('ema' / 'raw'). Missing checkpoints raise `MissingCheckpoint` with the command
+that trains the stage.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  def __init__(self, directory: str, cfg):
+    self.directory = os.path.abspath(directory)
+    self.every_steps = int(cfg.every_steps)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=int(cfg.every_steps), max_to_keep=int(cfg.keep),
+        enable_async_checkpointing=bool(cfg.async_save), create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return step % self.every_steps == 0
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once the cluster announced a preemption (multi-process only)."""
+    return jax.process_count() > 1 and self.manager.reached_preemption(step)
+
+  def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
+    return self.manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data=ocp.args.JsonSave(data_state)), force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """`abstract_state`: ShapeDtypeStructs carrying the target shardings."""
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      data=ocp.args.JsonRestore()))
+    return out.state, dict(out.data)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+# Which parameters of a checkpoint: 'auto' = the EMA when there is one, else the raw ones.
+PARAM_CHOICES = ("auto", "ema", "raw")
+
+
+class MissingCheckpoint(FileNotFoundError):
+  """No finished checkpoint where a stage's parameters were expected."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def train_command(config_name: str, workdir: str) -> str:
+  """The command that trains a stage into `workdir` (for error messages)."""
+  name = config_name if config_name.endswith(".py") else f"configs/{config_name}.py"
+  return f"python -m muse_jax.train --config={name} --workdir={workdir}"
+
+
+def finished_steps(workdir: str) -> list[int]:
+  """The finished steps in WORKDIR/checkpoints (Orbax's own listing), oldest first."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.step.checkpoint_steps(directory))
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  """Newest finished step in WORKDIR/checkpoints, or None."""
+  steps = finished_steps(workdir)
+  return steps[-1] if steps else None
+
+
+def require_step(workdir: str, config_name: str, what: str, step: Optional[int] = None) -> int:
+  """`step` (or the newest one) if it exists in WORKDIR/checkpoints, else MissingCheckpoint."""
+  directory = checkpoint_dir(workdir)
+  if not workdir:
+    raise MissingCheckpoint(f"no workdir given for the {what} stage; set "
+                            f"--config.pipeline.{what}.workdir=DIR (trained with "
+                            f"{train_command(config_name, 'DIR')})")
+  steps = finished_steps(workdir)
+  if not steps:
+    raise MissingCheckpoint(f"no checkpoint in {directory}; train the {what} stage first with "
+                            f"{train_command(config_name, workdir)}")
+  if step is None:
+    return steps[-1]
+  if int(step) not in steps:
+    raise MissingCheckpoint(f"no checkpoint for step {step} in {directory} (newest: "
+                            f"{steps[-1]})")
+  return int(step)
+
+
+def _quiet_absl():
+  """Orbax logs a warning for metadata files that this kind of checkpoint never has."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  return logger, level
+
+
+def restore_params(workdir: str, abstract: Any, *, what: str, step: Optional[int] = None,
+                   which: str = "auto", mesh: Optional[Mesh] = None,
+                   config_name: str = "") -> tuple[Any, int, str]:
+  """Restores only the parameters of a stage from `workdir`.
+
+  Args:
+    workdir: the training workdir (holds checkpoints/).
+    abstract: the stage model's abstract parameters (shapes and dtypes to restore into).
+    what: the stage's role in messages ('base', 'sr', 'vq_lo', ...).
+    step: a specific step; None = the newest finished one.
+    which: 'auto' (the EMA when the checkpoint holds one, else the raw params), 'ema' (an
+      error without one) or 'raw' (the trained params, never the EMA).
+    mesh: parameters are replicated over it; None = the first local device only.
+    config_name: the training config's name, for the "train it with ..." hint.
+
+  Returns:
+    (params as a nested dict of jax.Arrays, the step restored, 'ema' or 'raw').
+  """
+  if which not in PARAM_CHOICES:
+    raise ValueError(f"which={which!r}; choose one of {', '.join(PARAM_CHOICES)}")
+  step = require_step(workdir, config_name or f"<{what} config>", what, step)
+  path = os.path.join(checkpoint_dir(workdir), str(step), "state")
+  if mesh is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  else:
+    sharding = NamedSharding(mesh, P())
+  checkpointer = ocp.PyTreeCheckpointer()
+  logger, level = _quiet_absl()
+  try:
+    meta = checkpointer.metadata(path).item_metadata
+    tree = getattr(meta, "tree", meta)
+    if not isinstance(tree, dict) or "params" not in tree:
+      raise ValueError(f"{path} holds no `params`; is {workdir} a muse_jax training workdir?")
+    key = _params_key(tree, which, f"{what} checkpoint {path}")
+    _check_shapes(tree[key], abstract, what, workdir)
+    item = {key: abstract}
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=a.shape, dtype=a.dtype),
+        item)
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  finally:
+    logger.setLevel(level)
+  return restored[key], step, "ema" if key == "ema_params" else "raw"
+
+
+def _params_key(tree: dict, which: str, where: str) -> str:
+  """The subtree of a checkpoint's state that `which` (auto / ema / raw) picks."""
+  has_ema = bool(jax.tree.leaves(tree.get("ema_params", {})))
+  if which == "ema" and not has_ema:
+    raise MissingCheckpoint(f"the {where} holds no EMA parameters (the stage keeps none, or "
+                            "its EMA is off); use the raw ones (params=raw or auto)")
+  return "ema_params" if has_ema and which != "raw" else "params"
+
+
+def _check_shapes(saved_tree, abstract, what: str, workdir: str) -> None:
+  """One line naming the first missing, extra or misshapen parameter."""
+  def flat(tree):
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      out[key] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+  saved, want = flat(saved_tree), flat(abstract)
+  missing = sorted(set(want) - set(saved))
+  extra = sorted(set(saved) - set(want))
+  shapes = sorted(k for k in set(want) & set(saved) if want[k] != saved[k])
+  problems = []
+  if missing:
+    problems.append(f"missing {missing[:3]}")
+  if extra:
+    problems.append(f"unexpected {extra[:3]}")
+  if shapes:
+    k = shapes[0]
+    problems.append(f"{k} has shape {saved[k]} but the config needs {want[k]}")
+  if problems:
+    raise ValueError(f"the {what} checkpoint in {workdir} does not match its config: "
+                     f"{'; '.join(problems)}. Give the model settings it was trained with "
+                     "(or train it with this config)")
+
+
+def _int_keys(tree):
+  """Orbax restores nnx.List indices as strings; the model's param dicts use ints."""
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+            for k, v in tree.items()}
+  return tree
+
+
+def restore_raw_params(workdir: str, what: str, hint: str = "give a training workdir") -> dict:
+  """The raw (non-EMA) `params` of WORKDIR's newest checkpoint as host arrays, restored
+  without a target (their shapes are whatever was saved)."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{what}={workdir!r}: no checkpoints/ directory ({hint})")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{what}={workdir!r}: no finished checkpoint in {directory}")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  state = restored.state
+  params = state["params"] if isinstance(state, dict) else state.params
+  return jax.tree.map(np.asarray, _int_keys(params))

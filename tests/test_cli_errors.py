@@ -1,0 +1,42 @@
+"""Every entry point turns a bad config or argument into one line on stderr and exit status 2."""
+import subprocess
+import sys
+
+from tests.training.helpers import REPO, cli_env
+
+CASES = {
+    "train: indivisible batch": (
+        ["muse_jax.train", "--config=configs/tiny.py", "--workdir={tmp}/train",
+         "--config.train.batch_size=12"],
+        "error: train.batch_size=12 is not divisible by the data-parallel size 8"),
+    "precompute": (
+        ["muse_jax.precompute", "--config=configs/shapes_precompute.py",
+         "--workdir={tmp}/pre", "--config.precompute.batch_size=0"],
+        "error: precompute.batch_size=0 must be a positive multiple"),
+    "sample": (
+        ["muse_jax.sample", "--config=configs/pipeline_tiny.py", "--workdir={tmp}/runs",
+         "--config.pipeline.base.config=sr_tiny", "--prompt=a red circle",
+         "--out={tmp}/x.png"],
+        "error: pipeline.base.config='sr_tiny' is a 'sr' config"),
+    "export": (
+        ["muse_jax.export", "--workdir={tmp}/missing", "--out={tmp}/export"],
+        "error: --workdir={tmp}/missing: no such directory"),
+    "demo": (
+        ["muse_jax.demo", "--config=configs/demo_cpu.py", "--workdir={tmp}/demo",
+         "--config.lowres_size=4096"],
+        "error: image_size="),
+}
+
+
+def test_each_entry_point_reports_a_bad_config_in_one_line(tmp_path):
+  procs = {}
+  for name, (args, _) in CASES.items():  # concurrently: each is mostly interpreter start-up
+    cmd = [sys.executable, "-m"] + [a.format(tmp=tmp_path) for a in args]
+    procs[name] = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    want = CASES[name][1].format(tmp=tmp_path)
+    assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith(want), f"{name}:\n{err[-3000:]}"
