@@ -26,7 +26,7 @@ import torch, torch.nn.functional as F, torchvision
 import pytorch_fid.inception as PI
 from safetensors.torch import save_file
 torch.manual_seed(0)
-torch.set_num_threads(2)
+torch.set_num_threads(1)   # two OpenMP threads on two shared, busy cores wait on each other
 nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
 x_raw = nchw(inputs["x_raw"])
 img = nchw(inputs["images"]).float() / 255.0
@@ -68,9 +68,10 @@ with torch.no_grad():
   big = nchw(inputs["big"])
   outputs["pre_big"] = resize01(big).permute(0, 2, 3, 1).numpy()
 
-# pytorch-fid's FID network: its own construction (torchvision Inception3, Mixed blocks swapped
-# for FIDInception*), with the download replaced by our random state dict.
-fid = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=True)
+# pytorch-fid's FID network: its own construction (torchvision Inception3 without its init, as
+# pytorch-fid builds it, Mixed blocks swapped for FIDInception*), with the download replaced by
+# our random state dict.
+fid = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
 for name, block in (("Mixed_5b", PI.FIDInceptionA(192, 32)), ("Mixed_5c", PI.FIDInceptionA(256, 64)),
                     ("Mixed_5d", PI.FIDInceptionA(288, 64)), ("Mixed_6b", PI.FIDInceptionC(768, 128)),
                     ("Mixed_6c", PI.FIDInceptionC(768, 160)), ("Mixed_6d", PI.FIDInceptionC(768, 160)),
