@@ -170,7 +170,7 @@ def test_bad_keys_are_named(reference, tmp_path):
   assert "AuxLogits" not in msg and "fc." not in msg
 
 
-def test_expected_keys_cover_torchvision_layout():
+def test_layout_and_input_checks():
   keys = W.expected_keys()
   assert len(keys) == 94 * 5   # 94 BasicConv2d layers: conv weight + 4 BatchNorm tensors
   assert keys["Conv2d_1a_3x3.conv.weight"][1] == (32, 3, 3, 3)
@@ -180,3 +180,11 @@ def test_expected_keys_cover_torchvision_layout():
   assert n == 27_161_264 - 3_326_696 - 2_049_000
   with pytest.raises(ValueError, match="variant"):
     W.model_def("tf")
+  import jax
+  fm = W.model_def("fid")
+  shape = jax.eval_shape(lambda p, x: fm.bind(p)(x), fm.abstract_params(),
+                         jax.ShapeDtypeStruct((3, 75, 80, 3), np.float32))
+  assert shape.shape == (3, 2048) and shape.dtype == np.float32
+  with pytest.raises(ValueError, match=r"H, W >= 75, got \(1, 74, 80, 3\)"):
+    jax.eval_shape(lambda p, x: fm.bind(p)(x), fm.abstract_params(),
+                   jax.ShapeDtypeStruct((1, 74, 80, 3), np.float32))
