@@ -18,13 +18,12 @@ Two variants (`variant=`), identical in parameters, differing only in the poolin
      (`count_include_pad=False`, TensorFlow's behaviour) and Mixed_7c's branch pool is a
      3x3/1 *max* pool. Mixed_6a/7a (stride-2 max pools, no padding) are unchanged.
 
-Input: NHWC float32 in [-1, 1] (`preprocess`), at least 75 x 75 pixels (the smallest input
-whose stride-2 stages leave a non-empty map). Convolutions run at `Precision.HIGHEST` so that
-GPUs do not use TF32 for them.
+Input: NHWC float32 in [-1, 1] (`muse_jax.models.inception_preprocess.preprocess`), at least
+75 x 75 pixels (the smallest input whose stride-2 stages leave a non-empty map). Convolutions
+run at `Precision.HIGHEST` so that GPUs do not use TF32 for them.
 """
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import nnx
