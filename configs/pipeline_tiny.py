@@ -26,8 +26,8 @@ def get_config():
   p.text_encoder = common_pipeline.common_t5.text_encoder_config("tiny")
   p.text_encoder.update(dict(max_length=8, dtype="float32", param_dtype="float32",
                              output_dtype="float32", weights_format="random"))
-  # Base unrolled (as muse_jax/configs/common_pipeline.py samples), SR scanned: the tests sample with
-  # both.
+  # Base unrolled (as muse_jax/configs/common_pipeline.py samples), SR scanned: the tests
+  # sample with both.
   p.base = common_pipeline.stage_section("tiny", text_dim=32, dtype="float32", attention="xla",
                                          scan_layers=False)
   p.sr = common_pipeline.stage_section("sr_tiny", text_dim=32, lowres_grid_size=4, grid_size=8,

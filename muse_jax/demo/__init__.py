@@ -52,9 +52,10 @@ entries in demo_state.json (or use a new workdir) after changing an earlier stag
 
 Exit status: 0 done; 2 bad config; 3 non-finite loss; 143 stopped by SIGTERM (rerun to resume).
 
-Modules: constants.py (step names, files), stage_configs.py (linking the stage configs), runner.py (`Demo`: state, training
-stages, precompute, the loaded cascade), evaluate.py (samples + detector metrics, edits),
-report.py (metrics.json), images.py (PNG grids), __main__.py (the command line).
+Modules: constants.py (step names, files), stage_configs.py (linking the stage configs),
+runner.py (`Demo`: state, training stages, precompute, the loaded cascade), evaluate.py
+(samples + detector metrics, edits), report.py (metrics.json), images.py (PNG grids),
+__main__.py (the command line).
 """
 from muse_jax.demo.constants import GUIDANCE, METRICS_FILE, SPLITS, STATE_FILE, STEPS  # noqa: F401
 from muse_jax.demo.runner import Demo  # noqa: F401

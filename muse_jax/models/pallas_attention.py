@@ -12,9 +12,9 @@ and writes `[block_q, H]` of the `[B, T, N, H]` output. Blocks must divide the s
 and Triton needs powers of two: `supported()` says whether a shape qualifies.
 
 Differentiable: the backward pass is XLA's (`jax.nn.dot_product_attention`, a recompute), so
-training with it is correct but not fast; the trainers use cuDNN. `pallas_call` is not partitioned by XLA's
-sharding propagation, so under a multi-device `jit` its operands are gathered; the samplers run
-on one device. Off NVIDIA GPUs (or with `interpret=True`) the same kernel is interpreted: the
+training with it is correct but not fast; the trainers use cuDNN. `pallas_call` is not
+partitioned by XLA's sharding propagation, so under a multi-device `jit` its operands are
+gathered; the samplers run on one device. Off NVIDIA GPUs (or with `interpret=True`) the same kernel is interpreted: the
 CPU tests.
 """
 from __future__ import annotations

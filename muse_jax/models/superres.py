@@ -38,44 +38,47 @@ The encoder and the decoder are `transformer.BlockStack`s of the same width, hea
 """
 from __future__ import annotations
 
-import types
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from muse_jax.models import layers as L
-from muse_jax.models.transformer import ACT, BlockStack
+from muse_jax.models.transformer import ACT, BlockStack, TransformerConfig
 from muse_jax.parallel.sharding import constrain
 
-# Keys of `config.model` that a `BlockStack` reads.
-_STACK_KEYS = ("hidden_size", "num_heads", "head_dim", "mlp_dim", "dropout", "attention",
-               "num_layers", "scan_layers", "remat")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SuperResConfig(TransformerConfig):
+  """`config.model` of an sr stage (muse_jax/configs/common_sr.py): the base model's keys plus
+  the low-res grid and encoder."""
+  lowres_grid_size: int
+  lowres_num_layers: int
+  lowres_skip: bool = False
 
 
-def lowres_encoder_config(cfg) -> types.SimpleNamespace:
+def lowres_encoder_config(cfg: SuperResConfig) -> TransformerConfig:
   """The `BlockStack` settings of the low-res encoder: the model's, with its own depth."""
-  values = {k: cfg[k] for k in _STACK_KEYS}
-  values["num_layers"] = int(cfg.lowres_num_layers)
-  values["fp8_matmuls"] = bool(getattr(cfg, "fp8_matmuls", False))
-  return types.SimpleNamespace(**values)
+  base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TransformerConfig)}
+  return TransformerConfig(**{**base, "num_layers": int(cfg.lowres_num_layers)})
 
 
 class SuperResTransformer(nnx.Module):
   """Muse SR model: high-res masked token prediction given low-res tokens and text.
 
-  `cfg` is `config.model` of an `sr` config (muse_jax/configs/common_sr.py): the base model's keys plus
-  `lowres_grid_size` and `lowres_num_layers`. Both token grids use `codebook_size` codes.
+  `cfg` is the typed `model` section of an `sr` config (muse_jax/configs/common_sr.py): the base
+  model's keys plus `lowres_grid_size` and `lowres_num_layers`. Both token grids use
+  `codebook_size` codes.
   """
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: SuperResConfig, *, rngs: nnx.Rngs):
     p = L.Precision.from_names(cfg.dtype, cfg.param_dtype)
     self.precision = p
     d = int(cfg.hidden_size)
     self.mask_id = int(cfg.codebook_size)
     self.seq_len = int(cfg.grid_size) ** 2
     self.lowres_len = int(cfg.lowres_grid_size) ** 2
-    self.lowres_skip = bool(cfg.get("lowres_skip", False))
+    self.lowres_skip = bool(cfg.lowres_skip)
     if self.lowres_skip and int(cfg.grid_size) % int(cfg.lowres_grid_size):
       raise ValueError(f"model.lowres_skip needs grid_size ({cfg.grid_size}) to be a multiple of "
                        f"lowres_grid_size ({cfg.lowres_grid_size})")

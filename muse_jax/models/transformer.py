@@ -18,6 +18,9 @@ on an H200 at 16 layers (base_632m), slower at 48 (base_3b) (python benchmarks/t
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -36,6 +39,46 @@ REMAT_POLICIES = {
 ACT = ("act_batch", "act_length", "act_embed")
 
 
+def fields_from_config(cls, cfg, section: str = "model") -> dict[str, Any]:
+  """The dataclass fields of `cls` from a ConfigDict/dict section; unknown keys are errors.
+
+  Lists become tuples (config.json has no tuples)."""
+  if isinstance(cfg, cls):
+    return dataclasses.asdict(cfg)
+  d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+  names = {f.name for f in dataclasses.fields(cls)}
+  extra = sorted(set(d) - names)
+  if extra:
+    raise ValueError(f"{section} config: unknown keys {extra}; valid keys are {sorted(names)}")
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """`config.model` of a base stage (muse_jax/configs/common.py documents each key)."""
+  codebook_size: int
+  grid_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  text_dim: int
+  text_length: int
+  dropout: float = 0.0
+  attention: str = "xla"
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  remat: str = "none"
+  scan_layers: bool = True
+  fp8_matmuls: bool = False  # sampling only: muse_jax/models/fp8.py
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any] | Any):
+    """From the `model` section (ConfigDict or dict); unknown keys are errors."""
+    return cls(**fields_from_config(cls, cfg))
+
+
 def _dropout(x, rate, key):
   if key is None or rate == 0.0:
     return x
@@ -49,7 +92,7 @@ class Block(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs, precision: L.Precision, cross: bool = True):
     d = cfg.hidden_size
     kw = dict(rngs=rngs, precision=precision)
-    fp8 = bool(getattr(cfg, "fp8_matmuls", False))  # sampling only: muse_jax/models/fp8.py
+    fp8 = bool(cfg.fp8_matmuls)  # sampling only: muse_jax/models/fp8.py
     if fp8:
       check_fp8_width(d)
     # With fp8, the norms feeding the e4m3 projections have their gains folded into the kernels.
@@ -81,7 +124,8 @@ class Block(nnx.Module):
 class BlockStack(nnx.Module):
   """`num_layers` blocks with stacked parameters, run by scan or an unrolled loop."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs, precision: L.Precision, cross: bool = True):
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, precision: L.Precision,
+               cross: bool = True):
     self.num_layers = int(cfg.num_layers)
     self.scan = bool(cfg.scan_layers)
     if cfg.remat not in REMAT_POLICIES:
@@ -158,7 +202,7 @@ class BlockStack(nnx.Module):
 class MaskedTransformer(nnx.Module):
   """Muse base model: text-conditioned masked token prediction over a VQ codebook."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     p = L.Precision.from_names(cfg.dtype, cfg.param_dtype)
     self.precision = p

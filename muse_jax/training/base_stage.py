@@ -6,7 +6,7 @@ import numpy as np
 from muse_jax.configs import common
 from muse_jax.data.batch import Feature
 from muse_jax.data.token_sources import make_source
-from muse_jax.models.transformer import MaskedTransformer
+from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
 from muse_jax.training.flops import base_transformer_train_flops
 from muse_jax.training.masked_stage import MaskedTokenStage
 
@@ -20,7 +20,7 @@ class BaseStage(MaskedTokenStage):
 
   @staticmethod
   def make_model(config, rngs):
-    return MaskedTransformer(config.model, rngs=rngs)
+    return MaskedTransformer(TransformerConfig.from_config(config.model), rngs=rngs)
 
   def apply_model(self, model, inputs, dropout_key):
     return model(inputs["tokens"], inputs["text"], inputs["text_len"], dropout_key=dropout_key)

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax.configs.checks import ConfigError, check_transformer
 from muse_jax.models.functional import functionalize
-from muse_jax.models.transformer import REMAT_POLICIES
+from muse_jax.models.transformer import REMAT_POLICIES, TransformerConfig
 from muse_jax.parallel import sharding as shd
 from muse_jax.training import masking
 from muse_jax.training.losses import masked_cross_entropy_sums
@@ -38,11 +38,16 @@ class MaskedTokenStage(Stage):
   """Subclasses define the model, how it is called on a batch, and the batch format."""
 
   target_key = "tokens"
+  model_config_class = TransformerConfig  # the typed `model` section the model is built from
 
   @classmethod
   def validate(cls, config):
     m = config.model
     check_transformer(m)
+    try:
+      cls.model_config_class.from_config(m)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(str(e)) from e
     if m.remat not in REMAT_POLICIES:
       raise ConfigError(f"model.remat={m.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
     if m.get("fp8_matmuls", False):

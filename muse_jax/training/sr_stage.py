@@ -16,7 +16,7 @@ from muse_jax.configs import common_sr
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data.batch import Feature
 from muse_jax.data.token_sources import make_source
-from muse_jax.models.superres import SuperResTransformer
+from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.training.flops import block_forward_flops
 from muse_jax.training.masked_stage import MaskedTokenStage
 
@@ -55,6 +55,7 @@ def sr_transformer_train_flops(cfg) -> float:
 
 class SuperResStage(MaskedTokenStage):
   name = "sr"
+  model_config_class = SuperResConfig
 
   @classmethod
   def reference_config(cls):
@@ -67,7 +68,7 @@ class SuperResStage(MaskedTokenStage):
 
   @staticmethod
   def make_model(config, rngs):
-    return SuperResTransformer(config.model, rngs=rngs)
+    return SuperResTransformer(SuperResConfig.from_config(config.model), rngs=rngs)
 
   def apply_model(self, model, inputs, dropout_key):
     return model(inputs["tokens"], inputs["tokens_lo"], inputs["text"], inputs["text_len"],

@@ -123,7 +123,8 @@ def test_shapes_detector_and_sources_import_without_tensorflow():
   import subprocess
   import sys
   code = ("import sys; sys.modules['tensorflow'] = None; "
-          "import muse_jax.data.shapes.dataset, muse_jax.data.raw_sources, muse_jax.data.preprocess; "
+          "import muse_jax.data.shapes.dataset, muse_jax.data.raw_sources; "
+          "import muse_jax.data.preprocess; "
           "import muse_jax.evaluation.compositional; from muse_jax.configs import common_data; "
           "c = common_data.data_config(); c.resolutions = (32,); c.shapes.num_train = 2; "
           "assert len(list(muse_jax.data.raw_sources.iterate_examples(c))) == 2")

@@ -12,7 +12,7 @@ from configs import sr_268m, sr_tiny
 from muse_jax.configs import common_sr
 from muse_jax.configs.checks import ConfigError
 from muse_jax.models.functional import functionalize
-from muse_jax.models.superres import SuperResTransformer
+from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.training.registry import validate
 from muse_jax.training.sr_stage import check_superres, sr_transformer_train_flops
 
@@ -21,7 +21,8 @@ def build(**model):
   """(config, FunctionalModel) of sr_tiny with `model` overrides."""
   c = sr_tiny.get_config()
   c.model.update(model)
-  fm, _ = functionalize(lambda r: SuperResTransformer(c.model, rngs=r))
+  fm, _ = functionalize(
+      lambda r: SuperResTransformer(SuperResConfig.from_config(c.model), rngs=r))
   return c, fm
 
 
@@ -62,7 +63,8 @@ def tiny():
 
 
 def n_params(c):
-  fm, _ = functionalize(lambda r: SuperResTransformer(c.model, rngs=r))
+  fm, _ = functionalize(
+      lambda r: SuperResTransformer(SuperResConfig.from_config(c.model), rngs=r))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(fm.abstract_params()))
 
 

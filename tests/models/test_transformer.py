@@ -5,13 +5,17 @@ import pytest
 
 from configs import base_3b, base_632m, tiny
 from muse_jax.models.functional import functionalize
-from muse_jax.models.transformer import MaskedTransformer
+from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
+
+
+def model_fn(c):
+  return lambda r: MaskedTransformer(TransformerConfig.from_config(c.model), rngs=r)
 
 
 def build(**model):
   c = tiny.get_config()
   c.model.update(model)
-  fm, init = functionalize(lambda r: MaskedTransformer(c.model, rngs=r))
+  fm, init = functionalize(model_fn(c))
   return c, fm, init(jax.random.key(0))
 
 
@@ -26,8 +30,17 @@ def inputs(c, b=3, seed=1):
 
 def n_params(cfg_module):
   c = cfg_module.get_config()
-  fm, _ = functionalize(lambda r: MaskedTransformer(c.model, rngs=r))
+  fm, _ = functionalize(model_fn(c))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(fm.abstract_params()))
+
+
+def test_the_typed_config_takes_exactly_the_model_section():
+  c = tiny.get_config()
+  cfg = TransformerConfig.from_config(c.model)
+  assert (cfg.hidden_size, cfg.remat, cfg.scan_layers) == (32, "none", True)
+  assert TransformerConfig.from_config(c.model.to_dict()) == cfg  # config.json's dicts
+  with pytest.raises(ValueError, match=r"unknown keys \['hiden_size'\]"):
+    TransformerConfig.from_config({**c.model.to_dict(), "hiden_size": 3})
 
 
 def test_documented_parameter_counts():
