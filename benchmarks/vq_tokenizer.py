@@ -1,8 +1,8 @@
 """Tokenizer throughput: encode and decode images/s at 256 and 512 px, and train-step time.
 
-  python benchmarks/tokenizer.py                      # f16 at 256, f8 at 512 (accelerator)
-  python benchmarks/tokenizer.py --tiny --batch=8     # seconds on CPU
-  python benchmarks/tokenizer.py --config=amused --batch=16
+  python benchmarks/vq_tokenizer.py                      # f16 at 256, f8 at 512 (accelerator)
+  python benchmarks/vq_tokenizer.py --tiny --batch=8     # seconds on CPU
+  python benchmarks/vq_tokenizer.py --config=amused --batch=16
 
 Prints one table row per (config, resolution): encode and decode images/s (jitted, batch
 sharded over all devices, after a warm-up call) and, with --train, the mean vqgan train-step
