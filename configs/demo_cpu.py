@@ -15,14 +15,8 @@ muse_jax.demo. `sampling` is muse_jax/configs/common_sampling.py; `eval` and `ed
 """
 import ml_collections
 
-from muse_jax.configs import (
-  common,
-  common_data,
-  common_sampling,
-  common_sr,
-  common_t5,
-  common_vqgan,
-)
+from muse_jax.configs import (common, common_data, common_sampling, common_sr, common_t5,
+                              common_vqgan)
 
 
 def vqgan_config():

@@ -1,10 +1,16 @@
 r"""Sample or edit images with a trained Muse cascade (base -> SR -> VQ decode).
 
+  python -m muse_jax.sample --base=RUNS/base [--sr=RUNS/sr] --prompt "a red cube" --out cube.png
   python -m muse_jax.sample --config=muse_jax/configs/common_pipeline.py --workdir=RUNS \
       --prompt "a red cube on a blue sphere" [--negative_prompt "blurry"] --out cube.png \
       [--seed=0 --num_images=4 --guidance=4 --steps=24 --sr_steps=8 --config.a.b=value ...]
 
-The config's `pipeline` section names each stage's training config and workdir
+With --base (no config file): each stage is read from its training workdir's config.json; the
+text encoder, its sentencepiece model and the VQ tokenizers are the ones the base stage's
+precompute used (its manifest.json), unless --vq_lo, --vq_hi or --spiece_model give others
+(muse_jax/sampling/chain.py). The sampling settings are muse_jax/configs/common_sampling.py's.
+
+With --config, the config's `pipeline` section names each stage's training config and workdir
 (muse_jax/configs/common_pipeline.py); a stage with an empty workdir is read from RUNS/<stage>
 (RUNS/base, RUNS/sr, RUNS/vq_lo, RUNS/vq_hi). Only the parameters of each checkpoint are
 loaded (the EMA when there is one). Disable super-resolution with --config.pipeline.sr.config=''.
@@ -52,7 +58,15 @@ flags.DEFINE_string("image", None, "Input image for --edit.")
 flags.DEFINE_string("mask", None, "Mask image for --edit (white = regenerate / editable).")
 flags.DEFINE_string("outpaint_pad", None, "Border to generate for --edit=outpaint, in output "
                     "pixels: one value for all sides or TOP,LEFT,BOTTOM,RIGHT.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_string("base", None, "The base stage's training workdir (or export): sample without "
+                    "a config file (instead of --config).")
+flags.DEFINE_string("sr", "", "With --base: the SR stage's workdir ('' = base only).")
+flags.DEFINE_string("vq_lo", "", "With --base: the low-res tokenizer's workdir (default: the "
+                    "one the base stage's precompute used).")
+flags.DEFINE_string("vq_hi", "", "With --base and --sr: the high-res tokenizer's workdir "
+                    "(default: the one the precompute used for the SR tokens).")
+flags.DEFINE_string("spiece_model", "", "With --base: the text tokenizer (default: the "
+                    "precompute's).")
 FLAGS = flags.FLAGS
 
 EXIT_USAGE = 2
@@ -138,12 +152,24 @@ def check_flags():
       raise UsageError(f"--{name}={path}: no such file")
 
 
-def run(config):
+def pipeline_config():
+  """The sampling config: --config's, or one built from the --base chain of workdirs."""
+  from muse_jax.sampling import chain
+  if (FLAGS.config is None) == (FLAGS.base is None):
+    raise UsageError("give either --config=FILE (with --workdir) or --base=WORKDIR")
+  if FLAGS.config is not None:
+    return FLAGS.config
+  return chain.pipeline_config(FLAGS.base, sr=FLAGS.sr, vq_lo=FLAGS.vq_lo, vq_hi=FLAGS.vq_hi,
+                               spiece_model=FLAGS.spiece_model)
+
+
+def run():
   import numpy as np
 
   from muse_jax.sampling.image_io import load_image, load_mask, save_images
   from muse_jax.sampling.pipeline import Pipeline
   check_flags()
+  config = pipeline_config()
   apply_flags(config)
   seed = int(config.seed if FLAGS.seed is None else FLAGS.seed)
   prompts = [p for p in FLAGS.prompt for _ in range(FLAGS.num_images)]
@@ -187,7 +213,7 @@ def main(argv):
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
   from muse_jax.workdir.checkpoints import MissingCheckpoint
   try:
-    run(FLAGS.config)
+    run()
   except MissingCheckpoint as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_MISSING_CHECKPOINT)

@@ -17,12 +17,8 @@ from muse_jax.training.registry import stage_model
 from muse_jax.weights.safetensors_io import SafetensorsReader, WeightsError
 from muse_jax.workdir import export_io
 from muse_jax.workdir.checkpoints import MissingCheckpoint
-from tests.sampling.test_pipeline import (
-  make_tiny_run,
-  random_params,
-  save_random_stage,
-  spiece,  # noqa: F401 (spiece: fixture)
-)
+from tests.sampling.test_pipeline import (make_tiny_run, random_params, save_random_stage,
+                                          spiece)  # noqa: F401 (spiece: fixture)
 from tests.training.helpers import REPO, cli_env, flat
 
 

@@ -34,12 +34,8 @@ from muse_jax.models import t5
 from muse_jax.models.functional import functionalize
 from muse_jax.models.layers import Precision
 from muse_jax.parallel.mesh import make_mesh
-from muse_jax.parallel.sharding import (
-  DEFAULT_RULES,
-  activation_rules,
-  named_sharding,
-  tree_shardings,
-)
+from muse_jax.parallel.sharding import (DEFAULT_RULES, activation_rules, named_sharding,
+                                        tree_shardings)
 from muse_jax.weights.t5_hf import iter_hf_params
 from muse_jax.weights.t5x import iter_t5x_params
 

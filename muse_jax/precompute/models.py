@@ -4,8 +4,8 @@
 embeddings, with the batch sharded over the mesh (a global batch in multi-process runs).
 
 Models are built from config: `tokenizer.weights` = '' initialises the VQ tokenizer randomly
-from `tokenizer.seed` (tests, benchmarks, demos), otherwise it is a vqgan workdir or a
-diffusers VQModel; the text encoder follows `text_encoder` (muse_jax/configs/common_t5.py).
+from `tokenizer.seed` (tests, benchmarks, demos), otherwise it is a vqgan workdir (whose saved
+config.json gives the model's shapes) or a diffusers VQModel; the text encoder follows `text_encoder` (muse_jax/configs/common_t5.py).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from muse_jax.encoders.text_encoder import TextEncoder
 from muse_jax.encoders.vq_tokenizer import VQTokenizer, load_vq_params
 from muse_jax.models import vqgan as V
 from muse_jax.models.functional import functionalize
+from muse_jax.workdir.saved_config import adopt_saved_model_config
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,20 @@ class Models:
     return out
 
 
+def tokenizer_model_config(section, name: str) -> V.VQGANConfig:
+  """The tokenizer's model: `section.model`, with the shape keys that the trainer saved in the
+  weights workdir's config.json (those are what its checkpoint holds)."""
+  model = ml_collections.ConfigDict({"model": section.model.to_dict()})
+  if section.weights:
+    changed = adopt_saved_model_config(model, str(section.weights))
+    if changed:
+      log.warning("%s: model keys %s follow %s/config.json", name, ", ".join(changed),
+                  section.weights)
+  return V.VQGANConfig.from_config(model.model)
+
+
 def _vq_tokenizer(section, mesh, name: str):
-  cfg = V.VQGANConfig.from_config(section.model)
+  cfg = tokenizer_model_config(section, name)
   if section.weights:
     params = load_vq_params(section.weights, cfg, what=f"{name}.weights")
   else:

@@ -23,11 +23,8 @@ from muse_jax.encoders.vq_tokenizer import VQTokenizer
 from muse_jax.models import fp8, vqgan as V
 from muse_jax.training.registry import stage_model
 from muse_jax.workdir import checkpoints, export_io
-from muse_jax.workdir.saved_config import (
-  RUNTIME_MODEL_KEYS,
-  adopt_saved_model_config,
-  stored_config,
-)
+from muse_jax.workdir.saved_config import (RUNTIME_MODEL_KEYS, adopt_saved_model_config,
+                                           load_saved_config, saved_config, stored_config)
 
 TRANSFORMER_STAGES = ("base", "sr")
 
@@ -53,10 +50,18 @@ def stage_workdir(section, name: str, root: Optional[str]) -> str:
 def stage_config(section, workdir: str = "") -> ml_collections.ConfigDict:
   """The training config of one pipeline stage, with the section's model overrides applied.
 
-  When `workdir` holds the trainer's config.json, its shape-defining model keys win (the
-  checkpoint was trained with them); runtime keys (dtype, attention, ...) follow the section.
+  The config is the named one (`section.config`), or, when that is empty, the workdir's own
+  config.json (what the trainer saved). When `workdir` holds the trainer's config.json, its
+  shape-defining model keys win (the checkpoint was trained with them); runtime keys (dtype,
+  attention, ...) follow the section.
   """
-  config = config_from_name(str(section.config))
+  if section.config:
+    config = config_from_name(str(section.config))
+  elif workdir and saved_config(workdir) is not None:
+    config = load_saved_config(workdir)
+  else:
+    raise ValueError(f"a pipeline stage with workdir={workdir!r} names no training config and "
+                     "that workdir holds no config.json: give its config or a trained workdir")
   with config.unlocked():
     for key, value in section.model.items():
       if key not in config.model:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from muse_jax.encoders.text_encoder import TextEncoder
-from muse_jax.sampling import editing, parallel_decode
+from muse_jax.sampling import chain, editing, parallel_decode
 from muse_jax.sampling.image_io import as_bool_masks, as_float_images, resize_images
 from muse_jax.sampling.loading import LoadedStage, load_transformer, load_vq, single_device_mesh
 
@@ -92,7 +92,7 @@ class Pipeline:
     """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>."""
     p = config.pipeline
     mesh = single_device_mesh()
-    use_sr = bool(p.sr.config)
+    use_sr = bool(p.sr.config or p.sr.workdir)
     # Checkpoints first: a missing one should fail before T5 is loaded.
     base = load_transformer(p.base, "base", workdir)
     sr = load_transformer(p.sr, "sr", workdir) if use_sr else None
@@ -108,6 +108,15 @@ class Pipeline:
       raise ValueError("pipeline.text_encoder.spiece_model is empty: give the sentencepiece "
                        "model the training shards were precomputed with (T5's spiece.model)")
     return cls(config.sampling, text_encoder, vq_lo, base, sr, vq_hi, rng_impl=rng_impl)
+
+  @classmethod
+  def from_workdirs(cls, base: str, *, sr: str = "", vq_lo: str = "", vq_hi: str = "",
+                    spiece_model: str = "", rng_impl: Optional[str] = None) -> "Pipeline":
+    """The cascade of trained stage workdirs, with no config file (muse_jax/sampling/chain.py:
+    the text encoder and tokenizers follow the base stage's precompute unless given)."""
+    config = chain.pipeline_config(base, sr=sr, vq_lo=vq_lo, vq_hi=vq_hi,
+                                   spiece_model=spiece_model)
+    return cls.from_config(config, rng_impl=rng_impl)
 
   # --- shapes ------------------------------------------------------------------------------
 

@@ -34,16 +34,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from muse_jax.data.shapes.grammar import (
-  COLOURS,
-  MAX_COUNT,
-  POSITIONS,
-  RELATIONS,
-  SHAPES,
-  Group,
-  Scene,
-  scene_to_caption,
-)
+from muse_jax.data.shapes.grammar import (COLOURS, MAX_COUNT, POSITIONS, RELATIONS, SHAPES, Group,
+                                          Scene, scene_to_caption)
 from muse_jax.data.shapes.layout import ShapeObject, layout_scene
 from muse_jax.data.shapes.render import render
 
