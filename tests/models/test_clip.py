@@ -60,25 +60,33 @@ for name, (kwargs, sharded) in cases.items():
       elif "norm" in n or n.endswith(".bias"):
         p.copy_(0.2 * torch.randn_like(p))
     model.logit_scale.fill_(1.5)
-  model.save_pretrained(os.path.join(out_dir, name), **({"max_shard_size": "40KB"} if sharded else {}))
+  model.save_pretrained(os.path.join(out_dir, name),
+                        **({"max_shard_size": "40KB"} if sharded else {}))
   nchw = torch.from_numpy(inputs[name + "_pixels"]).permute(0, 3, 1, 2)
   ids = torch.from_numpy(inputs[name + "_ids"]).long()
   mask = torch.from_numpy(inputs[name + "_mask"]).long()
   with torch.no_grad():
     outputs[name + "_image"] = model.get_image_features(pixel_values=nchw).pooler_output.numpy()
-    outputs[name + "_text"] = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output.numpy()
-    outputs[name + "_logits"] = model(input_ids=ids, pixel_values=nchw, attention_mask=mask).logits_per_image.numpy()
+    text = model.get_text_features(input_ids=ids, attention_mask=mask)
+    outputs[name + "_text"] = text.pooler_output.numpy()
+    both = model(input_ids=ids, pixel_values=nchw, attention_mask=mask)
+    outputs[name + "_logits"] = both.logits_per_image.numpy()
     s = kwargs["vision_config"]["image_size"]
     proc = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
     pix = proc(images=list(inputs["small_uint8"]), return_tensors="pt")["pixel_values"]
     outputs[name + "_from_uint8"] = model.get_image_features(pixel_values=pix).pooler_output.numpy()
 
+def nhwc(t):
+  return t.permute(0, 2, 3, 1).numpy()
+
 proc = CLIPImageProcessor()
 for key in ("square", "wide", "tall"):
-  outputs["proc_" + key] = proc(images=list(inputs[key]), return_tensors="pt")["pixel_values"].permute(0, 2, 3, 1).numpy()
-outputs["proc_float"] = proc(images=list(inputs["float"]), do_rescale=False, return_tensors="pt")["pixel_values"].permute(0, 2, 3, 1).numpy()
+  outputs["proc_" + key] = nhwc(proc(images=list(inputs[key]), return_tensors="pt")["pixel_values"])
+floats = proc(images=list(inputs["float"]), do_rescale=False, return_tensors="pt")
+outputs["proc_float"] = nhwc(floats["pixel_values"])
 up = torch.from_numpy(inputs["float_small"]).permute(0, 3, 1, 2)
-outputs["up"] = F.interpolate(up, size=(224, 336), mode="bicubic", antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
+outputs["up"] = nhwc(F.interpolate(up, size=(224, 336), mode="bicubic", antialias=True,
+                                   align_corners=False))
 """
 
 
