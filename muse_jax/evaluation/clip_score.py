@@ -20,8 +20,15 @@ max(cos_i, 0). Batches, shards and processes merge by adding these three (`merge
 score of the union equals the score computed in one pass. Embeddings are validated: two
 [N, D] floating arrays of one shape, finite, with non-zero norms.
 
-`ClipScorer` puts it together for a loaded CLIP (`muse_jax.weights.clip.load_clip`): images
-and token ids in, statistics out.
+`ClipScorer` puts it together for a loaded CLIP: images and token ids in, statistics out.
+With a Hugging Face CLIP directory (model.safetensors, config.json, vocab.json, merges.txt):
+  cfg, params = muse_jax.weights.clip.load_clip(d)
+  tok = muse_jax.encoders.clip_tokenizer.CLIPTokenizer.from_dir(d)   # max_length 77
+  scorer = ClipScorer(params, cfg)
+  for images, captions in batches:          # images [B, H, W, 3] uint8 or float in [0, 1]
+    t = tok(captions)
+    scorer.update(images, t.ids, t.mask)
+  scorer.stats.clip_score(), scorer.stats.mean_cosine()
 """
 from __future__ import annotations
 
