@@ -8,11 +8,15 @@ A T5X checkpoint directory (e.g. `t5_1_1_xxl/checkpoint_1000000/`) holds
   (e.g. `target.encoder.layers_0.attention.query.kernel/`).
 
 Security: a spec inside a downloaded file could name any driver and any path (another file on
-the machine, a network store). We never pass a stored spec to TensorStore. From each spec we
-take only its relative path (`kvstore.path`, or the older top-level `path`), refuse anything
-absolute, containing `..`, carrying a URL scheme, or resolving (through symlinks) outside the
-checkpoint directory, and open a spec we build ourselves: the `zarr` driver on the local
-`file` kvstore at that path, read-only. Nothing is unpickled; msgpack is data-only.
+the machine, a network store), and a file inside the directory could be a symlink to anywhere.
+We never pass a stored spec to TensorStore. From each spec we take only its relative path
+(`kvstore.path`, or the older top-level `path`) and refuse anything absolute, containing `..`
+or carrying a URL scheme. Every file is opened by this module, and only after its path,
+symlinks followed, is found inside the checkpoint directory: the `checkpoint` file, each
+array's `.zarray` and each chunk its metadata implies. TensorStore only decodes, from an
+in-memory store we fill with those bytes, so it never opens a file itself. A chunk file that is
+missing is an error naming it: T5X writes every chunk (it sets no fill value), so a missing one
+is a lost file, not a constant block. Nothing is unpickled; msgpack is data-only.
 
 T5X names and layouts (under `target/`), with the muse_jax destination:
   token_embedder/embedding                      [vocab, embed]        -> same
@@ -26,6 +30,8 @@ The decoder and optimizer state are never read.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 from typing import Any, Iterator
@@ -87,8 +93,11 @@ def read_checkpoint_tree(checkpoint_dir: str) -> dict[str, Any]:
   path = os.path.join(checkpoint_dir, "checkpoint")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no T5X `checkpoint` file in {checkpoint_dir}")
-  with open(path, "rb") as fh:
-    state = serialization.msgpack_restore(fh.read())
+  blob = _read_inside(os.path.realpath(checkpoint_dir), path, "checkpoint file")
+  try:
+    state = serialization.msgpack_restore(blob)
+  except Exception as e:  # msgpack raises several unrelated types on malformed input
+    raise WeightsError(f"{path}: not a msgpack T5X checkpoint ({_first_line(e)})") from None
   if not isinstance(state, dict):
     raise WeightsError(f"{path}: expected a msgpack map at the top level")
   if isinstance(state.get("optimizer"), dict) and "target" in state["optimizer"]:
@@ -135,14 +144,76 @@ def safe_array_path(checkpoint_dir: str, spec: dict, name: str) -> str:
   return full
 
 
-def _open_zarr(path: str):
-  import tensorstore as ts
-  spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": path}}
-  return ts.open(spec, open=True, read=True, write=False).result()
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_inside(root: str, path: str, what: str) -> bytes:
+  """The bytes of the file at `path`, which must resolve (symlinks followed) inside `root`, a
+  resolved directory; WeightsError naming `what` and the path otherwise, or if it is missing."""
+  real = os.path.realpath(path)
+  if os.path.commonpath([root, real]) != root:
+    raise WeightsError(f"T5X {what}: {path} resolves to {real}, outside the checkpoint "
+                       f"directory {root}")
+  if not os.path.isfile(real):
+    raise WeightsError(f"T5X {what}: {path} is missing")
+  try:
+    # The resolved path has no symlink left; O_NOFOLLOW keeps it so if one appears meanwhile.
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+      return fh.read()
+  except OSError as e:
+    raise WeightsError(f"T5X {what}: cannot read {path} ({e.strerror or e})") from None
+
+
+class _ZarrArray:
+  """A zarr v2 array of the checkpoint whose files this module opens (see the module doc)."""
+
+  def __init__(self, root: str, path: str, name: str):
+    self.root, self.path, self.name = root, path, name
+    meta_path = os.path.join(path, ".zarray")
+    self.meta = _read_inside(root, meta_path, f"array {name} metadata")
+    try:
+      meta = json.loads(self.meta)
+      self.shape = tuple(int(s) for s in meta["shape"])
+      self.chunks = tuple(int(c) for c in meta["chunks"])
+      self.sep = meta.get("dimension_separator") or "."
+    except (ValueError, KeyError, TypeError) as e:
+      raise WeightsError(f"T5X array {name}: {meta_path} is not zarr metadata "
+                         f"({_first_line(e)})") from None
+    if (len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1
+        or self.sep not in (".", "/")):
+      raise WeightsError(f"T5X array {name}: {meta_path} has chunks {self.chunks} for shape "
+                         f"{self.shape} and separator {self.sep!r}")
+
+  def chunk_keys(self) -> list[str]:
+    """Every chunk key the metadata implies (zarr v2: grid indices joined by the separator)."""
+    if not self.shape:
+      return ["0"]
+    grid = [range(-(-s // c)) for s, c in zip(self.shape, self.chunks)]
+    return [self.sep.join(map(str, idx)) for idx in itertools.product(*grid)]
+
+  def read(self) -> np.ndarray:
+    import tensorstore as ts
+    context = ts.Context()  # its memory kvstore is private to this read
+    kv = ts.KvStore.open({"driver": "memory"}, context=context).result()
+    kv.write(".zarray", self.meta).result()
+    for key in self.chunk_keys():
+      blob = _read_inside(self.root, os.path.join(self.path, *key.split("/")),
+                         f"array {self.name} chunk {key}")
+      kv.write(key, blob).result()
+    try:
+      store = ts.open({"driver": "zarr", "kvstore": {"driver": "memory"}}, context=context,
+                      open=True, read=True, write=False).result()
+      return np.asarray(store.read().result())
+    except ValueError as e:  # TensorStore's error type: bad metadata or undecodable chunk
+      raise WeightsError(f"T5X array {self.name}: cannot decode {self.path} "
+                         f"({_first_line(e)})") from None
 
 
 class _Leaf:
-  """A T5X leaf: an inline array or a zarr array we opened ourselves."""
+  """A T5X leaf: an inline array or a zarr array read through `_ZarrArray`."""
 
   def __init__(self, checkpoint_dir: str, name: str, value: Any):
     self.name = name
@@ -150,9 +221,9 @@ class _Leaf:
       path = safe_array_path(checkpoint_dir, value, name)
       if not os.path.isdir(path):
         raise WeightsError(f"T5X array {name}: {path} does not exist")
-      self.store = _open_zarr(path)
+      self.store = _ZarrArray(os.path.realpath(checkpoint_dir), path, name)
       self.array = None
-      self.shape = tuple(int(s) for s in self.store.shape)
+      self.shape = self.store.shape
     else:
       self.store = None
       self.array = np.asarray(value)
@@ -160,7 +231,7 @@ class _Leaf:
 
   def read(self) -> np.ndarray:
     if self.store is not None:
-      return np.asarray(self.store.read().result())
+      return self.store.read()
     return self.array
 
 

@@ -1,6 +1,7 @@
 """T5 weight loading: HF safetensors key checks, T5X checkpoints (msgpack + zarr), safety."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -76,11 +77,12 @@ def _nest(flat):
   return tree
 
 
-def write_t5x(directory, target, inline=(), spec_paths=None):
+def write_t5x(directory, target, inline=(), spec_paths=None, chunking=None):
   """Writes a T5X checkpoint: msgpack `checkpoint` + one gzip zarr dir per array.
 
   Names in `inline` are stored inline in the msgpack; `spec_paths` overrides the relative
-  path stored in a spec (to forge malicious checkpoints).
+  path stored in a spec (to forge malicious checkpoints); `chunking` maps a name to extra
+  zarr metadata (chunks, dimension_separator), one chunk per array otherwise.
   """
   os.makedirs(directory, exist_ok=True)
   leaves = {}
@@ -90,7 +92,7 @@ def write_t5x(directory, target, inline=(), spec_paths=None):
       continue
     rel = "target." + name.replace("/", ".")
     metadata = {"shape": list(arr.shape), "chunks": list(arr.shape), "dtype": "<f4",
-                "compressor": {"id": "gzip", "level": 1}}
+                "compressor": {"id": "gzip", "level": 1}, **(chunking or {}).get(name, {})}
     ts.open({"driver": "zarr", "kvstore": {"driver": "file",
                                            "path": os.path.join(directory, rel)},
              "metadata": metadata}, create=True, delete_existing=True).result().write(
@@ -172,8 +174,14 @@ def test_t5x_matches_safetensors(weights, tmp_path):
   target["encoder/layers_1/attention/key/kernel"] = (
       target["encoder/layers_1/attention/key/kernel"].reshape(32, 3, 8))
   inline = [k for k in target if k.endswith("/scale")]
-  ckpt = write_t5x(str(tmp_path / "checkpoint_1000"), target, inline=inline)
+  # Several chunks, the last one partial; nested chunk keys ("0/1") for another array.
+  chunking = {"token_embedder/embedding": {"chunks": [100, 32]},
+              "encoder/layers_0/mlp/wi_0/kernel": {"chunks": [16, 20],
+                                                   "dimension_separator": "/"}}
+  ckpt = write_t5x(str(tmp_path / "checkpoint_1000"), target, inline=inline, chunking=chunking)
   assert os.path.isdir(os.path.join(ckpt, "target.encoder.layers_0.attention.query.kernel"))
+  assert os.path.isfile(os.path.join(ckpt, "target.token_embedder.embedding", "2.0"))
+  assert os.path.isfile(os.path.join(ckpt, "target.encoder.layers_0.mlp.wi_0.kernel", "1", "2"))
   from_t5x = load_t5x_params(ckpt, CFG)
   from_hf = load_hf_params(str(tmp_path / "model.safetensors"), CFG)
   a, b = _flat(from_t5x), _flat(from_hf)
@@ -235,4 +243,61 @@ def test_t5x_refuses_specs_outside_the_checkpoint(weights, tmp_path, kind):
     with open(os.path.join(ckpt, "checkpoint"), "wb") as f:
       f.write(serialization.msgpack_serialize(state))
   with pytest.raises(WeightsError, match="encoder/layers_0/mlp/wi_0/kernel"):
+    load_t5x_params(ckpt, CFG)
+
+
+EMBEDDING = "target.token_embedder.embedding"
+
+
+def _outside_array(tmp_path, shape):
+  """A zarr array outside the checkpoint, of ones, with one chunk `0.0`."""
+  outside = str(tmp_path / "outside")
+  ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": outside},
+           "metadata": {"shape": list(shape), "chunks": list(shape), "dtype": "<f4",
+                        "compressor": {"id": "gzip", "level": 1}}},
+          create=True).result().write(np.ones(shape, np.float32)).result()
+  return outside
+
+
+@pytest.mark.parametrize("file", ["0.0", ".zarray", "checkpoint"])
+def test_t5x_refuses_files_symlinked_outside_the_checkpoint(weights, tmp_path, file):
+  """The array's directory is inside, but one file in it (or the msgpack) links outside."""
+  ckpt = write_t5x(str(tmp_path / "ckpt"), t5x_target(weights, CFG))
+  outside = _outside_array(tmp_path, (CFG.vocab_size, CFG.d_model))
+  if file == "checkpoint":
+    link, target = os.path.join(ckpt, "checkpoint"), str(tmp_path / "checkpoint.outside")
+    os.replace(link, target)
+  else:
+    link, target = os.path.join(ckpt, EMBEDDING, file), os.path.join(outside, file)
+    os.remove(link)
+  os.symlink(target, link)
+  with pytest.raises(WeightsError, match=re.escape(link) + " resolves to .*outside the checkpoint"):
+    load_t5x_params(ckpt, CFG)
+
+
+@pytest.mark.parametrize("file", ["1.0", ".zarray"])
+def test_t5x_missing_chunk_or_metadata_is_an_error(weights, tmp_path, file):
+  ckpt = write_t5x(str(tmp_path / "ckpt"), t5x_target(weights, CFG),
+                   chunking={"token_embedder/embedding": {"chunks": [100, 32]}})
+  os.remove(os.path.join(ckpt, EMBEDDING, file))
+  with pytest.raises(WeightsError, match=re.escape(os.path.join(ckpt, EMBEDDING, file)) + " is missing"):
+    load_t5x_params(ckpt, CFG)
+
+
+def test_t5x_symlinks_inside_the_checkpoint_are_followed(weights, tmp_path):
+  target = t5x_target(weights, CFG)
+  ckpt = write_t5x(str(tmp_path / "ckpt"), target)
+  chunk = os.path.join(ckpt, EMBEDDING, "0.0")
+  os.replace(chunk, os.path.join(ckpt, "embedding_chunk"))
+  os.symlink("../embedding_chunk", chunk)  # relative, resolving inside the checkpoint
+  loaded = load_t5x_params(ckpt, CFG)
+  np.testing.assert_array_equal(loaded["token_embedder"]["embedding"],
+                                target["token_embedder/embedding"])
+
+
+def test_t5x_undecodable_chunk_names_the_array(weights, tmp_path):
+  ckpt = write_t5x(str(tmp_path / "ckpt"), t5x_target(weights, CFG))
+  with open(os.path.join(ckpt, EMBEDDING, "0.0"), "wb") as f:
+    f.write(b"not gzip")
+  with pytest.raises(WeightsError, match="token_embedder/embedding: cannot decode"):
     load_t5x_params(ckpt, CFG)
