@@ -1,7 +1,9 @@
 """Read safetensors checkpoints (single file or sharded with an index) lazily and safely.
 
 safetensors is data-only (no pickle). Tensors are read one at a time, so converting a large
-checkpoint never holds two full copies in host memory.
+checkpoint never holds two full copies in host memory. A malformed file or index (a header too
+large or not JSON, offsets past the end, an unknown dtype, an index without a weight map or
+naming a missing shard) raises WeightsError with one line naming the file and the problem.
 """
 from __future__ import annotations
 
@@ -9,11 +11,17 @@ import json
 import os
 from typing import Iterator, Mapping
 
+import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, which safetensors asks for
 import numpy as np
 
 
 class WeightsError(ValueError):
   """A checkpoint does not match the model: the message names every offending key."""
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 class SafetensorsReader(Mapping[str, np.ndarray]):
@@ -24,17 +32,23 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
   """
 
   def __init__(self, path: str):
-    from safetensors import safe_open  # local import: optional dependency
+    from safetensors import SafetensorError, safe_open  # local import: optional dependency
     self._safe_open = safe_open
+    # What safetensors raises on a malformed file: its own error for the header and offsets,
+    # TypeError for a dtype numpy lacks, OSError for what the OS refuses.
+    self._errors = (SafetensorError, OSError, TypeError, ValueError)
     self.path = path
     files = self._resolve(path)
     self._where: dict[str, str] = {}
     self._shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
-      with safe_open(f, framework="numpy") as h:
-        for k in h.keys():
-          self._where[k] = f
-          self._shapes[k] = tuple(h.get_slice(k).get_shape())
+      try:
+        with safe_open(f, framework="numpy") as h:
+          for k in h.keys():
+            self._where[k] = f
+            self._shapes[k] = tuple(h.get_slice(k).get_shape())
+      except self._errors as e:
+        raise WeightsError(f"{f}: not a readable safetensors file ({_first_line(e)})") from None
 
   @staticmethod
   def _resolve(path: str) -> list[str]:
@@ -50,11 +64,31 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
             f"{path}: expected one *.safetensors file or a *.safetensors.index.json, found {files}")
       return [os.path.join(path, files[0])]
     if path.endswith(".json"):
-      with open(path) as f:
-        weight_map = json.load(f)["weight_map"]
-      base = os.path.dirname(path)
-      return sorted({os.path.join(base, v) for v in weight_map.values()})
+      return SafetensorsReader._index_files(path)
     return [path]
+
+  @staticmethod
+  def _index_files(path: str) -> list[str]:
+    """The shard files a Hugging Face style index names, each checked to exist beside it."""
+    try:
+      with open(path, "rb") as f:
+        weight_map = json.load(f)["weight_map"]
+      names = set(weight_map.values())
+      if not all(isinstance(n, str) and n for n in names):
+        raise TypeError("its values must be file names")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      why = "no weight_map" if isinstance(e, KeyError) else _first_line(e)
+      raise WeightsError(f"{path}: not a safetensors index ({why})") from None
+    base = os.path.dirname(path)
+    out = []
+    for name in sorted(names):
+      # Shards live beside their index; a name that climbs out of it is not a shard of it.
+      if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise WeightsError(f"{path}: shard name {name!r} is not a file beside the index")
+      if not os.path.isfile(os.path.join(base, name)):
+        raise WeightsError(f"{path}: names shard {name}, which is missing")
+      out.append(os.path.join(base, name))
+    return out
 
   def shape(self, key: str) -> tuple[int, ...]:
     return self._shapes[key]
@@ -62,8 +96,12 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
   def __getitem__(self, key: str) -> np.ndarray:
     if key not in self._where:
       raise KeyError(key)
-    with self._safe_open(self._where[key], framework="numpy") as h:
-      return h.get_tensor(key)
+    file = self._where[key]
+    try:
+      with self._safe_open(file, framework="numpy") as h:
+        return h.get_tensor(key)
+    except self._errors as e:
+      raise WeightsError(f"{file}: cannot read tensor {key} ({_first_line(e)})") from None
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._where)

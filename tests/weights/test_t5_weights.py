@@ -279,8 +279,9 @@ def test_t5x_refuses_files_symlinked_outside_the_checkpoint(weights, tmp_path, f
 def test_t5x_missing_chunk_or_metadata_is_an_error(weights, tmp_path, file):
   ckpt = write_t5x(str(tmp_path / "ckpt"), t5x_target(weights, CFG),
                    chunking={"token_embedder/embedding": {"chunks": [100, 32]}})
-  os.remove(os.path.join(ckpt, EMBEDDING, file))
-  with pytest.raises(WeightsError, match=re.escape(os.path.join(ckpt, EMBEDDING, file)) + " is missing"):
+  gone = os.path.join(ckpt, EMBEDDING, file)
+  os.remove(gone)
+  with pytest.raises(WeightsError, match=re.escape(gone) + " is missing"):
     load_t5x_params(ckpt, CFG)
 
 
