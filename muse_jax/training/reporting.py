@@ -17,6 +17,17 @@ from muse_jax.progress import format_duration, progress_bar
 log = logging.getLogger(__name__)
 
 
+def _record(line: bytes) -> dict | None:
+  """The record a metrics.jsonl line holds, or None when it is not a JSON object with a step."""
+  try:
+    rec = json.loads(line)
+  except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+    return None
+  if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+    return None
+  return rec
+
+
 class Reporter:
   def __init__(self, workdir: str, *, total_steps: int, start_step: int, enabled: bool,
                tensorboard: bool, stream=None):
@@ -42,13 +53,40 @@ class Reporter:
 
   @staticmethod
   def _truncate_after(path: str, step: int):
-    """Drop records past the restored step: a resumed run re-logs them exactly."""
+    """Drop records past the restored step: a resumed run re-logs them exactly.
+
+    The log must never block a resume (the checkpoint, not this file, is the run's state), so
+    lines that are not whole records are dropped with one warning instead of failing:
+    - a torn last line (a crash or a full disk mid-append): a record is one write ending in a
+      newline, and no strict prefix of a JSON object parses, so a last line that is not JSON
+      is torn, and one that parses has lost at most its newline and is kept;
+    - a bad line in the middle (not a JSON object with a step, e.g. a block of NUL bytes left
+      by a crash on some filesystems): the records around it are still good, so only it goes.
+    Dropped lines are appended to `metrics.jsonl.dropped`, so nothing is lost silently. The
+    file is rewritten through a temporary name, so a crash here leaves the old one whole.
+    """
     if not os.path.exists(path):
       return
-    with open(path) as f:
-      keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-      f.writelines(keep)
+    with open(path, "rb") as f:
+      lines = [(n, line) for n, line in enumerate(f.read().split(b"\n"), 1) if line.strip()]
+    keep, bad = [], []
+    for n, line in lines:
+      rec = _record(line)
+      if rec is None:
+        bad.append((n, line))
+      elif rec["step"] <= step:
+        keep.append(line)
+    if bad:
+      with open(path + ".dropped", "ab") as f:
+        f.writelines(line + b"\n" for _, line in bad)
+      where = [f"line {n}" + (" (the last)" if n == lines[-1][0] else "") for n, _ in bad]
+      where = ", ".join(where[:5] + (["..."] if len(where) > 5 else []))
+      log.warning("%s: dropped %d line(s) that are not whole records (%s), saved to %s.dropped",
+                  path, len(bad), where, os.path.basename(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+      f.writelines(line + b"\n" for line in keep)
+    os.replace(tmp, path)
 
   def record(self, step: int, metrics: dict, prefix: str = ""):
     """Every step's scalars to the JSONL log."""

@@ -1,4 +1,6 @@
 """Trainer behaviour on 8 fake CPU devices: overfitting, sharding, NaN stop, mesh restore."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -94,7 +96,8 @@ def test_injected_nan_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path)
   assert Checkpointer(str(tmp_path / "checkpoints"), c.checkpoint).all_steps() == [5]
 
 
-def test_restore_onto_a_different_mesh(tmp_path):
+def test_restore_onto_a_different_mesh(tmp_path, caplog):
+  """Also resumes past a torn last line of metrics.jsonl (a kill mid-append)."""
   def cfg(steps, mesh):
     c = tiny_config(num_steps=steps, batch_size=8)
     c.model.update(dict(num_heads=4, head_dim=8, text_dim=16))
@@ -106,12 +109,18 @@ def test_restore_onto_a_different_mesh(tmp_path):
   eight = dict(data=1, fsdp=4, tensor=2)
   full = train(cfg(6, eight), str(tmp_path / "full"))
   train(cfg(3, eight), str(tmp_path / "moved"))
+  with open(tmp_path / "moved" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "loss": 4.1')
   four = Trainer(cfg(6, dict(data=2, fsdp=1, tensor=2)), str(tmp_path / "moved"),
                  devices=jax.devices()[:4])
   restored, step = four.initial_state()
   assert step == 3
   assert {d.id for d in restored.params["head"]["kernel"].sharding.device_set} == {0, 1, 2, 3}
   moved = four.run()
+  assert "dropped 1 line(s) that are not whole records (line 4 (the last))" in caplog.text
+  log = (tmp_path / "moved" / "metrics.jsonl").read_text()
+  assert log.endswith("\n") and [json.loads(x)["step"] for x in log.splitlines()] == [
+      1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([r["loss"] for r in read_metrics(str(tmp_path / "moved"))],
                              [r["loss"] for r in read_metrics(str(tmp_path / "full"))],
                              rtol=1e-5)
