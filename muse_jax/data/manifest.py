@@ -3,9 +3,11 @@
 `write_manifest` (process 0, at the end of `run_precompute`) combines every process's index
 into WORKDIR/manifest.json; the training input (input_pipeline.py) reads it with `read_manifest`.
 `write_json` writes to a temporary name and renames, so a reader never sees half a file.
+`shard_mismatch` checks a finished shard against its index entry (size, then sha256).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Sequence
@@ -76,3 +78,25 @@ def read_manifest(path: str) -> dict:
     raise ValueError(f"{file}: format_version {m.get('format_version')} is not "
                      f"{FORMAT_VERSION}; rerun precompute with this version")
   return m
+
+
+def sha256_file(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def shard_mismatch(path: str, entry: dict) -> str | None:
+  """Why the shard file at `path` is not the one its index `entry` records, or None.
+
+  The size is compared first, so a truncated file costs no read; then the sha256, which
+  catches changed bytes. Entries written before sizes were recorded are checked by hash only.
+  """
+  try:
+    size = os.path.getsize(path)
+  except FileNotFoundError:
+    return "is missing"
+  if "bytes" in entry and size != int(entry["bytes"]):
+    return f"has {size} bytes, its index entry {int(entry['bytes'])}"
+  if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+    return "does not match the sha256 in its index entry"
+  return None

@@ -7,7 +7,7 @@ each split of the raw source (`muse_jax.data.raw_sources`), and writes:
 
   WORKDIR/shards/{split}-{process:05d}-{shard:05d}.tfrecord   the records (records.py format)
   WORKDIR/index/{split}-{process:05d}-{shard:05d}.json        one per finished shard: records,
-                                                               skips by reason, sha256
+                                                               skips by reason, bytes, sha256
   WORKDIR/index/{split}-{process:05d}.json                     this process finished the split
   WORKDIR/manifest.json        (process 0, at the end) record spec, per-split files and counts
                                (written, seen, skipped by reason), models, config
@@ -19,7 +19,6 @@ shards.py; the models are in models.py, the manifest in muse_jax/data/manifest.p
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import os
@@ -31,7 +30,7 @@ import jax
 
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data import preprocess, raw_sources
-from muse_jax.data.manifest import MANIFEST, write_manifest
+from muse_jax.data.manifest import MANIFEST, sha256_file, write_manifest
 from muse_jax.parallel.mesh import data_parallel_size, make_mesh
 from muse_jax.precompute.models import Models, build_models
 from muse_jax.precompute.shards import SplitWriter, split_data
@@ -139,7 +138,7 @@ def run_precompute(config, workdir: str, *, stream=None,
                        if spec.grid_hi else None),
       "text_encoder": {"size": config.text_encoder.size,
                        "weights": config.text_encoder.weights_path,
-                       "spiece_sha256": _sha256_file(spiece) if spiece else ""},
+                       "spiece_sha256": sha256_file(spiece) if spiece else ""},
   }}
   manifest = write_manifest(workdir, config, spec, tuple(config.precompute.splits),
                             jax.process_count(), extra)
@@ -150,8 +149,3 @@ def run_precompute(config, workdir: str, *, stream=None,
           f"{rates[split]:.1f} examples/s on process 0", file=stream, flush=True)
   print(f"manifest: {os.path.join(workdir, MANIFEST)}", file=stream, flush=True)
   return manifest
-
-
-def _sha256_file(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()

@@ -7,10 +7,11 @@ run.py).
 Shard `k` of process `p` holds the kept examples among raw records
 [k * examples_per_shard, (k+1) * examples_per_shard) of that process's slice, in source order.
 Files are written to a temporary name and renamed, then the index entry is written; a rerun
-after a kill skips every shard that has an index entry (without running the models on it) and
-rewrites the rest. The output is a pure function of the config: models and batches are formed
-per shard (a batch never spans two shards), so a resumed run writes the same bytes as an
-uninterrupted one.
+(after a kill, or of a finished run) skips every shard whose file still matches its index entry
+(size, then sha256; without running the models on it) and rewrites the rest, saying which
+finished shards it redoes. The output is a pure function of the config: models and batches are
+formed per shard (a batch never spans two shards), so a resumed or repaired run writes the same
+bytes as an uninterrupted one.
 
 Multi-process: all processes call the models in lockstep (global batch = batch_size rows,
 batch_size / process_count per process); a process that has run out of work feeds padding rows
@@ -33,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from muse_jax.data import preprocess, raw_sources, records
-from muse_jax.data.manifest import read_json, write_json
+from muse_jax.data.manifest import MANIFEST, read_json, shard_mismatch, write_json
 from muse_jax.data.preprocess import SkipCounter
 from muse_jax.precompute.models import Models
 from muse_jax.progress import format_duration, progress_bar
@@ -66,7 +67,7 @@ class ShardWriter:
     self.path, self.tmp = path, f"{path}.tmp-{os.getpid()}"
     self.file = open(self.tmp, "wb")
     self.sha = hashlib.sha256()
-    self.count = 0
+    self.count = self.size = 0
 
   def write(self, recs: list[bytes]) -> None:
     if recs:
@@ -74,6 +75,7 @@ class ShardWriter:
       self.file.write(blob)
       self.sha.update(blob)
       self.count += len(recs)
+      self.size += len(blob)
 
   def finish(self) -> str:
     self.file.flush()
@@ -149,6 +151,7 @@ class SplitWriter:
                stream=None):
     self.config, self.split, self.models, self.spec = config, split, models, spec
     self.pi, self.pc = jax.process_index(), jax.process_count()
+    self.workdir, self.stream = workdir, stream or sys.stdout
     self.shard_dir = os.path.join(workdir, "shards")
     self.index_dir = os.path.join(workdir, "index")
     self.per_shard = int(config.precompute.examples_per_shard)
@@ -157,7 +160,8 @@ class SplitWriter:
     self.options = preprocess.options_from_config(self.data)
     self.summary_path = os.path.join(self.index_dir, f"{split}-{self.pi:05d}.json")
     self.progress = _Progress(split, _expected_records(self.data, self.pi, self.pc),
-                              config.precompute.log_every, stream or sys.stdout, self.pi == 0)
+                              config.precompute.log_every, self.stream, self.pi == 0)
+    self._intact: set[int] = set()  # shards whose file was checked against their entry
 
   def _entry_path(self, k: int) -> str:
     return os.path.join(self.index_dir, shard_name(self.split, self.pi, k) + ".json")
@@ -165,14 +169,33 @@ class SplitWriter:
   def _shard_path(self, k: int) -> str:
     return os.path.join(self.shard_dir, shard_name(self.split, self.pi, k) + ".tfrecord")
 
+  def _finished(self, k: int) -> dict | None:
+    """Shard k's index entry if its file matches it, else None: compute it. A mismatching
+    shard loses its entry, and the summary and manifest that vouch for it, before it is redone,
+    so a kill meanwhile leaves it unfinished and nothing reads the output until a rerun ends."""
+    entry_path = self._entry_path(k)
+    if not os.path.exists(entry_path):
+      return None
+    entry = read_json(entry_path)
+    problem = None if k in self._intact else shard_mismatch(self._shard_path(k), entry)
+    if problem is None:
+      self._intact.add(k)
+      return entry
+    print(f"precompute {self.split}: {os.path.relpath(self._shard_path(k), self.workdir)} "
+          f"{problem}; recomputing it", file=self.stream, flush=True)
+    for path in (entry_path, self.summary_path, os.path.join(self.workdir, MANIFEST)):
+      if os.path.exists(path):
+        os.remove(path)
+    return None
+
   def _shards(self) -> Iterator[_Shard | dict]:
     """Shards to compute (`_Shard`), or the index entry (dict) of an already finished one."""
     raw = raw_sources.make_source(self.data).raw_examples(self.pi, self.pc)
     workers = int(self.data.num_workers)
     for k in itertools.count():
-      entry_path = self._entry_path(k)
-      if os.path.exists(entry_path) and os.path.exists(self._shard_path(k)):
-        entry = read_json(entry_path)
+      entry = self._finished(k)
+      if entry is not None:
+        entry_path = self._entry_path(k)
         consumed = sum(1 for _ in itertools.islice(raw, self.per_shard))
         if consumed != entry["seen"]:
           raise RuntimeError(f"{entry_path} says {entry['seen']} raw records but the source now "
@@ -225,6 +248,7 @@ class SplitWriter:
     sha = shard.writer.finish()
     entry = {"file": os.path.basename(shard.writer.path), "process": self.pi,
              "shard": shard.index, "records": shard.writer.count, "seen": c.seen,
+             "bytes": shard.writer.size,
              "skipped": dict(sorted(c.skipped.items())), "notes": dict(sorted(c.notes.items())),
              "sha256": sha}
     if entry["records"] != c.kept:
@@ -237,7 +261,8 @@ class SplitWriter:
     """Writes the missing shards of this process; returns its summary for the split."""
     os.makedirs(self.shard_dir, exist_ok=True)
     os.makedirs(self.index_dir, exist_ok=True)
-    done_already = os.path.exists(self.summary_path)
+    done_already = os.path.exists(self.summary_path) and all(  # and every shard intact
+        self._finished(e["shard"]) is not None for e in read_json(self.summary_path)["shards"])
     shards = iter(()) if done_already else self._shards()
     entries: list[dict] = []
     current: _Shard | None = None

@@ -190,6 +190,30 @@ def test_resume_redoes_only_unfinished_shards(reference, models, tmp_path):
   assert calls == [8, 8, 8, 4]  # shards 2 and 3 of train only
 
 
+def test_rerun_recomputes_finished_shards_that_changed_on_disk(reference, models, tmp_path):
+  ref_dir, _, _ = reference
+  workdir = str(tmp_path / "damaged")
+  shutil.copytree(ref_dir, workdir)
+  with open(os.path.join(workdir, "shards", "train-00000-00001.tfrecord"), "r+b") as f:
+    f.seek(500)  # one bit flipped, same size: only the sha256 can tell
+    byte = f.read(1)
+    f.seek(500)
+    f.write(bytes([byte[0] ^ 1]))
+  with open(os.path.join(workdir, "shards", "train-00000-00003.tfrecord"), "r+b") as f:
+    f.truncate(1000)  # the size tells
+  calls = []
+  _, log = _run(workdir, models, calls=calls)
+  assert _tree(workdir) == _tree(ref_dir)
+  assert calls == [8, 8, 8, 4]  # train shards 1 and 3 only
+  redone = [line for line in log.splitlines() if "recomputing" in line]
+  assert redone == [
+      "precompute train: shards/train-00000-00001.tfrecord does not match the sha256 in its "
+      "index entry; recomputing it",
+      "precompute train: shards/train-00000-00003.tfrecord has 1000 bytes, its index entry "
+      f"{os.path.getsize(os.path.join(ref_dir, 'shards', 'train-00000-00003.tfrecord'))}; "
+      "recomputing it"]
+
+
 def test_two_processes_write_disjoint_complete_outputs(reference, tmp_path, compile_cache):
   ref_dir, ref_manifest, _ = reference
   workdir = tmp_path / "two"
