@@ -32,13 +32,16 @@ Corrupt records. A record with a missing feature, wrong sizes (token or embeddin
 counts, text_len out of range) or token ids >= codebook_size is skipped, counted (`corrupt`
 in the state, and a warning with the running count). The tf reader finds them as gaps in the
 record positions of a batch, so the count is exact. A record whose framing CRC fails, or that
-is not an Example at all, stops the tf reader with an error naming the files (rerun precompute
-for them: delete their index entries); the numpy reader skips and counts those too.
+is not an Example at all, stops the tf reader with an error; the numpy reader skips and counts
+those too. Both name the damaged files: tf's errors name none, so on the first gap or error the
+tf reader reads each of this process's files alone through the same parse to find them. A
+rerun of precompute on its output redoes every shard that no longer matches its index entry.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -195,6 +198,7 @@ class TFRecordTokenSource(_PositionState, BatchSource):
         raise FileNotFoundError(f"shard {f} is listed in the manifest but missing")
     self.cycle_length = max(1, min(int(cycle_length), len(self.files)))
     self._it = None
+    self._named: str | None = None  # the damaged files, once looked for
 
   # -- the deterministic stream --
 
@@ -278,18 +282,21 @@ class TFRecordTokenSource(_PositionState, BatchSource):
     try:
       batch = next(self._it)
     except self.tf.errors.OpError as e:
-      raise RuntimeError(
-          f"unreadable record in one of {self.files[:4]}{'...' if len(self.files) > 4 else ''}"
-          f" ({type(e).__name__}: {str(e).splitlines()[0]}); find it with "
-          "muse_jax.data.input_pipeline.verify_files, delete that shard's index entry and "
-          "rerun precompute") from None
+      bad = {f: why.removeprefix("unreadable: ") for f, why in self._damaged().items()
+             if why.startswith("unreadable: ")}
+      where = (_name_files(bad) if bad else f"one of {len(self.files)} files ("
+               f"{_name_files({f: '' for f in self.files})}): {_tf_reason(e)}")
+      raise RuntimeError(f"unreadable record in {where}; rerun the precompute that wrote it "
+                         "(same config and --workdir) to redo that shard") from None
     pos = batch.pop("_pos")
     last = int(pos[-1]) + 1
     gaps = last - self.position - len(pos)
     if gaps:
       self.corrupt += gaps
+      if self._named is None:  # once per source: it reads every file of this process
+        self._named = _name_files(self._damaged())
       log.warning("skipped %d corrupt record(s) (wrong sizes or values); %d so far on this "
-                  "process", gaps, self.corrupt)
+                  "process; damaged files: %s", gaps, self.corrupt, self._named or "not found")
     self.position = last
     self.batches += 1
     return batch
@@ -297,6 +304,44 @@ class TFRecordTokenSource(_PositionState, BatchSource):
   def set_state(self, state: dict) -> None:
     self._restore(state)
     self._it = None
+
+  def _damaged(self) -> dict[str, str]:
+    """{file: what is wrong} for this process's files that hold a corrupt or unreadable record,
+    each read alone through the stream's own parse (tf's errors name no file)."""
+    tf = self.tf
+
+    @tf.function
+    def count_bad(path):
+      ok = tf.data.TFRecordDataset(path).map(lambda r: self._parse(tf.constant(0, tf.int64), r)[1])
+      return ok.reduce(tf.constant(0, tf.int64),
+                       lambda n, good: n + tf.cast(tf.logical_not(good), tf.int64))
+
+    out = {}
+    for f in self.files:
+      try:
+        n = int(count_bad(tf.constant(f)))
+      except tf.errors.OpError as e:
+        out[f] = f"unreadable: {_tf_reason(e)}"
+        continue
+      if n:
+        out[f] = f"{n} corrupt record(s)"
+    return out
+
+
+def _tf_reason(e) -> str:
+  """TensorFlow's error message without its graph, node and op decorations."""
+  lines = [x.strip() for x in (getattr(e, "message", "") or str(e)).splitlines() if x.strip()]
+  ends = [i for i, x in enumerate(lines) if x.startswith("[[")]  # a graph error: after the reason
+  text = lines[ends[0] - 1] if ends and ends[0] else (lines[0] if lines else "")
+  return f"{type(e).__name__}: {re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:.*$', '', text)}"
+
+
+def _name_files(why: dict[str, str], most: int = 5) -> str:
+  """'a.tfrecord (reason), b.tfrecord (reason)', the first `most`, then how many more."""
+  parts = [f"{f} ({r})" if r else f for f, r in list(why.items())[:most]]
+  if len(why) > most:
+    parts.append(f"and {len(why) - most} more")
+  return ", ".join(parts)
 
 
 class NumpyTokenSource(_PositionState, BatchSource):
@@ -312,6 +357,7 @@ class NumpyTokenSource(_PositionState, BatchSource):
     self.batch, self.seed, self.shuffle = int(batch), int(seed), bool(shuffle)
     own, _, record_shard = process_files(files, counts, process_index, process_count)
     self.skipped: dict[str, int] = {}
+    damaged: dict[str, dict[str, int]] = {}
     rows = []
     index = 0
     for path in own:
@@ -326,9 +372,12 @@ class NumpyTokenSource(_PositionState, BatchSource):
           rows.append(records.decode_example(item, spec))
         except records.CorruptRecord as e:
           self.skipped[e.reason] = self.skipped.get(e.reason, 0) + 1
+          counts = damaged.setdefault(path, {})
+          counts[e.reason] = counts.get(e.reason, 0) + 1
     if self.skipped:
-      log.warning("skipped %d corrupt record(s) in %d files: %s", sum(self.skipped.values()),
-                  len(own), self.skipped)
+      log.warning("skipped %d corrupt record(s) in %d of %d files: %s",
+                  sum(self.skipped.values()), len(damaged), len(own), _name_files(
+                      {f: ", ".join(f"{k} {v}" for k, v in c.items()) for f, c in damaged.items()}))
     if not rows:
       raise ValueError(f"process {process_index} has no valid records in {len(own)} files")
     self.data = self._stack(rows)

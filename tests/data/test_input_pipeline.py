@@ -199,15 +199,41 @@ def test_corrupt_records_are_skipped_and_counted(tmp_path, reader, caplog):
   if reader == "tf":  # 38 records per epoch, 3 corrupt; the 8th batch ends 5 into epoch 2
     assert src.get_state()["corrupt"] == [3]
     assert src.get_state()["positions"] == [43]
+    assert "train-00000-00000.tfrecord (3 corrupt record(s))" in caplog.text
   else:
     assert src.skipped == {"wrong_size": 2, "bad_value": 1}
-  assert "corrupt" in caplog.text
+    assert "train-00000-00000.tfrecord (wrong_size 2, bad_value 1)" in caplog.text
+  assert "train-00000-00001" not in caplog.text  # only the damaged file is named
   resumed = _source(tmp_path, reader=reader, batch=5)  # resume past the gaps stays exact
   probe = _source(tmp_path, reader=reader, batch=5)
   for _ in range(3):
     next(probe)
   resumed.set_state(probe.get_state())
   np.testing.assert_array_equal(next(resumed)["tokens"], next(probe)["tokens"])
+
+
+@pytest.mark.parametrize("reader", ["tf", "numpy"])
+def test_a_shard_damaged_on_disk_is_named(tmp_path, reader, caplog):
+  write_dataset(str(tmp_path))
+  # The last of five files (an error that listed the first four would miss it); one bit of
+  # its first record's data flipped, so that record's CRC fails.
+  bad = os.path.join(str(tmp_path), "shards", shards.shard_name("train", 0, 4) + ".tfrecord")
+  with open(bad, "r+b") as f:
+    f.seek(20)
+    byte = f.read(1)
+    f.seek(20)
+    f.write(bytes([byte[0] ^ 1]))
+  if reader == "tf":
+    src = _source(tmp_path, reader=reader, batch=2)
+    with pytest.raises(RuntimeError) as e:
+      for _ in range(18):  # one epoch and a batch
+        next(src)
+    assert str(e.value).startswith(
+        f"unreadable record in {bad} (DataLossError: corrupted record at 12); rerun the "
+        "precompute"), str(e.value)
+  else:
+    assert _source(tmp_path, reader=reader, batch=2).skipped == {"bad_crc": 1}
+    assert f"in 1 of 5 files: {bad} (bad_crc 1)" in caplog.text
 
 
 def test_shapes_are_checked_against_the_manifest(data):
