@@ -24,7 +24,7 @@ def micro_config():
   for name in ("base", "sr"):
     s = c[name]
     s.model.update(dict(hidden_size=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64))
-    s.train.update(dict(batch_size=8, num_steps=3, log_every=1, eval_every=0))
+    s.train.update(dict(batch_size=8, num_steps=3, log_every=1, eval_every=3))
     s.checkpoint.every_steps = 2
   c.sr.model.lowres_num_layers = 1
   c.sampling.update(dict(base_steps=2, sr_steps=2))
@@ -62,12 +62,23 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
       assert acc["num_examples"] == 2
       assert all(0.0 <= acc[k] <= 1.0 for k in ("count", "colour", "shape", "position"))
     assert len(saved["samples"][split]["grid_captions"]) == 2
+    # Per number of objects in the caption: the buckets partition the captions.
+    for mode in ("cfg", "no_cfg"):
+      by = saved["accuracy_by_objects"][split][mode]
+      assert all(1 <= int(n) <= 8 for n in by)
+      assert sum(r["num_examples"] for r in by.values()) == 2
+      assert sum(r["overall"] * r["num_examples"] for r in by.values()) == pytest.approx(
+          saved["accuracy"][split][mode]["overall"] * 2)
     assert list(saved["guidance_sweep"][split]) == ["1.5/0"]
     assert saved["guidance_sweep"][split]["1.5/0"]["num_examples"] == 2
     assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
   assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
   assert set(saved["stage_seconds"]) >= set(demo.STEPS) - {"report"}
   assert saved["training"]["base"]["steps"] == 3
+  for name in ("base", "sr"):  # train against eval (held-out split) loss and token accuracy
+    (gap,) = saved["generalisation"][name]
+    assert gap["step"] == 3 and gap["train_steps"] == 3
+    assert set(gap) >= {"train_loss", "eval_loss", "train_accuracy", "eval_accuracy"}
   assert "loss_first" in saved["training"]["sr"] and "loss_last" in saved["training"]["tokenizer"]
   assert saved["configs"]["base"]["model"]["grid_size"] == 4      # 16 px / f4
   assert saved["configs"]["sr"]["model"]["lowres_grid_size"] == 4

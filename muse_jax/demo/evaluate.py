@@ -2,7 +2,8 @@
 
 `run_samples(demo)`: for `eval.num_captions` train-like and as many held-out captions, the
 detector's accuracy on the dataset images, on their tokenizer reconstructions (the ceilings)
-and on text-to-image samples with and without classifier-free guidance; PNG grids and .npz.
+and on text-to-image samples with and without classifier-free guidance (also per number of
+objects in the caption, 1-8); PNG grids and .npz.
 `run_edits(demo)`: one inpainting, one outpainting and one mask-free edit of dataset images.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 import numpy as np
 
-from muse_jax.data.shapes import dataset as shapes
+from muse_jax.data.shapes import dataset as shapes, grammar
 from muse_jax.demo import images as I
 from muse_jax.demo.constants import GUIDANCE, SPLITS, grid_name
 from muse_jax.evaluation import compositional, detector
@@ -21,6 +22,30 @@ from muse_jax.sampling import editing
 def acc_line(r: dict) -> str:
   return " ".join(f"{k} {100 * r[k]:.1f}%" for k in ("count", "colour", "shape", "position",
                                                       "overall"))
+
+
+def evaluate_by_objects(images, captions) -> tuple[dict, dict]:
+  """Detector accuracy of `images` against `captions`, overall and per number of objects.
+
+  Returns (overall, by_objects): `overall` is compositional.evaluate's dict; `by_objects` maps
+  the caption's total object count ('1'..'8', over all its groups) to the same dict for those
+  captions. Each image is read once.
+  """
+  captions = list(captions)
+  if len(images) != len(captions) or not captions:
+    raise ValueError(f"got {len(images)} images for {len(captions)} captions")
+  scenes = [grammar.parse_caption(c) for c in captions]
+  rows = [detector.score_scene(np.asarray(im), sc) for im, sc in zip(images, scenes)]
+
+  def mean(idx):
+    out = {m: sum(bool(rows[i][m]) for i in idx) / len(idx) for m in compositional.METRICS}
+    out["num_examples"] = len(idx)
+    return out
+
+  by = {}
+  for i, sc in enumerate(scenes):
+    by.setdefault(sc.num_objects, []).append(i)
+  return mean(range(len(rows))), {str(n): mean(idx) for n, idx in sorted(by.items())}
 
 
 def sweep_scales(entry) -> tuple[float, float]:
@@ -74,7 +99,7 @@ def run_samples(demo) -> None:
 
     for mode in GUIDANCE:
       images = sample(*(guided if mode == "cfg" else (0.0, 0.0)))
-      split_res[mode] = compositional.evaluate(images, captions)
+      split_res[mode], split_res[f"{mode}_by_objects"] = evaluate_by_objects(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
       I.save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -13,14 +14,18 @@ ATTRIBUTES = ("count", "colour", "shape", "position", "overall")
 def write_report(demo) -> dict:
   st = demo.state["stages"]
   samples = st.get("samples", {})
-  accuracy, reference = {}, {}
+  accuracy, by_objects, reference = {}, {}, {}
   for split in SPLITS:
     if split in samples:
       accuracy[split] = {m: samples[split][m] for m in GUIDANCE}
+      if all(f"{m}_by_objects" in samples[split] for m in GUIDANCE):
+        by_objects[split] = {m: samples[split][f"{m}_by_objects"] for m in GUIDANCE}
       reference[split] = {k: samples[split][k] for k in ("dataset_images",
                                                          "tokenizer_reconstructions")}
   metrics = {
       "accuracy": accuracy,
+      # The same per number of objects in the caption ('1'..'8', all groups together).
+      "accuracy_by_objects": by_objects,
       "reference": reference,
       "guidance_scale": {"base": samples.get("guidance_scale"),
                          "sr": samples.get("sr_guidance_scale")},
@@ -38,6 +43,10 @@ def write_report(demo) -> dict:
       "training": {name: {k: v for k, v in st.get(name, {}).items()
                           if k.startswith("loss") or k.startswith("eval") or k == "steps"}
                    for name in ("tokenizer", "base", "sr")},
+      # Train against eval (held-out split) loss and token accuracy at each evaluation of
+      # the base and SR stages; train values are means over the steps since the previous one.
+      "generalisation": {name: gap_curve(demo.path(name, "metrics.jsonl"))
+                         for name in ("base", "sr")},
       "stage_seconds": {name: st[name]["seconds"] for name in STEPS if name in st},
       "total_seconds": round(sum(st[name]["seconds"] for name in STEPS if name in st), 2),
       "command": "python -m muse_jax.demo " + " ".join(demo.argv[1:]),
@@ -62,8 +71,56 @@ def write_report(demo) -> dict:
   demo.finish("report", time.perf_counter() - t)
   demo.log("report", f"wrote {demo.path(METRICS_FILE)}; stage seconds "
            + ", ".join(f"{k} {v:.0f}" for k, v in metrics["stage_seconds"].items())
-           + "\n" + accuracy_table(accuracy, reference, metrics["guidance_sweep"]))
+           + "\n" + accuracy_table(accuracy, reference, metrics["guidance_sweep"])
+           + "\n" + objects_table(by_objects) + "\n" + gap_table(metrics["generalisation"]))
   return metrics
+
+
+def gap_curve(path: str) -> list[dict]:
+  """One row per evaluation in a stage's metrics.jsonl: step, the mean train loss and token
+  accuracy over the steps since the previous evaluation, and the eval loss and accuracy."""
+  if not os.path.exists(path):
+    return []
+  rows, loss, acc = [], [], []
+  with open(path) as fh:
+    for line in fh:
+      rec = json.loads(line) if line.strip() else {}
+      if "loss" in rec:
+        loss.append(rec["loss"])
+        acc.append(rec.get("accuracy", math.nan))
+      if "eval_loss" in rec:
+        row = {"step": rec["step"], "eval_loss": rec["eval_loss"],
+               "eval_accuracy": rec.get("eval_accuracy", math.nan)}
+        if loss:
+          row.update(train_loss=sum(loss) / len(loss), train_accuracy=sum(acc) / len(acc),
+                     train_steps=len(loss))
+        rows.append(row)
+        loss, acc = [], []
+  return rows
+
+
+def objects_table(by_objects: dict) -> str:
+  """Percent fully right (and right on count) per number of objects in the caption."""
+  ns = sorted({n for split in by_objects.values() for r in split.values() for n in r}, key=int)
+  lines = [f"{'all four (count) by objects':26s}" + "".join(f"{n:>13s}" for n in ns)]
+  for split, modes in by_objects.items():
+    for mode, r in modes.items():
+      lines.append(f"{split + ' ' + mode:26s}" + "".join(
+          f"{100 * r[n]['overall']:6.1f} ({100 * r[n]['count']:3.0f})" if n in r else " " * 13
+          for n in ns))
+  return "\n".join(lines)
+
+
+def gap_table(gaps: dict) -> str:
+  """Train against eval loss and token accuracy at each evaluation of each stage."""
+  lines = [(f"{'stage':6s}{'step':>7s}{'train loss':>12s}{'eval loss':>11s}{'train acc':>11s}"
+            f"{'eval acc':>10s}")]
+  for name, rows in gaps.items():
+    for r in rows:
+      lines.append(f"{name:6s}{r['step']:7d}{r.get('train_loss', math.nan):12.4f}"
+                   f"{r['eval_loss']:11.4f}{100 * r.get('train_accuracy', math.nan):10.1f}%"
+                   f"{100 * r['eval_accuracy']:9.1f}%")
+  return "\n".join(lines)
 
 
 def accuracy_table(accuracy: dict, reference: dict | None = None,
