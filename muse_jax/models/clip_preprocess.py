@@ -45,30 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from muse_jax.models import image_input
+
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 SIZE = 224
 
 
 def validate_images(images) -> None:
-  """Raise ValueError unless `images` is [B, H, W, 3], uint8 or float with values in [0, 1].
-
-  The value range is checked only for concrete arrays (not inside `jax.jit`).
-  """
-  shape, dtype = tuple(np.shape(images)), np.dtype(images.dtype)
-  if len(shape) != 4 or shape[-1] != 3:
-    raise ValueError(f"CLIP images must be [batch, height, width, 3] (NHWC, RGB), got shape "
-                     f"{shape}")
-  if dtype == np.uint8:
-    return
-  if not np.issubdtype(dtype, np.floating):
-    raise ValueError(f"CLIP images must be uint8 in [0, 255] or float in [0, 1], got dtype "
-                     f"{dtype}")
-  if isinstance(images, jax.core.Tracer) or 0 in shape:
-    return
-  lo, hi = float(np.min(images)), float(np.max(images))
-  if not (0.0 <= lo and hi <= 1.0):   # also rejects NaN
-    raise ValueError(f"float CLIP images must lie in [0, 1], got values in [{lo}, {hi}]")
+  """`muse_jax.models.image_input.validate_images`, naming the CLIP network."""
+  image_input.validate_images(images, "CLIP")
 
 
 def _keys_cubic(x: np.ndarray, a) -> np.ndarray:

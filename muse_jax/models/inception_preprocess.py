@@ -26,33 +26,17 @@ weights 1 - (src - i0) on row i0 and src - i0 on row i1 (`bilinear_matrix`).
 """
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from muse_jax.models import image_input
 from muse_jax.models.inception import INPUT_SIZE
 
 
 def validate_images(images) -> None:
-  """Raise ValueError unless `images` is [B, H, W, 3], uint8 or float with values in [0, 1].
-
-  The value range is checked only for concrete arrays (not inside `jax.jit`).
-  """
-  shape, dtype = tuple(np.shape(images)), np.dtype(images.dtype)
-  if len(shape) != 4 or shape[-1] != 3:
-    raise ValueError(f"FID images must be [batch, height, width, 3] (NHWC, RGB), got shape "
-                     f"{shape}")
-  if dtype == np.uint8:
-    return
-  if not np.issubdtype(dtype, np.floating):
-    raise ValueError(f"FID images must be uint8 in [0, 255] or float in [0, 1], got dtype "
-                     f"{dtype}")
-  if isinstance(images, jax.core.Tracer) or 0 in shape:
-    return
-  lo, hi = float(np.min(images)), float(np.max(images))
-  if not (0.0 <= lo and hi <= 1.0):   # also rejects NaN
-    raise ValueError(f"float FID images must lie in [0, 1], got values in [{lo}, {hi}] (pass "
-                     "0..255 pixels as uint8, and clip decoded images to [0, 1])")
+  """`muse_jax.models.image_input.validate_images`, naming the FID network."""
+  image_input.validate_images(images, "FID")
 
 
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
