@@ -3,10 +3,15 @@
 `train(config, workdir)` resumes from the newest checkpoint in `workdir/checkpoints` if there
 is one, then runs `train_step` until `config.train.num_steps`. The step's randomness is
 `fold_in(key(seed), step)`, and the input position is checkpointed, so a resumed run
-continues the same run. Stops:
-- SIGTERM (or a cluster preemption notice): checkpoint the current step, raise `Preempted`;
-- a non-finite loss: raise `NonFiniteLoss` naming the step; that state is never saved, so the
-  last good checkpoint stays the newest.
+continues the same run. Stops (stops.py):
+- SIGTERM, a cluster preemption notice or Ctrl-C: checkpoint the current step, raise
+  `Preempted`;
+- a non-finite loss, or a non-finite state at a save: raise `NonFiniteLoss` naming the step.
+  That state is never saved, and a checkpoint of the step before it, whose parameters the
+  failing step started from, is moved out of the way, so the newest checkpoint is a good one;
+- a failed checkpoint or metrics write: `WorkdirWriteError` at the next step.
+A newest checkpoint that cannot be restored intact is skipped (one line on stderr) in favour
+of the newest intact one (`Checkpointer.restore_newest`).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import sys
 from typing import Any
 
 import jax
@@ -30,23 +36,13 @@ from muse_jax.parallel.mesh import data_parallel_size, make_mesh
 from muse_jax.training.flops import peak_flops_per_device
 from muse_jax.training.registry import get_stage, validate
 from muse_jax.training.reporting import Reporter
-from muse_jax.workdir.checkpoints import Checkpointer, checkpoint_dir
+from muse_jax.training.stops import NonFiniteLoss, Preempted, StopSignals
+from muse_jax.workdir.access import WorkdirWriteError, check_writable
+from muse_jax.workdir.checkpointer import Checkpointer, NonFiniteState
+from muse_jax.workdir.checkpoints import checkpoint_dir
 from muse_jax.workdir.saved_config import write_config
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-  pass
-
-
-class Preempted(Exception):
-  """Raised after the checkpoint of a SIGTERM/preemption stop has been written."""
-
-  def __init__(self, step: int, directory: str):
-    super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; "
-                     "run the same command again to resume")
-    self.step, self.directory = step, directory
 
 
 @dataclasses.dataclass
@@ -55,28 +51,6 @@ class TrainResult:
   step: int
   stage: Any
   eval_metrics: dict
-
-
-class _SignalFlag:
-  """Sets `.raised` on SIGTERM; restores the previous handler on exit."""
-
-  def __init__(self):
-    self.raised = False
-    self._prev = None
-
-  def __enter__(self):
-    try:
-      self._prev = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread: no signal handling
-      self._prev = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._prev is not None:
-      signal.signal(signal.SIGTERM, self._prev)
 
 
 def check_batch(config, mesh):
@@ -119,6 +93,7 @@ class Trainer:
     b = int(config.train.batch_size)
     self.batch_sh = {k: shd.named_sharding(f.axes, self.mesh, self.rules, (b,) + f.shape)
                      for k, f in self.stage.features().items()}
+    check_writable(self.workdir)  # config.json, metrics.jsonl; Checkpointer checks its own
     self.ckpt = Checkpointer(checkpoint_dir(self.workdir), config.checkpoint)
     repl = NamedSharding(self.mesh, P())
     self.train_step_fn = jax.jit(self._traced(self.stage.train_step, self.step_key),
@@ -141,13 +116,15 @@ class Trainer:
 
   def initial_state(self):
     """(state, step): restored from the newest checkpoint, or freshly initialised."""
-    latest = self.ckpt.latest_step()
-    if latest is None:
+    state, data_state, step, notes = self.ckpt.restore_newest(self.abstract_with_shardings())
+    if self.is_main:
+      for note in notes:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+    if step is None:
       init = jax.jit(self.stage.init_state, out_shardings=self.state_sh)
       return init(self.init_key), 0
-    state, data_state = self.ckpt.restore(latest, self.abstract_with_shardings())
     self.train_source.set_state(data_state)
-    return state, latest
+    return state, step
 
   def fresh_state_and_batch(self):
     """A newly initialised state and the first global batch (for benchmarks and profiling)."""
@@ -174,7 +151,40 @@ class Trainer:
         totals[k] = totals.get(k, 0.0) + float(v) / n
     return totals
 
+  def _nonfinite(self, step: int, what: str) -> NonFiniteLoss:
+    """The error for a non-finite step `step`. A checkpoint of step - 1 holds the parameters
+    this step started from, and resuming from it would run this very step first, so it is
+    moved out of the way; the newest remaining checkpoint is then the last good one."""
+    self.ckpt.wait()
+    newest, moved = self.ckpt.latest_step(), ""
+    if newest is not None and newest == step - 1:
+      moved = (f" Checkpoint step {newest}, whose parameters step {step} started from, was "
+               f"moved to {self.ckpt.reject(newest)}.")
+      newest = self.ckpt.latest_step()
+    if newest is None:
+      advice = ("Last good checkpoint: none. Lower the learning rate or check the data, then "
+                "rerun (it starts a new run)")
+    else:
+      advice = (f"Last good checkpoint: step {newest} in {self.ckpt.directory}. Lower the "
+                "learning rate or check the data, then rerun to resume from that checkpoint")
+    return NonFiniteLoss(f"{what}; stopped without saving it.{moved} {advice}")
+
   def run(self) -> TrainResult:
+    try:
+      result = self._run()
+    except WorkdirWriteError as e:
+      self.ckpt.close(quiet=True)
+      newest = self.ckpt.latest_step()
+      where = "none" if newest is None else f"step {newest} in {self.ckpt.directory}"
+      raise WorkdirWriteError(f"{e}. Newest checkpoint: {where}; free space or fix the "
+                              "permissions, then rerun the same command to resume") from None
+    except BaseException:
+      self.ckpt.close(quiet=True)  # the error that stopped the run is the one to report
+      raise
+    self.ckpt.close()
+    return result
+
+  def _run(self) -> TrainResult:
     cfg = self.config
     total = int(cfg.train.num_steps)
     if self.is_main:
@@ -203,29 +213,28 @@ class Trainer:
       s, m = item
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       if not math.isfinite(m["loss"]):
-        self.ckpt.wait()
-        good = self.ckpt.latest_step()
-        raise NonFiniteLoss(
-            f"loss is {m['loss']} at step {s}; stopped without saving it. Last good checkpoint: "
-            f"{'none' if good is None else f'step {good} in {ckpt_dir}'}. Lower the learning "
-            "rate or check the data, then rerun to resume from that checkpoint")
+        raise self._nonfinite(s, f"loss is {m['loss']} at step {s}")
       reporter.record(s, m)
       return m
 
     try:
-      with _SignalFlag() as sigterm:
+      with StopSignals() as signals:
         while step < total:
           local = next(self.train_source)
           batch = global_batch(local, self.batch_sh)
           state, metrics = self.train_step_fn(state, batch, np.int32(step))
           step += 1
+          logged = step % log_every == 0 or step == total
+          # A failed background save stops the run now, not at the next save. Processes
+          # agree only on logged steps (they wait for the step there anyway).
+          self.ckpt.poll(collective=logged)
           if step == start + 1:  # keep compilation out of the throughput numbers
             jax.block_until_ready(metrics)
             reporter.message(f"step {step} compiled and ran in {reporter.reset_timer(step):.1f}s")
           if pending is not None:
             finish(pending)
           pending = (step, metrics)
-          if step % log_every == 0 or step == total:
+          if logged:
             m = finish(pending)
             pending = None
             reporter.scalars(step, m, prefix="train/")
@@ -241,19 +250,21 @@ class Trainer:
           if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
             for name, grid in self.stage.images(state, local).items():
               reporter.images(step, name, grid)
-          stop = sigterm.raised or self.ckpt.reached_preemption(step)
+          stop = signals.raised or self.ckpt.reached_preemption(step)
           if stop or step == total or self.ckpt.should_save(step):
             if pending is not None:
               finish(pending)
               pending = None
-            self.ckpt.save(step, state, self.train_source.get_state(), force=True)
+            try:
+              self.ckpt.save(step, state, self.train_source.get_state(), force=True)
+            except NonFiniteState as e:
+              raise self._nonfinite(step, str(e)) from None
           if stop:
             self.ckpt.wait()
-            raise Preempted(step, ckpt_dir)
+            raise Preempted(step, ckpt_dir, signals.signum or signal.SIGTERM)
         if pending is not None:
           finish(pending)
     finally:
-      self.ckpt.close()
       reporter.close()
     reporter.message(f"Done: {step} steps; checkpoints in {ckpt_dir}")
     return TrainResult(state=state, step=step, stage=self.stage, eval_metrics=eval_metrics)

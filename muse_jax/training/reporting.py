@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from muse_jax.progress import format_duration, progress_bar
+from muse_jax.workdir.access import WorkdirWriteError, describe
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ class Reporter:
     self._tb = None
     if not enabled:
       return
-    path = os.path.join(workdir, "metrics.jsonl")
-    self._truncate_after(path, start_step)
-    self._jsonl = open(path, "a")
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._truncate_after(self._path, start_step)
+    self._jsonl = open(self._path, "a")
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -93,8 +94,11 @@ class Reporter:
     if not self.enabled:
       return
     rec = {"step": step, **{prefix + k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(rec) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps(rec) + "\n")
+      self._jsonl.flush()
+    except OSError as e:
+      raise WorkdirWriteError(f"could not write {self._path}: {describe(e)}") from None
 
   def scalars(self, step: int, metrics: dict, prefix: str = ""):
     if self._tb is not None:
@@ -142,6 +146,9 @@ class Reporter:
 
   def close(self):
     if self._jsonl is not None:
-      self._jsonl.close()
+      try:
+        self._jsonl.close()
+      except OSError:  # a failed flush was reported by `record`
+        pass
     if self._tb is not None:
       self._tb.close()

@@ -307,7 +307,7 @@ def test_input_position_survives_an_orbax_checkpoint(data, tmp_path):
   """The loop saves get_state() with each checkpoint (Orbax JSON) and set_state()s it."""
   import ml_collections
 
-  from muse_jax.workdir.checkpoints import Checkpointer
+  from muse_jax.workdir.checkpointer import Checkpointer
   root, _ = data
   ckpt = Checkpointer(str(tmp_path), ml_collections.ConfigDict(
       dict(every_steps=1, keep=1, async_save=False)))

@@ -41,7 +41,7 @@ def save_random_stage(config, workdir: str, seed: int, *, step: int = 1, ema: bo
   base/sr: the masked stages' TrainState (params, optimizer state, EMA); vqgan: step and
   generator params (the sampler reads nothing else).
   """
-  from muse_jax.workdir.checkpoints import Checkpointer
+  from muse_jax.workdir.checkpointer import Checkpointer
   params = random_params(config, seed)
   if config.stage in ("base", "sr"):
     from muse_jax.training.masked_stage import TrainState

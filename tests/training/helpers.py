@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -46,3 +47,19 @@ def flat(tree) -> dict[str, np.ndarray]:
   import jax
   return {jax.tree_util.keystr(p): np.asarray(v)
           for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def wait_for_step(workdir, step, proc, timeout=240):
+  """Until `proc` (a CLI run) has logged step `step` or later in WORKDIR/metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended early:\n{proc.stdout.read()}\n{proc.stderr.read()}")
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = [x for x in f.read().splitlines() if x]
+      if lines and max(int(x.split(",")[0].split(":")[1]) for x in lines) >= step:
+        return
+    time.sleep(0.01)
+  raise AssertionError("timed out waiting for training progress")

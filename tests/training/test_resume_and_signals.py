@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 from muse_jax.training.loop import read_metrics
-from muse_jax.workdir.checkpoints import Checkpointer
-from tests.training.helpers import REPO, cli_env, run_cli, tiny_config, train_cmd
+from muse_jax.workdir.checkpointer import Checkpointer
+from tests.training.helpers import (REPO, cli_env, run_cli, tiny_config, train_cmd,
+                                    wait_for_step)
 
 
 def restore_params(workdir, step):
@@ -21,21 +21,6 @@ def restore_params(workdir, step):
                                                   data=ocp.args.JsonRestore()))
   from tests.training.helpers import flat
   return flat(out.state), dict(out.data)
-
-
-def wait_for_step(workdir, step, proc, timeout=240):
-  path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      raise AssertionError(f"process ended early:\n{proc.stdout.read()}\n{proc.stderr.read()}")
-    if os.path.exists(path):
-      with open(path) as f:
-        lines = [x for x in f.read().splitlines() if x]
-      if lines and max(int(x.split(",")[0].split(":")[1]) for x in lines) >= step:
-        return
-    time.sleep(0.01)
-  raise AssertionError("timed out waiting for training progress")
 
 
 STEPS = ["--config.train.num_steps=200", "--config.checkpoint.every_steps=20",

@@ -92,7 +92,7 @@ def test_injected_nan_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path)
   batch = first_batch(c)
   with pytest.raises(NonFiniteLoss, match=r"at step 7;.*Last good checkpoint: step 5"):
     train(c, str(tmp_path), train_source=FixedBatch(batch, nan_at=7))
-  from muse_jax.workdir.checkpoints import Checkpointer
+  from muse_jax.workdir.checkpointer import Checkpointer
   assert Checkpointer(str(tmp_path / "checkpoints"), c.checkpoint).all_steps() == [5]
 
 

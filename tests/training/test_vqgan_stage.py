@@ -8,7 +8,7 @@ from configs import vqgan_tiny
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.mesh import make_mesh
 from muse_jax.training.vqgan_stage import VQGANStage
-from muse_jax.workdir.checkpoints import Checkpointer
+from muse_jax.workdir.checkpointer import Checkpointer
 from tests.models.test_vqgan_helpers import np_params
 
 
