@@ -1,28 +1,62 @@
 """What every entry point shares: user-facing errors become one line and a documented status.
 
-Exit status: 2 bad config, mesh or missing input; 3 non-finite loss (the last good checkpoint
-is kept); 143 stopped by SIGTERM/preemption after saving a checkpoint (rerun to resume).
+Exit status:
+  0    done
+  2    bad config, mesh, missing or malformed input (a weights file, e.g. a safetensors header
+       that is too large), an unwritable workdir, or no checkpoint in the workdir that can be
+       restored (nothing was trained)
+  3    non-finite loss or state (the last good checkpoint is kept and named)
+  5    a write into the workdir failed during the run (disk full, permission denied): the
+       newest checkpoint written before it is kept; fix the disk, rerun to resume
+  130  stopped by Ctrl-C (SIGINT); after saving a checkpoint when the loop was running
+  143  stopped by SIGTERM/preemption after saving a checkpoint (rerun to resume)
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable
 
 from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel.mesh import MeshError
-from muse_jax.training.loop import NonFiniteLoss, Preempted
+from muse_jax.training.stops import NonFiniteLoss, Preempted
+from muse_jax.weights.safetensors_io import WeightsError
+from muse_jax.workdir.access import UnwritableWorkdir, WorkdirWriteError
+from muse_jax.workdir.checkpointer import NoIntactCheckpoint
+
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3
+EXIT_WRITE_FAILED = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+class _DropOrbaxErrorLogs(logging.Filter):
+  """Orbax logs a traceback for each of its threads when a save fails; the failure reaches
+  the loop as one WorkdirWriteError, reported in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "/orbax/" in record.pathname)
 
 
 def run_or_exit(fn: Callable[[], object], user_errors: tuple[type[BaseException], ...] = ()):
   """Runs `fn`; maps the project's stop conditions to a message on stderr and an exit status."""
+  logging.getLogger("absl").addFilter(_DropOrbaxErrorLogs())
   try:
     return fn()
-  except (ConfigError, MeshError, *user_errors) as e:
+  except (ConfigError, MeshError, WeightsError, UnwritableWorkdir, NoIntactCheckpoint,
+          *user_errors) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USER_ERROR)
   except NonFiniteLoss as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    sys.exit(EXIT_NON_FINITE)
+  except WorkdirWriteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_WRITE_FAILED)
   except Preempted as e:
     print(str(e), file=sys.stderr)
-    sys.exit(143)
+    sys.exit(e.exit_status)
+  except KeyboardInterrupt:
+    print("interrupted (Ctrl-C) before a checkpoint of the current step was written; rerun "
+          "the same command to resume from the newest checkpoint", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
