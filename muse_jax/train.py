@@ -10,8 +10,14 @@ resumes from the newest one (parameters, optimizer, step and input position).
 Writes to WORKDIR: checkpoints/ (Orbax), metrics.jsonl (every step's scalars),
 tensorboard/ (TensorBoard events), config.json.
 
-Exit status: 0 done; 2 bad config or mesh; 3 non-finite loss (last good checkpoint kept);
-143 stopped by SIGTERM/preemption after saving a checkpoint (rerun to resume).
+A newest checkpoint that cannot be restored intact is reported in one line, moved to
+WORKDIR/checkpoints_rejected/ and the run resumes from the newest intact one.
+
+Exit status: 0 done; 2 bad config or mesh, an unreadable weights file, an unwritable workdir,
+or no checkpoint that can be restored; 3 non-finite loss or state (the last good checkpoint is
+kept and named); 5 a checkpoint or metrics write failed mid-run (disk full, permission denied;
+the previous checkpoint is kept); 130 Ctrl-C and 143 SIGTERM/preemption, after saving a
+checkpoint (rerun to resume).
 
 Multi-process: jax.distributed is initialised from --coordinator_address/--num_processes/
 --process_id, the JAX_COORDINATOR_ADDRESS environment variable, or the cluster (SLURM, TPU pods).
