@@ -89,5 +89,5 @@ def test_a_bad_safetensors_file_is_one_line_and_exit_2(tmp_path):
                         timeout=300)
   assert proc.returncode == 2, proc.stderr
   assert stderr_lines(proc.stderr) == [
-      f"error: {bad} is not a readable safetensors file: Error while deserializing header: "
-      "header too large"], proc.stderr
+      f"error: {bad}: not a readable safetensors file (Error while deserializing header: "
+      "header too large)"], proc.stderr
