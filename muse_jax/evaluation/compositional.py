@@ -20,12 +20,13 @@ from muse_jax.evaluation import detector
 METRICS = detector.ATTRIBUTES + ("overall",)
 
 
-def evaluate(images: Iterable[np.ndarray], captions: Sequence[str],
-             min_area_frac: float = 0.002) -> dict[str, float]:
-  """Accuracy per attribute and overall of `images` against `captions` (same order).
+def count_correct(images: Iterable[np.ndarray], captions: Sequence[str],
+                  min_area_frac: float = 0.002) -> dict[str, int]:
+  """How many of `images` are right per attribute and overall against `captions` (same order).
 
-  Returns {'count', 'colour', 'shape', 'position', 'overall': accuracy in [0, 1],
-  'num_examples': n}. Raises ValueError if the lengths differ or there are no examples, and
+  Returns {'count', 'colour', 'shape', 'position', 'overall': number correct,
+  'num_examples': n}: the sums `evaluate` divides, so counts of separate batches add up to the
+  counts of their union. Raises ValueError if the lengths differ, and
   grammar.CaptionParseError for a caption outside the shapes grammar.
   """
   captions = list(captions)
@@ -41,11 +42,29 @@ def evaluate(images: Iterable[np.ndarray], captions: Sequence[str],
     n += 1
   if n != len(captions):
     raise ValueError(f"got {n} images for {len(captions)} captions")
+  totals["num_examples"] = n
+  return totals
+
+
+def accuracies(counts: dict[str, int]) -> dict[str, float]:
+  """`count_correct`'s counts -> accuracy per metric in [0, 1], plus 'num_examples'."""
+  n = int(counts["num_examples"])
   if n == 0:
     raise ValueError("no examples to evaluate")
-  out: dict[str, float] = {m: totals[m] / n for m in METRICS}
+  out: dict[str, float] = {m: counts[m] / n for m in METRICS}
   out["num_examples"] = n
   return out
+
+
+def evaluate(images: Iterable[np.ndarray], captions: Sequence[str],
+             min_area_frac: float = 0.002) -> dict[str, float]:
+  """Accuracy per attribute and overall of `images` against `captions` (same order).
+
+  Returns {'count', 'colour', 'shape', 'position', 'overall': accuracy in [0, 1],
+  'num_examples': n}. Raises ValueError if the lengths differ or there are no examples, and
+  grammar.CaptionParseError for a caption outside the shapes grammar.
+  """
+  return accuracies(count_correct(images, captions, min_area_frac))
 
 
 def evaluate_dataset(split: str = "heldout", num_examples: int = 100, seed: int = 0,

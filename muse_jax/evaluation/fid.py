@@ -31,6 +31,7 @@ is also cheaper than sqrtm.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -108,12 +109,14 @@ class FeatureStats:
     return Gaussian(self.mean, self.cov, self.count)
 
 
-def save_stats(path: str, stats: FeatureStats | Gaussian) -> None:
-  """Writes `mean`, `cov` (float64) and `count` to a .npz file."""
+def save_stats(path: str, stats: FeatureStats | Gaussian, info: dict | None = None) -> None:
+  """Writes `mean`, `cov` (float64) and `count` to a .npz file, and `info` (a JSON-able dict,
+  e.g. which Inception weights made the features) as the JSON string array `info`."""
   g = stats.gaussian() if isinstance(stats, FeatureStats) else stats
   count = -1 if g.count is None else g.count
+  extra = {} if info is None else {"info": np.array(json.dumps(info, sort_keys=True))}
   with open(path, "wb") as f:   # a file object: numpy appends no ".npz" to the name
-    np.savez(f, mean=g.mean, cov=g.cov, count=np.int64(count))
+    np.savez(f, mean=g.mean, cov=g.cov, count=np.int64(count), **extra)
 
 
 def load_stats(path: str) -> Gaussian:
@@ -128,6 +131,13 @@ def load_stats(path: str) -> Gaussian:
       return Gaussian(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), None)
   raise ValueError(f"{path}: expected arrays mean, cov, count (or mu, sigma), found "
                    f"{sorted(keys)}")
+
+
+def load_stats_info(path: str) -> dict | None:
+  """The `info` dict `save_stats` stored in `path`, or None (none stored, e.g. pytorch-fid's
+  files)."""
+  with np.load(path) as z:
+    return json.loads(str(z["info"])) if "info" in z.files else None
 
 
 def psd_sqrt(s: np.ndarray) -> np.ndarray:

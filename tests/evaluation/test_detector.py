@@ -78,6 +78,22 @@ def test_shuffled_captions_score_low():
   assert not any(detector.score(blank, exs[0].caption).values())
 
 
+def test_counts_of_batches_add_up_to_the_accuracy_of_the_whole():
+  exs = [shapes.generate(i, "train", seed=6, resolution=64) for i in range(12)]
+  images = [e.image for e in exs]
+  # Half the captions belong to other images, so some counts are below the totals.
+  captions = [e.caption for e in exs[:6]] + [exs[(i + 1) % 12].caption for i in range(6, 12)]
+  whole = compositional.evaluate(images, captions)
+  parts = [compositional.count_correct(images[a:b], captions[a:b]) for a, b in ((0, 5), (5, 12))]
+  summed = {k: parts[0][k] + parts[1][k] for k in parts[0]}
+  assert summed["num_examples"] == 12 and 6 <= summed["overall"] < 12
+  assert all(isinstance(v, int) for v in summed.values())
+  assert compositional.accuracies(summed) == whole
+  assert compositional.count_correct([], []) == dict.fromkeys(summed, 0)
+  with pytest.raises(ValueError, match="no examples"):
+    compositional.accuracies(compositional.count_correct([], []))
+
+
 def test_evaluate_rejects_bad_input():
   ex = shapes.generate(0, "train", resolution=64)
   with pytest.raises(ValueError, match="images"):

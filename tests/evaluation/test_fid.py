@@ -109,6 +109,12 @@ def test_npz_round_trip_and_merge_from_file(tmp_path):
   np.savez(tmp_path / "bad.npz", m=g.mean)
   with pytest.raises(ValueError, match=r"expected arrays mean, cov, count .* found \['m'\]"):
     F.load_stats(str(tmp_path / "bad.npz"))
+  # Provenance: an info dict rides along and is read back; files without one give None.
+  assert F.load_stats_info(path) is None and F.load_stats_info(str(tmp_path / "pfid.npz")) is None
+  info = {"images": "/data/ref", "count": 50, "inception": {"variant": "fid", "input_size": 299}}
+  F.save_stats(path, part, info)
+  assert F.load_stats_info(path) == info
+  np.testing.assert_array_equal(F.load_stats(path).cov, part.cov)
 
 
 @pytest.mark.parametrize("images,words", [
