@@ -1,0 +1,298 @@
+"""python -m muse_jax.evaluate end to end: the tiny random cascade (configs/pipeline_tiny.py, 32 px
+samples) scored with FID (random Inception-v3 weights in a torchvision-layout file, at its 75 px
+minimum input), CLIP score (muse_jax.models.clip's tiny config in a Hugging Face layout) and
+compositional accuracy on shapes captions; resuming after a SIGKILL; and the bad inputs that
+must fail at once with one line and exit status 2.
+
+The `runs` fixture starts two evaluations of the same captions at once: A runs through; B is
+killed with SIGKILL as soon as it reports its first chunk, then rerun to the end.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from muse_jax.data.shapes import dataset as shapes
+from muse_jax.evaluation import compositional, fid as F, runner, scorers
+from tests.evaluation.helpers import shapes_captions, write_inception, write_tiny_clip
+from tests.sampling.test_pipeline import make_tiny_run, spiece  # noqa: F401 (fixture)
+from tests.training.helpers import REPO, cli_env
+
+N, BATCH, CHUNK = 10, 4, 4   # three chunks: 4, 4 and 2 images (a padded last batch)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, spiece):  # noqa: F811
+  root = tmp_path_factory.mktemp("evaluate")
+  make_tiny_run(str(root / "run"), spiece)
+  captions = shapes_captions(N)
+  # Blank lines are skipped: caption i is the i-th non-blank line.
+  (root / "captions.txt").write_text("\n".join(captions[:3]) + "\n\n  \n"
+                                     + "\n".join(captions[3:]) + "\n")
+  ref = root / "ref"
+  ref.mkdir()
+  for i, ex in enumerate(shapes.ShapesDataset("train", 12, 5, 32)):
+    Image.fromarray(ex.image).save(ref / f"r{i:02d}.png")
+  return dict(root=root, run=str(root / "run"), spiece=spiece, captions=captions,
+              captions_file=str(root / "captions.txt"), ref=str(ref),
+              inception=write_inception(str(root / "inception.safetensors")),
+              clip=write_tiny_clip(str(root / "clip")))
+
+
+def evaluate_cmd(f, out, *extra):
+  return [sys.executable, "-m", "muse_jax.evaluate", "--config=configs/pipeline_tiny.py",
+          f"--workdir={f['run']}", f"--config.pipeline.text_encoder.spiece_model={f['spiece']}",
+          f"--config.pipeline.vq_hi.workdir={f['run']}/vq_lo", f"--captions={f['captions_file']}",
+          "--metrics=fid,clip,compositional", f"--reference_images={f['ref']}",
+          f"--inception_weights={f['inception']}", "--inception_size=75",
+          f"--clip_weights={f['clip']}", f"--batch_size={BATCH}", f"--chunk_size={CHUNK}",
+          f"--out={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(files):
+  root = files["root"]
+  out_a, out_b = str(root / "a"), str(root / "b")
+  popen = dict(cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+               text=True)
+  a = subprocess.Popen(evaluate_cmd(files, out_a, "--save_images"), **popen)
+  b = subprocess.Popen(evaluate_cmd(files, out_b), **popen)
+  killed_after = []
+  for line in b.stdout:
+    killed_after.append(line)
+    if line.startswith("chunk 1/3"):
+      b.kill()   # SIGKILL: no handler runs, nothing is flushed
+      break
+  b.wait(timeout=60)
+  assert b.returncode == -9, "".join(killed_after) + b.stderr.read()[-3000:]
+  b_files = sorted(os.listdir(out_b))
+  resumed = subprocess.run(evaluate_cmd(files, out_b), capture_output=True, text=True,
+                           cwd=REPO, env=cli_env(1), timeout=600)
+  stdout_a, stderr_a = a.communicate(timeout=600)
+  assert a.returncode == 0, stderr_a[-3000:]
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  return dict(a=out_a, b=out_b, stdout_a=stdout_a, resumed=resumed.stdout, b_files=b_files)
+
+
+def load_report(out):
+  with open(os.path.join(out, "eval.json")) as f:
+    return json.load(f)
+
+
+def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(files, runs):
+  report = load_report(runs["a"])
+  m = report["metrics"]
+  assert report["num_images"] == N and report["image_size"] == [32, 32]
+  assert report["setup"]["source"] == "cascade" and report["setup"]["seed"] == 0
+  assert m["fid"]["count"] == N and m["fid"]["reference"]["count"] == 12
+  assert m["fid"]["inception"]["weights"] == files["inception"]
+  assert not m["fid"]["inception"]["random_weights"] and "note" not in m["fid"]
+  assert "not comparable" in m["fid"]["inception"]["input_size_note"]   # 75 px, not 299
+  assert m["clip"]["count"] == N and not m["clip"]["clip"]["random_weights"]
+  assert m["compositional"]["num_examples"] == N
+  lines = runs["stdout_a"].splitlines()
+  for i, done in ((1, 4), (2, 8), (3, 10)):
+    line = next(l for l in lines if l.startswith(f"chunk {i}/3:"))
+    assert f"{done}/{N} images" in line and "images/s" in line and "ETA" in line, line
+  assert any(l.startswith("FID ") for l in lines) and any(l.startswith("CLIP score") for l in lines)
+  with Image.open(os.path.join(runs["a"], "grid.png")) as im:   # 4 tiles (one chunk), x4
+    assert im.size == ((4 * 32 + 3 * 2) * 4, 32 * 4)
+  assert report["grid"]["captions"] == files["captions"][:4]
+
+  # The same figures from the saved PNGs, computed independently of the runner.
+  images = np.stack([np.asarray(Image.open(os.path.join(runs["a"], "images", f"{i:06d}.png")))
+                     for i in range(N)])
+  assert images.shape == (N, 32, 32, 3) and len(np.unique(images.reshape(N, -1), axis=0)) == N
+  acc = compositional.evaluate(images, files["captions"])
+  assert {k: m["compositional"][k] for k in acc} == acc
+  inception = scorers.load_inception(files["inception"], "fid", 75)
+  ref = np.stack([np.asarray(Image.open(os.path.join(files["ref"], f)))
+                  for f in sorted(os.listdir(files["ref"]))])
+  want = F.fid(F.FeatureStats(2048).update(inception.features(images)),
+               F.FeatureStats(2048).update(inception.features(ref)))
+  assert want > 0
+  np.testing.assert_allclose(m["fid"]["fid"], want, rtol=1e-5)
+  clip = scorers.load_clip(files["clip"])
+  tokens = clip.tokenizer(files["captions"])
+  img, txt = clip.image_embeds(images), clip.text_embeds(tokens.ids, tokens.mask)
+  cos = np.sum(img * txt, 1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+  np.testing.assert_allclose(m["clip"]["clip_score"], 100 * np.mean(np.maximum(cos, 0)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(m["clip"]["mean_cosine"], np.mean(cos), rtol=1e-5, atol=1e-7)
+
+
+def test_a_killed_evaluation_resumes_where_it_stopped_and_equals_an_uninterrupted_one(runs):
+  # Killed after its first chunk: progress saved, no report yet.
+  assert "state.npz" in runs["b_files"] and "eval.json" not in runs["b_files"]
+  resumed = runs["resumed"]
+  # SIGKILL came after chunk 1 was saved, maybe after chunk 2 as well.
+  assert ("resuming at chunk 2/3 (4/10 images done" in resumed
+          or "resuming at chunk 3/3 (8/10 images done" in resumed), resumed
+  assert "chunk 1/3" not in resumed   # nothing was redone
+  assert "reusing" in resumed          # the reference statistics were computed once
+  a, b = load_report(runs["a"]), load_report(runs["b"])
+  for report in (a, b):   # the cached reference file is per OUT
+    report["metrics"]["fid"]["reference"].pop("path")
+  assert b["metrics"] == a["metrics"]
+  assert b["setup"] == a["setup"]
+
+
+def _stats(tmp_path, name, captions, images, metrics, inception=None, max_chunks=None):
+  """The statistics arrays after runner.run (None if it stopped at max_chunks)."""
+  ev = runner.Evaluation(out=str(tmp_path / name), captions=captions, metrics=metrics,
+                         batch_size=2, chunk_size=CHUNK, identity={"images": "shapes"},
+                         inception=inception, grid=0)
+  acc = runner.run(ev, lambda idx: images[idx], log=lambda s: None, max_chunks=max_chunks)
+  return None if acc is None else (ev, acc, acc.arrays())
+
+
+def assert_same(got, want):
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_resume_in_process_by_chunks_and_by_a_longer_num(tmp_path):
+  exs = list(shapes.ShapesDataset("train", 9, 3, 32))
+  images = np.stack([e.image for e in exs])
+  captions = [e.caption for e in exs]
+  captions[4] = exs[0].caption   # one wrong caption, so not every count is full
+  inception = scorers.load_inception(None, "fid", 75)   # random weights
+  metrics = ("fid", "compositional")
+  ev, acc, whole = _stats(tmp_path, "whole", captions, images, metrics, inception)
+  assert whole["fid_count"] == 9 and 0 < whole["comp_overall"] < 9
+  report = runner.summarize(ev, acc, F.FeatureStats(2048).update(
+      inception.features(images[::-1])).gaussian(), {})
+  assert report["fid"]["note"] == scorers.FID_RANDOM_NOTE and report["fid"]["fid"] > 0
+  # Stopped after one chunk, then the rest: the same float64 sums, bit for bit (so the same
+  # FID).
+  assert _stats(tmp_path, "parts", captions, images, metrics, inception, max_chunks=1) is None
+  with np.load(tmp_path / "parts" / "state.npz") as z:
+    assert int(z["fid_count"]) == CHUNK and json.loads(str(z["meta"]))["done"] == CHUNK
+  assert_same(_stats(tmp_path, "parts", captions, images, metrics, inception)[2], whole)
+  # --num growing in whole chunks continues too (8 = two chunks of 4, then all 9).
+  _stats(tmp_path, "grow", captions[:8], images, metrics, inception)
+  assert_same(_stats(tmp_path, "grow", captions, images, metrics, inception)[2], whole)
+  # A run that stopped inside a chunk (6 in chunks of 4) cannot be continued by chunks.
+  _stats(tmp_path, "odd", captions[:6], images, ("compositional",))
+  with pytest.raises(ValueError, match="holds 6 evaluated images.*--num=6"):
+    _stats(tmp_path, "odd", captions, images, ("compositional",))
+  with pytest.raises(ValueError, match="another evaluation .* differs in metrics"):
+    _stats(tmp_path, "odd", captions[:6], images, metrics, inception)
+
+
+def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_alike(
+    files, runs, tmp_path):
+  f, t = files, tmp_path
+  (t / "empty.txt").write_text("\n  \n\n")
+  (t / "cat.txt").write_text(f["captions"][0] + "\na photo of a cat\n")
+  two = t / "two.txt"
+  two.write_text("\n".join(f["captions"][:2]) + "\n")
+  for name, arr in (("range", np.full((2, 8, 8, 3), 1.5, np.float32)),
+                    ("dtype", np.zeros((2, 8, 8, 3), np.int32))):
+    np.savez(t / f"{name}.npz", images=arr)
+  (t / "sizes").mkdir()
+  Image.new("RGB", (8, 8)).save(t / "sizes" / "0.png")
+  Image.new("RGB", (8, 9)).save(t / "sizes" / "1.png")
+  (t / "rgba").mkdir()
+  Image.new("RGB", (8, 8)).save(t / "rgba" / "000000.png")
+  Image.new("RGBA", (8, 8)).save(t / "rgba" / "000001.png")
+  (t / "gap").mkdir()
+  Image.new("RGB", (8, 8)).save(t / "gap" / "0.png")
+  from safetensors.numpy import load_file, save_file
+  sd = load_file(f["inception"])
+  del sd["Mixed_6b.branch7x7_1.conv.weight"]
+  sd["Mixed_7c.branch_pool.bn.running_var"] = np.ones((7,), np.float32)
+  sd["Conv2d_9z.conv.weight"] = np.ones((1,), np.float32)
+  save_file(sd, str(t / "bad_inception.safetensors"))
+  (t / "clip_no_vocab").mkdir()
+  for name in ("model.safetensors", "config.json"):
+    os.symlink(os.path.join(f["clip"], name), t / "clip_no_vocab" / name)
+  F.save_stats(str(t / "other_ref.npz"), F.FeatureStats(2048).update(np.eye(2, 2048)),
+               {"inception": {"weights_sha256": "random(seed=0)", "variant": "fid",
+                              "input_size": 299}})
+  unused = "--images=/nonexistent"   # these cases fail before images are read
+  (t / "ok").mkdir()
+  for i in range(2):
+    Image.new("RGB", (8, 8)).save(t / "ok" / f"{i}.png")
+  cases = {
+      "empty captions": ([f"--captions={t}/empty.txt", "--images=x", "--metrics=clip"],
+                         f"error: --captions={t}/empty.txt holds no captions"),
+      "not shapes": ([f"--captions={t}/cat.txt", unused, "--metrics=compositional"],
+                     "error: --metrics=compositional needs shapes captions; caption 1 "
+                     "('a photo of a cat')"),
+      "no reference": ([f"--captions={two}", unused, "--metrics=fid"],
+                       "error: --metrics=fid needs --reference_stats"),
+      "float range": ([f"--captions={two}", f"--images={t}/range.npz", "--metrics=clip"],
+                      f"error: --images={t}/range.npz: float images must lie in [0, 1], got "
+                      "values in [1.5, 1.5]"),
+      "dtype": ([f"--captions={two}", f"--images={t}/dtype.npz", "--metrics=clip"],
+                f"error: --images={t}/dtype.npz: images must be uint8 (0..255) or float in "
+                "[0, 1], got dtype int32"),
+      "sizes": ([f"--captions={two}", f"--images={t}/sizes", "--metrics=compositional"],
+                f"error: images of one set must have one size: {t}/sizes/1.png is 8x9"),
+      "alpha": ([f"--captions={two}", f"--images={t}/rgba", "--metrics=compositional"],
+                f"error: {t}/rgba/000001.png: image mode RGBA"),
+      "missing image": ([f"--captions={two}", f"--images={t}/gap", "--metrics=compositional"],
+                        f"error: --images={t}/gap: no image for 1 of 2 captions (first: [1])"),
+      "weights file": ([f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
+                        f"--reference_stats={t}/other_ref.npz",
+                        f"--inception_weights={t}/nope.safetensors"],
+                       f"error: weights not found: {t}/nope.safetensors"),
+      "bad keys": ([f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
+                    f"--reference_stats={t}/other_ref.npz",
+                    f"--inception_weights={t}/bad_inception.safetensors"],
+                   f"error: {t}/bad_inception.safetensors does not match the model config; "
+                   "1 missing: Mixed_6b.branch7x7_1.conv.weight; 1 unexpected: "
+                   "Conv2d_9z.conv.weight; 1 misshapen: Mixed_7c.branch_pool.bn.running_var: "
+                   "file (7,) vs model (192,)"),
+      "other network": ([f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
+                         f"--reference_stats={t}/other_ref.npz",
+                         f"--inception_weights={f['inception']}", "--inception_size=75"],
+                        f"error: --reference_stats={t}/other_ref.npz was computed with "
+                        "Inception {"),
+      "clip vocab": ([f"--captions={two}", f"--images={t}/ok", "--metrics=clip",
+                      f"--clip_weights={t}/clip_no_vocab"],
+                     f"error: --clip_weights={t}/clip_no_vocab: {t}/clip_no_vocab has no "
+                     "vocab.json, merges.txt"),
+  }
+  procs = {}
+  for name, (args, _) in cases.items():   # concurrently: each is mostly interpreter start-up
+    cmd = [sys.executable, "-m", "muse_jax.evaluate", f"--out={t}/out_{len(procs)}", *args]
+    procs[name] = subprocess.Popen(cmd, cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+  # Two that work: run A's saved PNGs scored as a folder (--images) against A's reference
+  # statistics; the statistics of the reference folder written once (--save_stats).
+  folder = subprocess.Popen(
+      [a for a in evaluate_cmd(f, str(t / "folder"), f"--images={runs['a']}/images",
+                               f"--reference_stats={runs['a']}/reference_stats.npz")
+       if not a.startswith(("--config", "--workdir", "--reference_images"))],
+      cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  stats_file = str(t / "ref_stats.npz")
+  ok = subprocess.run([sys.executable, "-m", "muse_jax.evaluate", f"--save_stats={stats_file}",
+                       f"--reference_images={f['ref']}", f"--inception_weights={f['inception']}",
+                       "--inception_size=75", "--batch_size=5"],
+                      cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=300)
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith(cases[name][1]), f"{name}:\n{err[-3000:]}"
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert f"wrote FID statistics of 12 images to {stats_file}" in ok.stdout
+  info = F.load_stats_info(stats_file)
+  assert info["count"] == 12 and info["inception"]["input_size"] == 75
+  assert F.load_stats(stats_file).count == 12
+  _, err = folder.communicate(timeout=300)
+  assert folder.returncode == 0, err[-3000:]
+  # The same images in the same batches: the same figures, bit for bit.
+  want, got = load_report(runs["a"])["metrics"], load_report(str(t / "folder"))["metrics"]
+  assert got["fid"]["reference"]["path"] == f"{runs['a']}/reference_stats.npz"
+  for report in (want, got):
+    report["fid"].pop("reference")
+  assert got == want
+  assert load_report(str(t / "folder"))["setup"]["source"] == "images"
