@@ -1,6 +1,6 @@
 """The sampling, attention and dispatch benchmarks run end to end on CPU: smoke runs, so the
 scripts that measure the GPU figures of docs/performance.md (benchmarks/sample.py, attention.py,
-dispatch.py) keep working and keep their table layout without a GPU."""
+dispatch.py, evaluate.py) keep working and keep their table layout without a GPU."""
 import os
 import subprocess
 import sys
@@ -73,3 +73,21 @@ def test_limit_names_the_profiles_largest_share_of_a_slow_forward():
                                      "call")
   gaps = dict(latency_ms=30.0, busy_ms=12.0, by_category_ms={"matmul": 8.0, "attention": 4.0})
   assert name_limit(_row(gaps)).endswith("kernel launches (idle gaps) 60% of the call")
+
+
+def test_evaluate_benchmark_times_each_network_and_projects_an_fid():
+  out = subprocess.run([sys.executable, "benchmarks/evaluate.py", "--tiny"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+          for l in out.stdout.splitlines() if l.startswith("| ") and not l.startswith("| row")}
+  assert set(rows) == {"inception", "clip_image:tiny", "clip_text:tiny"}
+  for name, (batch, first, ms, rate, plus) in rows.items():
+    assert batch == "2" and float(first) > 0 and float(ms) > 0 and float(rate) > 0, name
+  # The statistics are host work on top of the network: never faster than the network alone.
+  assert 0 < float(rows["inception"][4]) <= float(rows["inception"][3])
+  fid_line = next(l for l in out.stdout.splitlines() if l.startswith("projected FID of 100 "))
+  seconds = float(fid_line.split(": ")[1].split(" s ")[0])
+  assert seconds > 100 / float(rows["inception"][4]), fid_line   # images plus the distance
+  assert any(l.startswith("projected CLIP score (tiny) of 100 pairs") for l in
+             out.stdout.splitlines())
