@@ -79,16 +79,20 @@ def main(argv=None):
   from muse_jax.evaluation import scorers
   from muse_jax.evaluation.clip_score import ClipScoreStats
   dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({jax.default_backend()}), {args.image_size} px images, "
-        f"Inception input {args.inception_size}, random weights", flush=True)
+  print(f"device: {dev.device_kind} ({jax.default_backend()}); {args.image_size} px images; "
+        f"Inception input {args.inception_size}; random weights; median of {args.runs} after "
+        f"{args.warmup} warm-up")
+  # Rows are printed as they finish, so that a run cut short still reports what it measured.
+  print("| row | batch | compile+first s | ms/batch | images/s | images/s +stats |")
+  print("|---|---|---|---|---|---|", flush=True)
   rng = np.random.default_rng(0)
-  rows, best = [], {}
+  best = {}
 
-  def row(name, batch, first, median, extra=None):
-    rate = batch / median
-    rows.append((name, batch, first, median * 1e3, rate, extra))
-    best[name] = max(best.get(name, 0.0), rate if extra is None else batch / extra)
-    print(f"  {name} batch {batch}: {rate:.1f} images/s", flush=True)
+  def row(name, batch, first, median, with_stats=None):
+    plus = "" if with_stats is None else f"{batch / with_stats:.1f}"
+    print(f"| {name} | {batch} | {first:.2f} | {1e3 * median:.2f} | {batch / median:.1f} | "
+          f"{plus} |", flush=True)
+    best[name] = max(best.get(name, 0.0), batch / (median if with_stats is None else with_stats))
 
   inception = scorers.load_inception(None, "fid", args.inception_size)
   for b in args.batch_sizes:
@@ -101,6 +105,9 @@ def main(argv=None):
   a = rng.standard_normal((2048, 2048)) / 45.0
   s1, s2 = a @ a.T, a.T @ a + np.eye(2048) * 1e-3
   _, frechet = timed(lambda: F.frechet_distance(mean, s1, -mean, s2), 1, 0)
+  print(f"projected FID of {args.num} images at {args.image_size} px: "
+        f"{args.num / best['inception'] + frechet:.1f} s (Inception with statistics "
+        f"{best['inception']:.1f} images/s, Fréchet distance {frechet:.2f} s)", flush=True)
 
   captions = [f"a photo of {i} red cubes on a blue table, seen from the left side"
               for i in range(max(args.batch_sizes))]
@@ -118,22 +125,10 @@ def main(argv=None):
       first, t = timed(text, args.runs, args.warmup)
       row(f"clip_text:{model}", b, first, t)
     ClipScoreStats().update(clip.image_embeds(images), text())   # the pairs are scorable
-
-  print(f"\ndevice: {dev.device_kind}; {args.image_size} px; Inception input "
-        f"{args.inception_size}; median of {args.runs} after {args.warmup} warm-up")
-  print("| row | batch | compile+first s | ms/batch | images/s | images/s +stats |")
-  print("|---|---|---|---|---|---|")
-  for name, batch, first, ms, rate, extra in rows:
-    plus = "" if extra is None else f"{batch / extra:.1f}"
-    print(f"| {name} | {batch} | {first:.2f} | {ms:.2f} | {rate:.1f} | {plus} |")
-  fid_s = args.num / best["inception"] + frechet
-  print(f"projected FID of {args.num} images at {args.image_size} px: {fid_s:.1f} s "
-        f"(Inception with statistics {best['inception']:.1f} images/s, Fréchet distance "
-        f"{frechet:.2f} s)")
-  for model in args.clip_models:
     img, txt = best[f"clip_image:{model}"], best[f"clip_text:{model}"]
     print(f"projected CLIP score ({model}) of {args.num} pairs: "
-          f"{args.num / img + args.num / txt:.1f} s (images {img:.1f}/s, captions {txt:.1f}/s)")
+          f"{args.num / img + args.num / txt:.1f} s (images {img:.1f}/s, captions {txt:.1f}/s)",
+          flush=True)
 
 
 if __name__ == "__main__":
