@@ -1,6 +1,7 @@
-"""The sampling, attention, dispatch and evaluation benchmarks run end to end on CPU: smoke runs, so the
-scripts that measure the GPU figures of docs/performance.md (benchmarks/sample.py, attention.py,
-dispatch.py, evaluate.py) keep working and keep their table layout without a GPU."""
+"""The sampling, attention, dispatch and evaluation benchmarks run end to end on CPU: smoke
+runs, so the scripts that measure the GPU figures of docs/performance.md (benchmarks/sample.py,
+attention.py, dispatch.py, evaluate.py) keep working and keep their table layout without a
+GPU."""
 import os
 import subprocess
 import sys
