@@ -40,7 +40,6 @@ and networks), OUT/grid.png (the first --grid images) and, with --save_images, O
 Exit status: 0 done (or stopped by --max_chunks; rerun to continue); 2 bad flags, captions,
 images or weight files, or OUT holding another evaluation; 4 a stage has no checkpoint.
 """
-import json
 import logging
 import os
 import sys
@@ -127,6 +126,10 @@ def check_flags(metrics):
     raise UsageError("give --reference_stats or --reference_images, not both")
   if FLAGS.batch_size < 1:
     raise UsageError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+  for name in ("grid", "max_chunks"):
+    value, least = getattr(FLAGS, name), 0 if name == "grid" else 1
+    if value is not None and value < least:
+      raise UsageError(f"--{name}={value} must be >= {least}")
   if FLAGS.chunk_size < 0 or FLAGS.chunk_size % FLAGS.batch_size:
     raise UsageError(f"--chunk_size={FLAGS.chunk_size} must be a multiple of --batch_size="
                      f"{FLAGS.batch_size} (0: 8 batches)")

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from muse_jax.data.shapes import dataset as shapes
-from muse_jax.evaluation import compositional, fid as F, runner, scorers
+from muse_jax.evaluation import compositional, inputs, reference, runner, scorers
+from muse_jax.evaluation import fid as F
 from tests.evaluation.helpers import shapes_captions, write_inception, write_tiny_clip
 from tests.sampling.test_pipeline import make_tiny_run, spiece  # noqa: F401 (fixture)
 from tests.training.helpers import REPO, cli_env
@@ -112,8 +113,8 @@ def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(f
   inception = scorers.load_inception(files["inception"], "fid", 75)
   ref = np.stack([np.asarray(Image.open(os.path.join(files["ref"], f)))
                   for f in sorted(os.listdir(files["ref"]))])
-  want = F.fid(F.FeatureStats(2048).update(inception.features(images)),
-               F.FeatureStats(2048).update(inception.features(ref)))
+  feats = inception.features(np.concatenate([images, ref]))   # one compilation
+  want = F.fid(F.FeatureStats(2048).update(feats[:N]), F.FeatureStats(2048).update(feats[N:]))
   assert want > 0
   np.testing.assert_allclose(m["fid"]["fid"], want, rtol=1e-5)
   clip = scorers.load_clip(files["clip"])
@@ -163,11 +164,9 @@ def test_resume_in_process_by_chunks_and_by_a_longer_num(tmp_path):
   captions[4] = exs[0].caption   # one wrong caption, so not every count is full
   inception = scorers.load_inception(None, "fid", 75)   # random weights
   metrics = ("fid", "compositional")
-  ev, acc, whole = _stats(tmp_path, "whole", captions, images, metrics, inception)
+  assert inception.info["random_weights"] and inception.info["note"] == scorers.FID_RANDOM_NOTE
+  _, _, whole = _stats(tmp_path, "whole", captions, images, metrics, inception)
   assert whole["fid_count"] == 9 and 0 < whole["comp_overall"] < 9
-  report = runner.summarize(ev, acc, F.FeatureStats(2048).update(
-      inception.features(images[::-1])).gaussian(), {})
-  assert report["fid"]["note"] == scorers.FID_RANDOM_NOTE and report["fid"]["fid"] > 0
   # Stopped after one chunk, then the rest: the same float64 sums, bit for bit (so the same
   # FID).
   assert _stats(tmp_path, "parts", captions, images, metrics, inception, max_chunks=1) is None
@@ -195,32 +194,22 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
   for name, arr in (("range", np.full((2, 8, 8, 3), 1.5, np.float32)),
                     ("dtype", np.zeros((2, 8, 8, 3), np.int32))):
     np.savez(t / f"{name}.npz", images=arr)
-  (t / "sizes").mkdir()
-  Image.new("RGB", (8, 8)).save(t / "sizes" / "0.png")
-  Image.new("RGB", (8, 9)).save(t / "sizes" / "1.png")
-  (t / "rgba").mkdir()
-  Image.new("RGB", (8, 8)).save(t / "rgba" / "000000.png")
-  Image.new("RGBA", (8, 8)).save(t / "rgba" / "000001.png")
-  (t / "gap").mkdir()
-  Image.new("RGB", (8, 8)).save(t / "gap" / "0.png")
+  for name, sizes in (("sizes", [(8, 8), (8, 9)]), ("ok", [(8, 8), (8, 8)])):
+    (t / name).mkdir()
+    for i, size in enumerate(sizes):
+      Image.new("RGB", size).save(t / name / f"{i}.png")
   from safetensors.numpy import load_file, save_file
   sd = load_file(f["inception"])
   del sd["Mixed_6b.branch7x7_1.conv.weight"]
   sd["Mixed_7c.branch_pool.bn.running_var"] = np.ones((7,), np.float32)
   sd["Conv2d_9z.conv.weight"] = np.ones((1,), np.float32)
   save_file(sd, str(t / "bad_inception.safetensors"))
-  (t / "clip_no_vocab").mkdir()
-  for name in ("model.safetensors", "config.json"):
-    os.symlink(os.path.join(f["clip"], name), t / "clip_no_vocab" / name)
-  F.save_stats(str(t / "other_ref.npz"), F.FeatureStats(2048).update(np.eye(2, 2048)),
-               {"inception": {"weights_sha256": "random(seed=0)", "variant": "fid",
-                              "input_size": 299}})
+  F.save_stats(str(t / "ref.npz"), F.FeatureStats(2048).update(np.eye(2, 2048)))
   unused = "--images=/nonexistent"   # these cases fail before images are read
-  (t / "ok").mkdir()
-  for i in range(2):
-    Image.new("RGB", (8, 8)).save(t / "ok" / f"{i}.png")
+  fid_on_ok = [f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
+               f"--reference_stats={t}/ref.npz"]
   cases = {
-      "empty captions": ([f"--captions={t}/empty.txt", "--images=x", "--metrics=clip"],
+      "empty captions": ([f"--captions={t}/empty.txt", unused, "--metrics=clip"],
                          f"error: --captions={t}/empty.txt holds no captions"),
       "not shapes": ([f"--captions={t}/cat.txt", unused, "--metrics=compositional"],
                      "error: --metrics=compositional needs shapes captions; caption 1 "
@@ -235,42 +224,28 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
                 "[0, 1], got dtype int32"),
       "sizes": ([f"--captions={two}", f"--images={t}/sizes", "--metrics=compositional"],
                 f"error: images of one set must have one size: {t}/sizes/1.png is 8x9"),
-      "alpha": ([f"--captions={two}", f"--images={t}/rgba", "--metrics=compositional"],
-                f"error: {t}/rgba/000001.png: image mode RGBA"),
-      "missing image": ([f"--captions={two}", f"--images={t}/gap", "--metrics=compositional"],
-                        f"error: --images={t}/gap: no image for 1 of 2 captions (first: [1])"),
-      "weights file": ([f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
-                        f"--reference_stats={t}/other_ref.npz",
-                        f"--inception_weights={t}/nope.safetensors"],
+      "weights file": (fid_on_ok + [f"--inception_weights={t}/nope.safetensors"],
                        f"error: weights not found: {t}/nope.safetensors"),
-      "bad keys": ([f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
-                    f"--reference_stats={t}/other_ref.npz",
-                    f"--inception_weights={t}/bad_inception.safetensors"],
+      "bad keys": (fid_on_ok + [f"--inception_weights={t}/bad_inception.safetensors"],
                    f"error: {t}/bad_inception.safetensors does not match the model config; "
                    "1 missing: Mixed_6b.branch7x7_1.conv.weight; 1 unexpected: "
                    "Conv2d_9z.conv.weight; 1 misshapen: Mixed_7c.branch_pool.bn.running_var: "
                    "file (7,) vs model (192,)"),
-      "other network": ([f"--captions={two}", f"--images={t}/ok", "--metrics=fid",
-                         f"--reference_stats={t}/other_ref.npz",
-                         f"--inception_weights={f['inception']}", "--inception_size=75"],
-                        f"error: --reference_stats={t}/other_ref.npz was computed with "
-                        "Inception {"),
-      "clip vocab": ([f"--captions={two}", f"--images={t}/ok", "--metrics=clip",
-                      f"--clip_weights={t}/clip_no_vocab"],
-                     f"error: --clip_weights={t}/clip_no_vocab: {t}/clip_no_vocab has no "
-                     "vocab.json, merges.txt"),
+      # A stage without a checkpoint: status 4, as muse_jax.sample.
+      "no checkpoint": ([f"--captions={two}", "--config=configs/pipeline_tiny.py",
+                         f"--workdir={t}/no_runs", "--metrics=compositional"],
+                        f"error: no checkpoint in {t}/no_runs/base"),
   }
   procs = {}
   for name, (args, _) in cases.items():   # concurrently: each is mostly interpreter start-up
     cmd = [sys.executable, "-m", "muse_jax.evaluate", f"--out={t}/out_{len(procs)}", *args]
     procs[name] = subprocess.Popen(cmd, cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-  # Two that work: run A's saved PNGs scored as a folder (--images) against A's reference
-  # statistics; the statistics of the reference folder written once (--save_stats).
+  # Two that work: run A's saved PNGs scored as a folder (--images); the statistics of the
+  # reference folder, written once (--save_stats).
   folder = subprocess.Popen(
-      [a for a in evaluate_cmd(f, str(t / "folder"), f"--images={runs['a']}/images",
-                               f"--reference_stats={runs['a']}/reference_stats.npz")
-       if not a.startswith(("--config", "--workdir", "--reference_images"))],
+      [sys.executable, "-m", "muse_jax.evaluate", f"--images={runs['a']}/images",
+       f"--captions={f['captions_file']}", "--metrics=compositional", f"--out={t}/folder"],
       cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   stats_file = str(t / "ref_stats.npz")
   ok = subprocess.run([sys.executable, "-m", "muse_jax.evaluate", f"--save_stats={stats_file}",
@@ -280,7 +255,8 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
   for name, proc in procs.items():
     _, err = proc.communicate(timeout=300)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
+    want = 4 if name == "no checkpoint" else 2
+    assert proc.returncode == want, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
     assert len(lines) == 1 and lines[0].startswith(cases[name][1]), f"{name}:\n{err[-3000:]}"
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert f"wrote FID statistics of 12 images to {stats_file}" in ok.stdout
@@ -289,10 +265,44 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
   assert F.load_stats(stats_file).count == 12
   _, err = folder.communicate(timeout=300)
   assert folder.returncode == 0, err[-3000:]
-  # The same images in the same batches: the same figures, bit for bit.
-  want, got = load_report(runs["a"])["metrics"], load_report(str(t / "folder"))["metrics"]
-  assert got["fid"]["reference"]["path"] == f"{runs['a']}/reference_stats.npz"
-  for report in (want, got):
-    report["fid"].pop("reference")
-  assert got == want
-  assert load_report(str(t / "folder"))["setup"]["source"] == "images"
+  # The samples, read back from their PNGs, score as they did when sampled.
+  got = load_report(str(t / "folder"))
+  assert got["setup"]["source"] == "images"
+  assert got["metrics"] == {"compositional": load_report(runs["a"])["metrics"]["compositional"]}
+
+
+def test_image_sets_references_and_clip_files_are_checked_before_any_work(files, tmp_path):
+  t = tmp_path
+  for name, images in (("rgba", [("000000.png", "RGB"), ("000001.png", "RGBA")]),
+                       ("gap", [("0.png", "RGB"), ("2.png", "RGB"), ("notes.txt", None)]),
+                       ("twice", [("1.png", "RGB"), ("0.png", "RGB"), ("01.jpg", "RGB")])):
+    (t / name).mkdir()
+    for file, mode in images:
+      if mode is None:
+        (t / name / file).write_text("not an image")
+      else:
+        Image.new(mode, (8, 8)).save(t / name / file)
+  with pytest.raises(ValueError, match=f"^{t}/rgba/000001.png: image mode RGBA;"):
+    inputs.ImageSet.for_captions(str(t / "rgba"), 2)
+  with pytest.raises(ValueError, match=r"no image for 2 of 4 captions \(first: \[1, 3\]\)"):
+    inputs.ImageSet.for_captions(str(t / "gap"), 4)
+  with pytest.raises(ValueError, match="two images for caption 1: 01.jpg and 1.png"):
+    inputs.ImageSet.for_captions(str(t / "twice"), 2)
+  got = inputs.ImageSet.for_captions(str(t / "gap"), 1)   # 2.png and notes.txt: not needed
+  assert got.load([0, 0]).shape == (2, 8, 8, 3) and got.size == (8, 8)
+  # Reference statistics made by another network are refused; files without info are taken.
+  inception = scorers.InceptionScorer(None, {"weights_sha256": "abc", "variant": "fid",
+                                             "input_size": 299})
+  other = {"inception": {"weights_sha256": "random(seed=0)", "variant": "fid",
+                         "input_size": 299}}
+  F.save_stats(str(t / "other.npz"), F.FeatureStats(2048).update(np.eye(2, 2048)), other)
+  with pytest.raises(ValueError, match="other.npz was computed with Inception .*random"):
+    reference.load(str(t / "other.npz"), inception)
+  np.savez(t / "pfid.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+  g, info = reference.load(str(t / "pfid.npz"), inception)
+  assert g.count is None and info["provenance"].startswith("unknown")
+  # A CLIP directory needs its config and tokenizer files.
+  (t / "clip").mkdir()
+  os.symlink(os.path.join(files["clip"], "model.safetensors"), t / "clip" / "model.safetensors")
+  with pytest.raises(FileNotFoundError, match="has no config.json, vocab.json, merges.txt"):
+    scorers.load_clip(str(t / "clip" / "model.safetensors"))
