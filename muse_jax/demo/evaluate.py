@@ -17,6 +17,7 @@ from muse_jax.demo import images as I
 from muse_jax.demo.constants import GUIDANCE, SPLITS, grid_name
 from muse_jax.evaluation import compositional, detector
 from muse_jax.sampling import editing
+from muse_jax.sampling.image_io import save_grid
 
 
 def acc_line(r: dict) -> str:
@@ -102,8 +103,8 @@ def run_samples(demo) -> None:
       split_res[mode], split_res[f"{mode}_by_objects"] = evaluate_by_objects(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
-      I.save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),
-                  int(demo.config.png_scale))
+      save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),
+                int(demo.config.png_scale))
       demo.log("samples", f"{split} {mode}: " + acc_line(split_res[mode]))
     # Accuracy only (no grid) at further guidance scales.
     sweep = {}

@@ -1,7 +1,10 @@
-"""Image helpers of the demo: uint8 conversion, PNG rows and grids, batched generation."""
+"""Image helpers of the demo: uint8 conversion, PNG rows, batched generation (grids:
+muse_jax.sampling.image_io.save_grid)."""
 from __future__ import annotations
 
 import numpy as np
+
+from muse_jax.sampling.image_io import save_grid
 
 
 def to_uint8(images) -> np.ndarray:
@@ -29,24 +32,4 @@ def mask_view(image, mask) -> np.ndarray:
 
 def save_row(panels, path: str, scale: int, gap: int = 2) -> None:
   """Images side by side (white gaps), upscaled (nearest) by `scale`, as a PNG."""
-  from PIL import Image
-  h, w = panels[0].shape[:2]
-  canvas = np.full((h, len(panels) * (w + gap) - gap, 3), 255, np.uint8)
-  for i, p in enumerate(panels):
-    canvas[:, i * (w + gap):i * (w + gap) + w] = p
-  im = Image.fromarray(canvas)
-  im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)
-
-
-def save_grid(images, path: str, columns: int, scale: int, gap: int = 2) -> None:
-  """Images row by row in `columns` columns, upscaled (nearest) by `scale`, as a PNG."""
-  from PIL import Image
-  n, h, w = images.shape[:3]
-  cols = min(columns, n)
-  rows = -(-n // cols)
-  canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
-  for i, img in enumerate(images):
-    r, c = divmod(i, cols)
-    canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
-  im = Image.fromarray(canvas)
-  im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)
+  save_grid(np.stack(panels), path, len(panels), scale, gap)

@@ -29,6 +29,7 @@ from muse_jax.evaluation.fid import FeatureStats, Gaussian, fid
 from muse_jax.evaluation.inputs import to_uint8
 from muse_jax.models.inception import FEATURE_DIM
 from muse_jax.progress import format_duration
+from muse_jax.sampling.image_io import save_grid
 
 METRICS = ("fid", "clip", "compositional")
 STATE_FILE = "state.npz"
@@ -140,21 +141,6 @@ def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
   return done, acc
 
 
-def save_grid(images: np.ndarray, path: str, columns: int = 4, gap: int = 2) -> None:
-  """uint8 images in rows of `columns`, enlarged (nearest) to at least 128 px each."""
-  from PIL import Image
-  n, h, w = images.shape[:3]
-  scale = max(1, -(-128 // max(h, w)))
-  cols = min(columns, n)
-  rows = -(-n // cols)
-  canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
-  for i, img in enumerate(images):
-    r, c = divmod(i, cols)
-    canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
-  im = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
-                                      Image.NEAREST)
-  _atomic_write(path, lambda f: im.save(f, format="PNG"))
-
 
 def _save_images(ev: Evaluation, images: np.ndarray, start: int) -> None:
   from PIL import Image
@@ -193,7 +179,7 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
       if c == 0 and ev.grid:
         grid.extend(images[:valid][:ev.grid - len(grid)])
     if c == 0 and grid:   # before the state: a run past chunk 0 always has its grid
-      save_grid(np.stack(grid), os.path.join(ev.out, GRID_FILE))
+      save_grid(np.stack(grid), os.path.join(ev.out, GRID_FILE), columns=4)
     done = min((c + 1) * cs, n)
     save_state(ev, acc, done)
     rate = (done - start) / max(time.perf_counter() - t0, 1e-9)

@@ -6,7 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-
+from PIL import Image
 
 
 def as_float_images(images) -> np.ndarray:
@@ -45,7 +45,6 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 def save_images(images: np.ndarray, path: str) -> list[str]:
   """Writes float [B, H, W, 3] in [0, 1] as PNG: PATH for one image, PATH_<i>.png for more."""
-  from PIL import Image
   images = np.asarray(images)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -59,7 +58,6 @@ def save_images(images: np.ndarray, path: str) -> list[str]:
 
 def _load_square(path: str, size: int, mode: str, resample) -> np.ndarray:
   """An image file converted to `mode`, center-cropped to a square, resized to size x size."""
-  from PIL import Image
   with Image.open(path) as im:
     im = im.convert(mode)
     w, h = im.size
@@ -70,11 +68,26 @@ def _load_square(path: str, size: int, mode: str, resample) -> np.ndarray:
 
 def load_image(path: str, size: int) -> np.ndarray:
   """An RGB image file, center-cropped to a square and resized to size x size; float [0, 1]."""
-  from PIL import Image
   return _load_square(path, size, "RGB", Image.BICUBIC).astype(np.float32) / 255.0
 
 
 def load_mask(path: str, size: int) -> np.ndarray:
   """A mask image (white = regenerate) cropped like `load_image`, nearest-resized: bool."""
-  from PIL import Image
   return _load_square(path, size, "L", Image.NEAREST) > 127
+
+
+def save_grid(images, path: str, columns: int, scale: int = 0, gap: int = 2) -> None:
+  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps, enlarged
+  (nearest) by `scale` (0: enough for 128 px per image), written atomically as a PNG."""
+  n, h, w = images.shape[:3]
+  scale = scale or max(1, -(-128 // max(h, w)))
+  cols = min(columns, n)
+  rows = -(-n // cols)
+  canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
+  for i, img in enumerate(images):
+    r, c = divmod(i, cols)
+    canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
+  im = Image.fromarray(canvas)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(tmp, format="PNG")
+  os.replace(tmp, path)
