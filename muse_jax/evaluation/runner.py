@@ -141,7 +141,6 @@ def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
   return done, acc
 
 
-
 def _save_images(ev: Evaluation, images: np.ndarray, start: int) -> None:
   from PIL import Image
   d = os.path.join(ev.out, "images")
