@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from muse_jax.data.shapes import dataset as shapes
-from muse_jax.evaluation import compositional, inputs, reference, runner, scorers
+from muse_jax.evaluation import compositional, runner, scorers
 from muse_jax.evaluation import fid as F
 from tests.evaluation.helpers import shapes_captions, write_inception, write_tiny_clip
 from tests.sampling.test_pipeline import make_tiny_run, spiece  # noqa: F401 (fixture)
@@ -269,40 +269,3 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
   got = load_report(str(t / "folder"))
   assert got["setup"]["source"] == "images"
   assert got["metrics"] == {"compositional": load_report(runs["a"])["metrics"]["compositional"]}
-
-
-def test_image_sets_references_and_clip_files_are_checked_before_any_work(files, tmp_path):
-  t = tmp_path
-  for name, images in (("rgba", [("000000.png", "RGB"), ("000001.png", "RGBA")]),
-                       ("gap", [("0.png", "RGB"), ("2.png", "RGB"), ("notes.txt", None)]),
-                       ("twice", [("1.png", "RGB"), ("0.png", "RGB"), ("01.jpg", "RGB")])):
-    (t / name).mkdir()
-    for file, mode in images:
-      if mode is None:
-        (t / name / file).write_text("not an image")
-      else:
-        Image.new(mode, (8, 8)).save(t / name / file)
-  with pytest.raises(ValueError, match=f"^{t}/rgba/000001.png: image mode RGBA;"):
-    inputs.ImageSet.for_captions(str(t / "rgba"), 2)
-  with pytest.raises(ValueError, match=r"no image for 2 of 4 captions \(first: \[1, 3\]\)"):
-    inputs.ImageSet.for_captions(str(t / "gap"), 4)
-  with pytest.raises(ValueError, match="two images for caption 1: 01.jpg and 1.png"):
-    inputs.ImageSet.for_captions(str(t / "twice"), 2)
-  got = inputs.ImageSet.for_captions(str(t / "gap"), 1)   # 2.png and notes.txt: not needed
-  assert got.load([0, 0]).shape == (2, 8, 8, 3) and got.size == (8, 8)
-  # Reference statistics made by another network are refused; files without info are taken.
-  inception = scorers.InceptionScorer(None, {"weights_sha256": "abc", "variant": "fid",
-                                             "input_size": 299})
-  other = {"inception": {"weights_sha256": "random(seed=0)", "variant": "fid",
-                         "input_size": 299}}
-  F.save_stats(str(t / "other.npz"), F.FeatureStats(2048).update(np.eye(2, 2048)), other)
-  with pytest.raises(ValueError, match="other.npz was computed with Inception .*random"):
-    reference.load(str(t / "other.npz"), inception)
-  np.savez(t / "pfid.npz", mu=np.zeros(2048), sigma=np.eye(2048))
-  g, info = reference.load(str(t / "pfid.npz"), inception)
-  assert g.count is None and info["provenance"].startswith("unknown")
-  # A CLIP directory needs its config and tokenizer files.
-  (t / "clip").mkdir()
-  os.symlink(os.path.join(files["clip"], "model.safetensors"), t / "clip" / "model.safetensors")
-  with pytest.raises(FileNotFoundError, match="has no config.json, vocab.json, merges.txt"):
-    scorers.load_clip(str(t / "clip" / "model.safetensors"))
