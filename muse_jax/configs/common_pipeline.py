@@ -11,7 +11,8 @@ or a path to a .py file) and the workdir that holds its checkpoints:
   pipeline.vq_hi          the tokenizer of the SR tokens (e.g. f8 @ 512px); needed with sr.
 
 Each stage section has:
-  config    training config name ('base_632m') or path ('configs/base_632m.py');
+  config    training config name ('base_632m') or path ('configs/base_632m.py'), or a
+            trained workdir's config.json (what `sample --base` sets);
   workdir   its training workdir (checkpoints/ inside). Empty: WORKDIR/<stage> where WORKDIR
             is `python -m muse_jax.sample --workdir`. For vq_lo/vq_hi it may instead be a
             diffusers VQModel directory or .safetensors file (e.g. aMUSEd's vqvae). Any

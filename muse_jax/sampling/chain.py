@@ -18,7 +18,7 @@ import ml_collections
 
 from muse_jax.configs import common_pipeline
 from muse_jax.data.manifest import read_manifest
-from muse_jax.workdir.saved_config import load_saved_config
+from muse_jax.workdir.saved_config import CONFIG_FILE as SAVED_CONFIG, load_saved_config
 
 
 def _trained(workdir: str, stage: str, flag: str):
@@ -72,10 +72,10 @@ def pipeline_config(base: str, *, sr: str = "", vq_lo: str = "", vq_hi: str = ""
     p.text_encoder.spiece_model = trained_spiece
   if spiece_model:
     p.text_encoder.spiece_model = spiece_model
-  p.base = common_pipeline.stage_section("", base)
-  p.sr = common_pipeline.stage_section("", sr)
-  p.vq_lo = common_pipeline.stage_section(
-      "", vq_lo or _tokenizer(manifest, "tokenizer", "vq_lo", pre_dir))
-  p.vq_hi = common_pipeline.stage_section(
-      "", (vq_hi or _tokenizer(manifest, "sr_tokenizer", "vq_hi", pre_dir)) if sr else "")
+  vq_lo = vq_lo or _tokenizer(manifest, "tokenizer", "vq_lo", pre_dir)
+  vq_hi = (vq_hi or _tokenizer(manifest, "sr_tokenizer", "vq_hi", pre_dir)) if sr else ""
+  for name, workdir in (("base", base), ("sr", sr), ("vq_lo", vq_lo), ("vq_hi", vq_hi)):
+    # Each stage's config is its workdir's config.json ('' leaves the stage out).
+    saved = os.path.join(workdir, SAVED_CONFIG) if workdir else ""
+    p[name] = common_pipeline.stage_section(saved, workdir)
   return c

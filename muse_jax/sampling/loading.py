@@ -24,7 +24,7 @@ from muse_jax.models import fp8, vqgan as V
 from muse_jax.training.registry import stage_model
 from muse_jax.workdir import checkpoints, export_io
 from muse_jax.workdir.saved_config import (RUNTIME_MODEL_KEYS, adopt_saved_model_config,
-                                           load_saved_config, saved_config, stored_config)
+                                           load_saved_config, stored_config)
 
 TRANSFORMER_STAGES = ("base", "sr")
 
@@ -50,18 +50,16 @@ def stage_workdir(section, name: str, root: Optional[str]) -> str:
 def stage_config(section, workdir: str = "") -> ml_collections.ConfigDict:
   """The training config of one pipeline stage, with the section's model overrides applied.
 
-  The config is the named one (`section.config`), or, when that is empty, the workdir's own
-  config.json (what the trainer saved). When `workdir` holds the trainer's config.json, its
-  shape-defining model keys win (the checkpoint was trained with them); runtime keys (dtype,
-  attention, ...) follow the section.
+  `section.config` names a runnable config (configs/<name>.py or a .py path) or a saved
+  config.json (a workdir's, as muse_jax/sampling/chain.py gives). When `workdir` holds the
+  trainer's config.json, its shape-defining model keys win (the checkpoint was trained with
+  them); runtime keys (dtype, attention, ...) follow the section.
   """
-  if section.config:
-    config = config_from_name(str(section.config))
-  elif workdir and saved_config(workdir) is not None:
-    config = load_saved_config(workdir)
+  name = str(section.config)
+  if name.endswith(".json"):
+    config = load_saved_config(os.path.dirname(name))
   else:
-    raise ValueError(f"a pipeline stage with workdir={workdir!r} names no training config and "
-                     "that workdir holds no config.json: give its config or a trained workdir")
+    config = config_from_name(name)
   with config.unlocked():
     for key, value in section.model.items():
       if key not in config.model:

@@ -92,7 +92,7 @@ class Pipeline:
     """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>."""
     p = config.pipeline
     mesh = single_device_mesh()
-    use_sr = bool(p.sr.config or p.sr.workdir)
+    use_sr = bool(p.sr.config)
     # Checkpoints first: a missing one should fail before T5 is loaded.
     base = load_transformer(p.base, "base", workdir)
     sr = load_transformer(p.sr, "sr", workdir) if use_sr else None
