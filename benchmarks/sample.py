@@ -7,11 +7,9 @@ r"""Sampling latency and images/s of the Muse cascade, with random weights.
 Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond):
   base256_b{1,16}     base_632m, 16x16 tokens, 24 steps, then f16 VQ decode to 256 px
   cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64) -> f8 VQ decode to 512 px
-  amused              masked transformer of aMUSEd's size (hidden 1024, 35 layers, 16 heads,
-                      MLP 4096, 768-d text padded to 128; the table prints its parameter count),
-                      256 tokens, 12 steps, batch 1; latency = the transformer loop (what the
-                      latency goal and the plain-JAX reference of docs/performance.md time); its
-                      VQ decoder (146M, 256 px) is beside it.
+  amused              aMUSEd's size (hidden 1024, 35 layers, 16 heads, MLP 4096, 768-d text
+                      padded to 128), 256 tokens, 12 steps, batch 1; latency = the transformer
+                      loop (docs/performance.md); its VQ decoder (146M, 256 px) is beside it.
 Text embeddings are random and made once (T5 is not timed: it runs once per prompt; see
 benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
 (`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
@@ -193,9 +191,7 @@ def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int =
   the summed kernel time and the time per kernel category (ms per call). The optimized HLO is
   written beside the trace (TRACE_DIR/optimized_hlo.txt) to look up what each fusion holds."""
   import collections
-
   import jax
-
   from benchmarks.trace_summary import category, device_events
   os.makedirs(trace_dir, exist_ok=True)
   with open(os.path.join(trace_dir, "optimized_hlo.txt"), "w") as f:
@@ -270,7 +266,6 @@ def loop_bytes(params, sr: bool) -> int:
 def run_row(spec: RowSpec, args):
   import jax
   import jax.numpy as jnp
-
   from muse_jax.models import vqgan as V
   from muse_jax.models.functional import functionalize
   from muse_jax.models.superres import SuperResTransformer
