@@ -70,7 +70,7 @@ def n_params(c):
 
 def test_documented_parameter_counts():
   c = sr_268m.get_config()
-  assert n_params(c) == 266_833_280
+  assert n_params(c) == 269_192_576
   m = c.model
   assert (m.lowres_num_layers, m.num_layers, m.grid_size, m.lowres_grid_size) == (16, 32, 64, 16)
   assert n_params(common_sr.get_config()) == 772_159_488  # the paper's widths (1024/4096)
