@@ -7,9 +7,9 @@ r"""Sampling latency and images/s of the Muse cascade, with random weights.
 Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond):
   base256_b{1,16}     base_632m, 16x16 tokens, 24 steps, then f16 VQ decode to 256 px
   cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64) -> f8 VQ decode to 512 px
-  amused              aMUSEd's size (hidden 1024, 35 layers, 16 heads, MLP 4096, 768-d text
-                      padded to 128), 256 tokens, 12 steps, batch 1; latency = the transformer
-                      loop (docs/performance.md); its VQ decoder (146M, 256 px) is beside it.
+  amused, amused_b16  aMUSEd's size (hidden 1024, 35 layers, 16 heads, MLP 4096, 768-d text
+                      padded to 128), 256 tokens, 12 steps, batch 1 / 16; latency = the
+                      transformer loop; its VQ decoder (146M, 256 px) is beside it.
 Text embeddings are random and made once (T5 is not timed: it runs once per prompt; see
 benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
 (`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
@@ -47,7 +47,7 @@ HBM_BYTES_PER_S = (
     ("TPU v6", 1.64e12), ("TPU v5p", 2.76e12), ("TPU v5 lite", 0.82e12), ("TPU v5e", 0.82e12),
     ("TPU v4", 1.2e12))
 
-ROWS = ("base256_b1", "base256_b16", "cascade512_b1", "cascade512_b16", "amused")
+ROWS = ("base256_b1", "base256_b16", "cascade512_b1", "cascade512_b16", "amused", "amused_b16")
 
 
 def parse_args(argv=None):
@@ -98,8 +98,7 @@ def _model_overrides(cfg, args, tiny):
     cfg.model.scan_layers = bool(args.scan)
     cfg.model.fp8_matmuls = bool(args.fp8)
     if not tiny:
-      cfg.model.dtype = "bfloat16"
-      cfg.model.attention = args.attention
+      cfg.model.update(dict(dtype="bfloat16", attention=args.attention))
   return cfg
 
 
@@ -143,6 +142,7 @@ def row_specs(args):
       "cascade512_b1": RowSpec("cascade512_b1", 1, base, 24, sr, 8, vq=vq_hi),
       "cascade512_b16": RowSpec("cascade512_b16", 16, base, 24, sr, 8, vq=vq_hi),
       "amused": RowSpec("amused", 1, amused, 12, vq=vq_amused, vq_in_latency=False),
+      "amused_b16": RowSpec("amused_b16", 16, amused, 12, vq=vq_amused, vq_in_latency=False),
   }
   names = [r.strip() for r in args.rows.split(",") if r.strip()]
   unknown = [n for n in names if n not in specs]
