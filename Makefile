@@ -1,5 +1,9 @@
 # The README's two commands: `make test` and `make demo`. Both create or reuse .venv.
+# `make install` installs the pinned stack and muse_jax (editable) into .venv: with ACCEL=cpu
+# (the default) JAX on CPU plus the test requirements; with ACCEL=cuda or ACCEL=tpu JAX's GPU or
+# TPU build (setup.py's extras) and no test requirements, whose PyTorch would bring its own CUDA.
 SHELL := /bin/bash
+ACCEL ?= cpu
 VENV := .venv
 # First interpreter >= 3.12 that actually runs (pyenv shims can exist without a version).
 PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
@@ -7,18 +11,33 @@ PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/b
             $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && \
             { echo $$p; break; }; done)
 STAMP := $(VENV)/.installed
+PIP := $(VENV)/bin/pip install -q --disable-pip-version-check
 
 .PHONY: test demo install clean
 
-$(STAMP): requirements.txt requirements-test.txt setup.py
+$(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "error: need Python >= 3.12 (set PYTHON=...)"; exit 1; }
 	@echo "Using $(PYTHON) ($$($(PYTHON) --version))"
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-test.txt setup.py | $(VENV)/bin/python
+	$(PIP) -r requirements.txt -r requirements-test.txt
+	$(PIP) --no-deps -e .
 	touch $(STAMP)
 
+$(STAMP)-cuda $(STAMP)-tpu: $(STAMP)-%: requirements.txt setup.py | $(VENV)/bin/python
+	$(PIP) -r requirements.txt -e ".[$*]"
+	touch $@
+
+ifeq ($(ACCEL),cpu)
 install: $(STAMP)
+else ifneq ($(filter cuda tpu,$(ACCEL)),)
+install: $(STAMP)-$(ACCEL)
+	@$(VENV)/bin/python -c 'import jax; print("jax", jax.__version__, "backend:", jax.default_backend(), jax.device_count(), "devices")'
+else
+install:
+	@echo "error: ACCEL=$(ACCEL); use ACCEL=cpu, cuda or tpu"; exit 2
+endif
 
 # pytest includes the layering contract of pyproject.toml (tests/test_layering.py).
 test: $(STAMP)
