@@ -7,6 +7,9 @@ The config's `stage` picks what is trained. Any config value can be overridden w
 --config.<section>.<key>=VALUE. Pointing --workdir at a directory that holds checkpoints
 resumes from the newest one (parameters, optimizer, step and input position).
 
+Before the first step, process 0 prints what the run runs on: platform, device kind and count,
+processes, mesh, parameter count, global and per-device batch, workdir.
+
 Writes to WORKDIR: checkpoints/ (Orbax), metrics.jsonl (every step's scalars),
 tensorboard/ (TensorBoard events), config.json.
 
@@ -42,14 +45,19 @@ def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
   distributed.initialize_from_flags()
+  import jax
   from muse_jax.cli import run_or_exit
-  from muse_jax.training.loop import train
+  from muse_jax.training.banner import run_banner
+  from muse_jax.training.loop import Trainer
   from muse_jax.training.registry import validate
   config = FLAGS.config
 
   def run():
     validate(config)
-    train(config, FLAGS.workdir)
+    trainer = Trainer(config, FLAGS.workdir)
+    if jax.process_index() == 0:
+      print(run_banner(config, trainer.mesh, trainer.abstract_state, trainer.workdir), flush=True)
+    trainer.run()
 
   run_or_exit(run)
 

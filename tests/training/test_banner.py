@@ -1,0 +1,42 @@
+"""The start banner of `python -m muse_jax.train` (muse_jax/training/banner.py)."""
+from __future__ import annotations
+
+import subprocess
+
+import jax
+from flax import nnx
+
+from muse_jax.training.banner import unused_accelerator
+from muse_jax.training.registry import get_stage
+from tests.training.helpers import REPO, cli_env, tiny_config, train_cmd
+
+
+def test_train_prints_platform_devices_mesh_params_and_batch_once(tmp_path):
+  """One real CLI run (a single step, ~15 s on 2 cores): the banner is what a user sees."""
+  proc = subprocess.run(
+      train_cmd(tmp_path / "run", "--config.train.num_steps=1", "--config.train.eval_every=0",
+                "--config.mesh.data=-1", "--config.mesh.fsdp=2", "--config.train.grad_accum=2"),
+      cwd=REPO, env=cli_env(8), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  model = get_stage("base").make_model(tiny_config(), nnx.Rngs(0))
+  n_params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert out.count("muse_jax: training stage 'base' in ") == 1
+  assert f"in {tmp_path / 'run'}\n" in out
+  assert "platform  cpu: 8 x cpu (8 per process), 1 process, jax " in out
+  assert "mesh      data=4 x fsdp=2 x tensor=1 (axes data, fsdp, tensor)" in out
+  assert f"params    {n_params:,}\n" in out
+  b = tiny_config().train.batch_size
+  assert (f"batch     {b} global = {b // 8} per device x 8 data-parallel (data x fsdp), "
+          f"in 2 microbatches of {b // 16}; {b} per process") in out
+  assert out.index("platform") < out.index("Starting a new run")
+
+
+def test_cpu_jax_next_to_accelerators_is_called_out(tmp_path):
+  assert unused_accelerator("cpu", str(tmp_path)) is None
+  (tmp_path / "nvidia0").touch()
+  assert "pip install -e .[cuda]" in unused_accelerator("cpu", str(tmp_path))
+  assert unused_accelerator("gpu", str(tmp_path)) is None
+  (tmp_path / "nvidia0").unlink()
+  (tmp_path / "accel0").touch()
+  assert "pip install -e .[tpu]" in unused_accelerator("cpu", str(tmp_path))
