@@ -43,6 +43,9 @@ describe() {
     *) echo "# $1: see the Cloud TPU docs for its workers and chips" ;;
   esac
 }
+alive() {  # RUN -> a remote test: its process (logs/RUN.pid) runs and is not a zombie
+  echo "p=\$(cat logs/$1.pid 2>/dev/null) && st=\$(ps -o stat= -p \"\$p\") && [ \"\${st#Z}\" = \"\$st\" ]"
+}
 runtime() {
   case ${1%-*} in
     v5p) echo v2-alpha-tpuv5 ;;
@@ -78,9 +81,8 @@ case $CMD in
     run_name "$RUN"
     args=$(printf ' %q' --config="$CONFIG" --workdir="$WORKDIR" "$@")
     log="logs/$RUN.log"; pidf="logs/$RUN.pid"
-    ssh_workers all "cd $REMOTE_DIR && mkdir -p logs && if [ -f $pidf ] \
-&& kill -0 \$(cat $pidf) 2>/dev/null; then echo \"\$(hostname): $RUN is already running\"; \
-exit 1; fi; setsid nohup .venv/bin/python -m muse_jax.train$args >> $log 2>&1 < /dev/null & \
+    ssh_workers all "cd $REMOTE_DIR && mkdir -p logs && if $(alive "$RUN"); then \
+echo \"\$(hostname): $RUN is already running\"; exit 1; fi; setsid nohup .venv/bin/python -m muse_jax.train$args >> $log 2>&1 < /dev/null & \
 echo \$! > $pidf; echo \"\$(hostname): started $RUN (pid \$!), log $REMOTE_DIR/$log\""
     ;;
   logs)
@@ -91,8 +93,8 @@ echo \$! > $pidf; echo \"\$(hostname): started $RUN (pid \$!), log $REMOTE_DIR/$
   status)
     [[ $# -ge 1 ]] || usage
     run_name "$1"
-    ssh_workers all "cd $REMOTE_DIR && if kill -0 \$(cat logs/$1.pid 2>/dev/null) 2>/dev/null; \
-then s=running; else s=stopped; fi; echo \"\$(hostname): $1 \$s: \$(tail -n 1 logs/$1.log)\""
+    ssh_workers all "cd $REMOTE_DIR && if $(alive "$1"); then s=running; else s=stopped; fi; \
+echo \"\$(hostname): $1 \$s: \$(tail -n 1 logs/$1.log)\""
     ;;
   stop)
     [[ $# -ge 1 ]] || usage
