@@ -33,7 +33,8 @@ ifeq ($(ACCEL),cpu)
 install: $(STAMP)
 else ifneq ($(filter cuda tpu,$(ACCEL)),)
 install: $(STAMP)-$(ACCEL)
-	@$(VENV)/bin/python -c 'import jax; print("jax", jax.__version__, "backend:", jax.default_backend(), jax.device_count(), "devices")'
+	@$(VENV)/bin/python -c 'import jax; print("jax", jax.__version__, "backend:", \
+	  jax.default_backend(), jax.device_count(), "devices")'
 else
 install:
 	@echo "error: ACCEL=$(ACCEL); use ACCEL=cpu, cuda or tpu"; exit 2

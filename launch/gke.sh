@@ -26,7 +26,8 @@ case ${1:-} in
   *) usage ;;
 esac
 for v in "${required[@]}"; do
-  [[ -n ${!v:-} ]] || { echo "error: set $v (launch/gke.sh ${1} needs ${required[*]})" >&2; exit 2; }
+  [[ -n ${!v:-} ]] || {
+    echo "error: set $v (launch/gke.sh $1 needs ${required[*]})" >&2; exit 2; }
 done
 for v in "${numbers[@]}"; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: $v=${!v} must be a positive integer" >&2; exit 2; }

@@ -44,7 +44,8 @@ describe() {
   esac
 }
 alive() {  # RUN -> a remote test: its process (logs/RUN.pid) runs and is not a zombie
-  echo "p=\$(cat logs/$1.pid 2>/dev/null) && st=\$(ps -o stat= -p \"\$p\") && [ \"\${st#Z}\" = \"\$st\" ]"
+  echo "p=\$(cat logs/$1.pid 2>/dev/null) && st=\$(ps -o stat= -p \"\$p\") \
+&& [ \"\${st#Z}\" = \"\$st\" ]"
 }
 runtime() {
   case ${1%-*} in
@@ -82,7 +83,8 @@ case $CMD in
     args=$(printf ' %q' --config="$CONFIG" --workdir="$WORKDIR" "$@")
     log="logs/$RUN.log"; pidf="logs/$RUN.pid"
     ssh_workers all "cd $REMOTE_DIR && mkdir -p logs && if $(alive "$RUN"); then \
-echo \"\$(hostname): $RUN is already running\"; exit 1; fi; setsid nohup .venv/bin/python -m muse_jax.train$args >> $log 2>&1 < /dev/null & \
+echo \"\$(hostname): $RUN is already running\"; exit 1; fi; \
+setsid nohup .venv/bin/python -m muse_jax.train$args >> $log 2>&1 < /dev/null & \
 echo \$! > $pidf; echo \"\$(hostname): started $RUN (pid \$!), log $REMOTE_DIR/$log\""
     ;;
   logs)
