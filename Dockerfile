@@ -4,7 +4,8 @@
 #   docker build --build-arg BASE=ubuntu:24.04 --build-arg ACCEL=tpu -t REGISTRY/muse_jax:tpu .
 # The repository is at /opt/muse_jax (the working directory, so --config=configs/... works) and
 # its virtual environment is first on PATH. CUDA, cuDNN and NCCL come from the jax[cuda12] pip
-# wheels; the base image only has to match the host's NVIDIA driver (CUDA 12).
+# wheels; the base image's CUDA version is the one the host's NVIDIA driver must support (the
+# container runtime checks it).
 ARG BASE=nvidia/cuda:12.8.1-base-ubuntu24.04
 FROM ${BASE}
 ARG ACCEL=cuda
