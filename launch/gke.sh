@@ -7,7 +7,7 @@
 # Optional: ARGS (more train flags), KSA (Kubernetes service account with access to the bucket,
 # default "default"), MAX_RESTARTS (20); gpu: GPUS_PER_NODE (8), GPU_TYPE (nvidia-h100-80gb);
 # tpu: TPU_ACCELERATOR (tpu-v5p-slice), CHIPS_PER_HOST (4).
-# Only the template's own ${VARIABLES} are substituted (Kubernetes' $(PROCESS_ID) is kept).
+# Only the template's ${VARIABLES} are substituted (Kubernetes' $(PROCESS_ID) is kept).
 set -euo pipefail
 here=$(dirname "$0")
 usage() { sed -n '2,9p' "$0" | sed 's/^# *//' >&2; exit 2; }
@@ -34,9 +34,13 @@ for v in "${numbers[@]}"; do
 done
 [[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || {
   echo "error: NAME=$NAME must be lower-case letters, digits and '-' (a DNS label)" >&2; exit 2; }
-# shellcheck disable=SC2016  # the literal ${NAME} patterns of the template
-vars=$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr '\n' ' ')
-manifest=$(envsubst "$vars" < "$template")
+# Substitute in bash, not envsubst (not on every laptop): each ${VAR} of the template.
+manifest=$(<"$template")
+# shellcheck disable=SC2016  # the literal ${VAR} patterns of the template
+for v in $(grep -o '\${[A-Z_]*}' "$template" | tr -d '${}' | sort -u); do
+  value=${!v?"the template uses \${$v}, which launch/gke.sh does not set"}
+  manifest=${manifest//"\${$v}"/"$value"}  # quoted: no pattern or & in the value is special
+done
 if [[ ${2:-} == --dry-run ]]; then
   echo "$manifest"
 else
