@@ -5,6 +5,7 @@ overridden on the command line, e.g.
   --config.data.source=folder --config.data.folder.root=/data/imgs \
   --config.data.folder.manifest=captions.jsonl
   --config.data.source=shapes --config.data.resolutions='(64,)'
+  --config.data.source=webdataset --config.data.webdataset.shards='/data/{00000..00099}.tar'
 Read by `muse_jax.data.raw_sources.iterate_examples` (which validates it).
 """
 import ml_collections
@@ -12,7 +13,8 @@ import ml_collections
 
 def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # 'shapes' | 'tfds' | 'tfrecord' | 'folder'; only the matching sub-section is read.
+  # 'shapes' | 'tfds' | 'tfrecord' | 'folder' | 'webdataset' | 'parquet'; only the matching
+  # sub-section is read.
   c.source = "shapes"
   # Square output sides; every example carries an image at each of them.
   c.resolutions = (256, 512)
@@ -52,5 +54,24 @@ def data_config() -> ml_collections.ConfigDict:
   c.folder.image_key = "file"  # manifest field with the image path (relative to root)
   c.folder.caption_key = "caption"
   c.folder.extensions = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+  # Tar shards as img2dataset writes them: KEY.jpg + KEY.txt and/or KEY.json.
+  c.webdataset = ml_collections.ConfigDict()
+  # A path, folder, glob, brace pattern ('/data/laion/{00000..00099}.tar'), '::'-separated
+  # patterns, or a tuple of them; local or any filesystem etils.epath reads (gs://).
+  c.webdataset.shards = ml_collections.FieldReference("", field_type=object)
+  c.webdataset.image_extensions = ("jpg", "jpeg", "png", "webp")  # the first one present
+  c.webdataset.caption_extension = "txt"  # '' = captions from KEY.json only
+  c.webdataset.caption_key = "caption"  # KEY.json field used when there is no caption file
+
+  # Parquet files with an image column (encoded bytes, a path, or Hugging Face's
+  # {bytes, path} struct) and a caption column.
+  c.parquet = ml_collections.ConfigDict()
+  # A path, folder, glob, brace pattern or tuple of them, as webdataset.shards.
+  c.parquet.files = ml_collections.FieldReference("", field_type=object)
+  c.parquet.image_key = "image"
+  c.parquet.caption_key = "caption"
+  c.parquet.id_key = ""  # '' = '<file name>:<row>'
+  c.parquet.image_root = ""  # relative image paths are under it; '' = the parquet's folder
   return c
 

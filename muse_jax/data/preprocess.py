@@ -53,14 +53,21 @@ class SkipExample(Exception):
 
 
 class SkipCounter:
-  """Thread-safe counts: records seen and kept, skips by reason, notes (kept but changed)."""
+  """Thread-safe counts: records seen and kept, skips by reason, notes (kept but changed).
 
-  def __init__(self):
+  With `record_ids` (the default) it also keeps the id of every skipped record with its
+  reason, so that precompute can list them per shard; a long-lived counter over an unbounded
+  stream passes False.
+  """
+
+  def __init__(self, record_ids: bool = True):
     self._lock = threading.Lock()
     self.seen = 0
     self.kept = 0
     self.skipped: collections.Counter[str] = collections.Counter()
     self.notes: collections.Counter[str] = collections.Counter()
+    self.record_ids = record_ids
+    self._skipped_ids: list[tuple[str, str]] = []
 
   def count_seen(self) -> None:
     with self._lock:
@@ -70,11 +77,19 @@ class SkipCounter:
     with self._lock:
       self.kept += 1
 
-  def skip(self, reason: str) -> None:
+  def skip(self, reason: str, example_id: str | None = None) -> None:
     if reason not in SKIP_REASONS:
       raise ValueError(f"unknown skip reason {reason!r}; use one of {SKIP_REASONS}")
     with self._lock:
       self.skipped[reason] += 1
+      if self.record_ids and example_id is not None:
+        self._skipped_ids.append((str(example_id), reason))
+
+  def skipped_ids(self) -> list[list[str]]:
+    """[[id, reason], ...] of the skipped records, sorted (worker threads finish in any
+    order, so the order of skips is not the source's)."""
+    with self._lock:
+      return [list(p) for p in sorted(self._skipped_ids)]
 
   def note(self, reason: str) -> None:
     if reason not in NOTE_REASONS:
@@ -92,6 +107,8 @@ class SkipCounter:
       self.kept += other.kept
       self.skipped.update(other.skipped)
       self.notes.update(other.notes)
+      if self.record_ids:
+        self._skipped_ids += other._skipped_ids  # pylint: disable=protected-access
 
   def as_dict(self) -> dict[str, int]:
     """Flat counts: seen, kept, skipped, skipped/<reason>, note/<reason> (non-zero only)."""
@@ -319,7 +336,7 @@ def preprocess_example(raw: RawExample, options: PreprocessOptions,
   try:
     example, truncated = process_example(raw, options)
   except SkipExample as e:
-    counter.skip(e.reason)
+    counter.skip(e.reason, raw.id)
     return None
   if truncated:
     counter.note("caption_truncated")

@@ -7,18 +7,25 @@
   folder    a folder of images with captions from a JSONL manifest (one {"file": ..,
             "caption": ..} object per line, paths relative to the folder) or from sidecar .txt
             files (a.jpg -> a.txt)
+  webdataset  tar shards as img2dataset writes them (KEY.jpg + KEY.txt / KEY.json), given as
+            a path, folder, glob, brace pattern or list (sources/webdataset.py)
+  parquet   parquet files with a caption column and an image column of bytes or paths
+            (sources/parquet.py)
+
+Paths are read through etils.epath, so gs:// and other filesystems work where epath can
+reach them.
 
 `iterate_examples(config.data, process_index, process_count)` yields
 {'id': str, 'image': {resolution: uint8 HxWx3}, 'caption': str} for this process's disjoint
 slice of the source, counting every skipped record in a `SkipCounter` (see preprocess.py).
 
-Sharding: shapes, folder and TFRecord (when there are fewer files than processes) are split by
-record index (i::process_count); TFRecord files are split by file when there are at least as
-many files as processes; TFDS uses `tfds.even_splits`. In every case the slices are disjoint and
-together cover the source.
+Sharding: shapes, folder, and TFRecord, WebDataset and parquet files when there are fewer
+files than processes, are split by record index (i::process_count); those files are split by
+file when there are at least as many files as processes; TFDS uses `tfds.even_splits`. In
+every case the slices are disjoint and together cover the source.
 
-TensorFlow is imported only when a tfds or tfrecord source is used, so shapes and folder
-sources work where TensorFlow is not installed.
+TensorFlow is imported only when a tfds or tfrecord source is used, so the other sources work
+where TensorFlow is not installed.
 """
 from __future__ import annotations
 
@@ -28,12 +35,16 @@ import os
 from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
+from etils import epath
 
 from muse_jax.data import preprocess
 from muse_jax.data.preprocess import RawExample, SkipCounter
 from muse_jax.data.shapes import dataset as shapes
+from muse_jax.data.sources import files as paths
+from muse_jax.data.sources.parquet import ParquetSource
+from muse_jax.data.sources.webdataset import WebDatasetSource
 
-SOURCES = ("shapes", "tfds", "tfrecord", "folder")
+SOURCES = ("shapes", "tfds", "tfrecord", "folder", "webdataset", "parquet")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -46,10 +57,6 @@ class Source(Protocol):
 
 def _check_shard(process_index: int, process_count: int) -> None:
   preprocess.shard_indices(0, process_index, process_count)
-
-
-def _is_remote(path: str) -> bool:
-  return "://" in path
 
 
 class ShapesSource:
@@ -226,33 +233,11 @@ class TFRecordSource:
         index += 1
 
 
-def _read_bytes(path: str) -> bytes | None:
-  try:
-    if _is_remote(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read()
-    with open(path, "rb") as f:
-      return f.read()
-  except (FileNotFoundError, IsADirectoryError, PermissionError):
-    return None
-  except Exception as e:  # noqa: BLE001
-    if type(e).__name__ == "NotFoundError":
-      return None
-    raise
-
-
 def _list_images(root: str, extensions: Sequence[str]) -> list[str]:
   exts = tuple(e.lower() for e in extensions)
-  if _is_remote(root):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    paths = []
-    for dirpath, _, names in tf.io.gfile.walk(root):
-      paths += [os.path.join(dirpath, n) for n in names if n.lower().endswith(exts)]
-  else:
-    paths = [os.path.join(d, n) for d, _, names in os.walk(root)
-             for n in names if n.lower().endswith(exts)]
-  return sorted(os.path.relpath(p, root) for p in paths)
+  base = epath.Path(root)
+  return sorted(str((d / n).relative_to(base)) for d, _, names in base.walk()
+                for n in names if n.lower().endswith(exts))
 
 
 class FolderSource:
@@ -266,9 +251,7 @@ class FolderSource:
     self.image_key, self.caption_key, self.extensions = image_key, caption_key, extensions
 
   def _manifest_path(self) -> str:
-    if os.path.isabs(self.manifest) or _is_remote(self.manifest):
-      return self.manifest
-    return os.path.join(self.root, self.manifest)
+    return paths.join(self.root, self.manifest)
 
   def raw_examples(self, process_index=0, process_count=1):
     _check_shard(process_index, process_count)
@@ -278,7 +261,7 @@ class FolderSource:
       yield from self._from_sidecars(process_index, process_count)
 
   def _from_manifest(self, process_index, process_count):
-    data = _read_bytes(self._manifest_path())
+    data = paths.read_bytes(self._manifest_path())
     if data is None:
       raise FileNotFoundError(f"manifest {self._manifest_path()!r} not found; set "
                               "data.folder.manifest (or leave it empty for sidecar .txt files)")
@@ -299,8 +282,7 @@ class FolderSource:
       if not isinstance(rel, str) or not rel:
         yield RawExample(ident, caption, error="missing_image")
         continue
-      path = rel if os.path.isabs(rel) or _is_remote(rel) else os.path.join(self.root, rel)
-      image = _read_bytes(path)
+      image = paths.read_bytes(paths.join(self.root, rel))
       if image is None:
         yield RawExample(ident, caption, error="missing_image")
       else:
@@ -310,8 +292,8 @@ class FolderSource:
     files = _list_images(self.root, self.extensions)
     for i in preprocess.shard_indices(len(files), process_index, process_count):
       rel = files[i]
-      caption = _read_bytes(os.path.join(self.root, os.path.splitext(rel)[0] + ".txt"))
-      image = _read_bytes(os.path.join(self.root, rel))
+      caption = paths.read_bytes(paths.join(self.root, os.path.splitext(rel)[0] + ".txt"))
+      image = paths.read_bytes(paths.join(self.root, rel))
       if image is None:
         yield RawExample(rel, caption, error="missing_image")
       elif caption is None:
@@ -333,6 +315,10 @@ def validate_config(data) -> None:
       raise ValueError(f"data.shapes.max_count must be in [1, {shapes.MAX_COUNT}]")
 
 
+def _paths(value) -> str | list[str]:
+  return value if isinstance(value, str) else [str(v) for v in value]
+
+
 def make_source(data) -> Source:
   """The source that `data.source` names, built from its config section."""
   validate_config(data)
@@ -347,6 +333,13 @@ def make_source(data) -> Source:
   if data.source == "tfrecord":
     c = data.tfrecord
     return TFRecordSource(c.pattern, c.image_key, c.caption_key, c.id_key, c.compression)
+  if data.source == "webdataset":
+    c = data.webdataset
+    return WebDatasetSource(_paths(c.shards), tuple(c.image_extensions), c.caption_extension,
+                            c.caption_key)
+  if data.source == "parquet":
+    c = data.parquet
+    return ParquetSource(_paths(c.files), c.image_key, c.caption_key, c.id_key, c.image_root)
   c = data.folder
   return FolderSource(c.root, c.manifest, c.image_key, c.caption_key, tuple(c.extensions))
 
@@ -359,7 +352,7 @@ def iterate_examples(data, process_index: int = 0, process_count: int = 1,
   Pass `jax.process_index()` / `jax.process_count()` on multi-host runs. Skips are counted in
   `counter` (create one to read them afterwards).
   """
-  counter = counter if counter is not None else SkipCounter()
+  counter = counter if counter is not None else SkipCounter(record_ids=False)
   source = make_source(data)
   options = preprocess.options_from_config(data)
   workers = int(data.num_workers if num_workers is None else num_workers)

@@ -1,4 +1,5 @@
-"""Raw sources on fixtures written here: folder (JSONL, sidecar), TFRecord, TFDS, shapes."""
+"""Raw sources on fixtures written here: folder (JSONL, sidecar), TFRecord, TFDS, shapes,
+WebDataset tar shards and parquet (tests/data/source_files.py)."""
 import io
 import json
 import os
@@ -11,6 +12,7 @@ from muse_jax.configs import common_data
 from muse_jax.data import preprocess, raw_sources
 from muse_jax.data.preprocess import SkipCounter
 from muse_jax.data.shapes import dataset as shapes
+from tests.data import source_files
 
 
 def _png(colour, size=(48, 40)):
@@ -178,7 +180,7 @@ def test_shapes_source_and_config_validation():
   config.shapes.split = "heldout"
   config.shapes.num_heldout = 3
   assert len(_run(config)[0]) == 3
-  config.source = "webdataset"
+  config.source = "lmdb"
   with pytest.raises(ValueError, match="data.source"):
     raw_sources.make_source(config)
   config.source = "folder"
@@ -201,3 +203,81 @@ def test_shapes_scenes_are_drawn_in_the_preprocessing_workers():
     assert (ex["id"], ex["caption"]) == (want.id, want.caption)
     for r in (32, 64):
       np.testing.assert_array_equal(ex["image"][r], want.image[r])
+
+
+def _run_with_ids(config, process_index=0, process_count=1):
+  """As _run, keeping the skipped ids (iterate_examples does not: its stream is unbounded)."""
+  counter = SkipCounter()
+  source = raw_sources.make_source(config)
+  out = list(preprocess.preprocess_stream(source.raw_examples(process_index, process_count),
+                                          preprocess.options_from_config(config), counter))
+  return out, counter
+
+
+def test_webdataset_shards_as_img2dataset_writes_them(tmp_path):
+  kept, skipped = source_files.write_webdataset(str(tmp_path))
+  config = _config("webdataset", webdataset__shards=str(tmp_path / "{000000..000002}.tar"))
+  out, counter = _run_with_ids(config)
+  assert [ex["id"] for ex in out] == kept
+  assert [ex["caption"] for ex in out] == ["a red square", "a green square", "a grey square",
+                                            "a cyan square", "a magenta square"]
+  assert tuple(out[1]["image"][32][5, 5]) == (10, 200, 10)  # png with its .json caption
+  assert dict(counter.skipped_ids()) == skipped
+  assert dict(counter.skipped) == {"undecodable": 1, "missing_caption": 1, "missing_image": 1,
+                                   "corrupt_record": 2}
+  assert counter.seen == len(kept) + len(skipped)
+  # A folder, a glob and a list give the same shards; iterate_examples gives the same records.
+  for shards in (str(tmp_path), str(tmp_path / "*.tar"),
+                 (str(tmp_path / "000000.tar"), str(tmp_path / "00000[12].tar"))):
+    config.webdataset.shards = shards
+    assert [ex["id"] for ex in _run(config)[0]] == kept
+  _check_shards(config, kept, 2)  # by file
+  _check_shards(config, kept, 4)  # by record
+  # Captions from the .json only; a shard that is not there is counted, not fatal.
+  config.webdataset.caption_extension = ""
+  config.webdataset.shards = f"{tmp_path / '000000.tar'}::{tmp_path / 'gone.tar'}"
+  out, counter = _run_with_ids(config)
+  assert [ex["caption"] for ex in out] == ["ignored: the .txt wins", "a green square"]
+  assert counter.skipped_ids() == [["000000.tar/000000002", "missing_caption"],
+                                   ["000000.tar/000000003", "missing_caption"],
+                                   ["000000.tar/000000004", "missing_caption"],
+                                   ["gone.tar", "corrupt_record"]]
+  config.webdataset.shards = str(tmp_path / "*.zip")
+  with pytest.raises(FileNotFoundError, match="data.webdataset.shards"):
+    _run(config)
+
+
+def test_parquet_with_image_bytes_or_paths(tmp_path):
+  kept, skipped = source_files.write_parquet(str(tmp_path))
+  config = _config("parquet", parquet__files=str(tmp_path / "bytes.parquet"),
+                   parquet__id_key="key")
+  out, counter = _run_with_ids(config)
+  assert [ex["id"] for ex in out] == kept
+  assert [ex["caption"] for ex in out] == ["a red square", "a green square", "a blue square"]
+  assert tuple(out[2]["image"][32][5, 5]) == (20, 20, 200)
+  assert dict(counter.skipped_ids()) == skipped["bytes"]
+  _check_shards(config, kept, 2)  # by row: one file, two processes
+  config.parquet.update(dict(files=str(tmp_path / "paths.parquet"), image_key="file"))
+  out, counter = _run_with_ids(config)
+  assert [ex["id"] for ex in out] == kept
+  assert dict(counter.skipped_ids()) == skipped["paths"]
+  # Without an id column, ids are <file>:<row>; a folder gives both files, sorted.
+  config.parquet.update(dict(files=str(tmp_path), id_key=""))
+  with pytest.raises(ValueError, match="bytes.parquet has no column 'file'.*image_key"):
+    _run(config)
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  # Hugging Face datasets' Image feature: a struct of bytes (or a path when bytes is null).
+  hf = [{"bytes": source_files.image_bytes((1, 2, 3)), "path": None},
+        {"bytes": None, "path": "images/2.img"}, None]
+  pq.write_table(pa.table({"image": hf, "text": [["first caption", "second"], ["b"], ["c"]]}),
+                 str(tmp_path / "hf.parquet"))
+  (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+  config.parquet.update(dict(files=f"{tmp_path}/{{hf,broken}}.parquet", image_key="image",
+                             caption_key="text"))
+  out, counter = _run_with_ids(config)
+  assert [(ex["id"], ex["caption"]) for ex in out] == [("hf.parquet:0", "first caption"),
+                                                      ("hf.parquet:1", "b")]
+  assert tuple(out[1]["image"][32][5, 5]) == (20, 20, 200)
+  assert counter.skipped_ids() == [["broken.parquet", "corrupt_record"],
+                                   ["hf.parquet:2", "missing_image"]]
