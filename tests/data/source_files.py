@@ -1,4 +1,5 @@
-"""Small WebDataset shards and parquet files written by the tests, with known defects.
+"""Small raw sources written by the tests, with known defects: WebDataset shards, parquet
+files, TFRecord files, a TFDS dataset.
 
 `write_webdataset(dir)` writes img2dataset-style shards 000000.tar .. 000002.tar and returns
 (kept ids, {skipped id: reason}); `write_parquet(dir)` does the same for a parquet file of
@@ -92,9 +93,9 @@ def write_webdataset(root: str, truncate_last: bool = True):
 
 
 def write_parquet(root: str):
-  """bytes.parquet (an `image` column of encoded images) and paths.parquet (a `file` column of
-  paths relative to the parquet's folder), each of 5 rows: 3 good, a null caption, and a
-  corrupt image (bytes) or a missing file (paths); plus an `key` id column."""
+  """bytes.parquet (an `image` column of encoded images) and paths.parquet (an `image` column
+  of paths relative to the parquet's folder), each of 5 rows: 3 good, a null caption, and a
+  corrupt image (bytes) or a missing file (paths); plus a `key` id column."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   os.makedirs(os.path.join(root, "images"), exist_ok=True)
@@ -110,8 +111,63 @@ def write_parquet(root: str):
     paths.append(f"images/{i}.img")
     open(os.path.join(root, paths[-1]), "wb").write(blob)
   paths.append("images/gone.png")
-  pq.write_table(pa.table({"key": keys, "file": paths, "caption": captions}),
+  pq.write_table(pa.table({"key": keys, "image": paths, "caption": captions}),
                  os.path.join(root, "paths.parquet"))
   kept = ["row0", "row1", "row2"]
   return kept, {"bytes": {"row3": "missing_caption", "row4": "undecodable"},
                 "paths": {"row3": "missing_caption", "row4": "missing_image"}}
+
+
+def write_tfrecords(tmp_path):
+  """part-0/1/2.tfrecord (features jpg, txt, key): 7 good records, 2 without image, 2 that are
+  not tf.train.Example, and a third file cut off in its second record. Returns the good ids."""
+  import tensorflow as tf
+  def example(**feats):
+    return tf.train.Example(features=tf.train.Features(feature={
+        k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in feats.items()
+    })).SerializeToString()
+  ids = []
+  for f in range(2):
+    with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.tfrecord")) as w:
+      for i in range(3):
+        key = f"f{f}r{i}"
+        ids.append(key)
+        w.write(example(jpg=image_bytes((f * 100, i * 50, 30)), txt=f"record {key}".encode(),
+                        key=key.encode()))
+      w.write(example(txt=b"no image", key=f"f{f}-noimg".encode()))
+      w.write(b"\xff\xfe not a tf.train.Example")
+  # A third file, cut off in the middle of its second record.
+  path = tmp_path / "part-2.tfrecord"
+  with tf.io.TFRecordWriter(str(path)) as w:
+    w.write(example(jpg=image_bytes((1, 2, 3)), txt=b"whole", key=b"f2r0"))
+    w.write(example(jpg=image_bytes((4, 5, 6)), txt=b"cut", key=b"f2r1"))
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) - 40])
+  return ids + ["f2r0"]
+
+
+def write_tfds(data_dir: str) -> None:
+  """The TFDS dataset muse_tiny_captions (split train: 7 images, caption 'meta/caption' 'tiny
+  i'; image 3 has a blank caption) under data_dir."""
+  import tensorflow_datasets as tfds
+
+  class MuseTinyCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+    # No checksums file next to this code (tfds would look one up via importlib_resources).
+    code_path = None
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "meta": {"caption": tfds.features.Text()},
+      }))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(7)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        img = np.full((24 + i, 40, 3), (i * 30, 10, 200), np.uint8)
+        yield i, {"image": img, "meta": {"caption": f"tiny {i}" if i != 3 else "   "}}
+
+  MuseTinyCaptions(data_dir=data_dir).download_and_prepare()

@@ -86,34 +86,8 @@ def test_folder_with_sidecar_captions(tmp_path):
   _check_shards(config, [ex["id"] for ex in out], 2)
 
 
-def _write_tfrecords(tmp_path):
-  import tensorflow as tf
-  def example(**feats):
-    return tf.train.Example(features=tf.train.Features(feature={
-        k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in feats.items()
-    })).SerializeToString()
-  ids = []
-  for f in range(2):
-    with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.tfrecord")) as w:
-      for i in range(3):
-        key = f"f{f}r{i}"
-        ids.append(key)
-        w.write(example(jpg=_png((f * 100, i * 50, 30)), txt=f"record {key}".encode(),
-                        key=key.encode()))
-      w.write(example(txt=b"no image", key=f"f{f}-noimg".encode()))
-      w.write(b"\xff\xfe not a tf.train.Example")
-  # A third file, cut off in the middle of its second record.
-  path = tmp_path / "part-2.tfrecord"
-  with tf.io.TFRecordWriter(str(path)) as w:
-    w.write(example(jpg=_png((1, 2, 3)), txt=b"whole", key=b"f2r0"))
-    w.write(example(jpg=_png((4, 5, 6)), txt=b"cut", key=b"f2r1"))
-  data = path.read_bytes()
-  path.write_bytes(data[:len(data) - 40])
-  return ids + ["f2r0"]
-
-
 def test_tfrecord_source(tmp_path):
-  ids = _write_tfrecords(tmp_path)
+  ids = source_files.write_tfrecords(tmp_path)
   config = _config("tfrecord", tfrecord__pattern=str(tmp_path / "part-*.tfrecord"),
                    tfrecord__image_key="jpg", tfrecord__caption_key="txt",
                    tfrecord__id_key="key")
@@ -133,28 +107,7 @@ def test_tfrecord_source(tmp_path):
 
 
 def test_tfds_source(tmp_path):
-  import tensorflow_datasets as tfds
-
-  class MuseTinyCaptions(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-    # No checksums file next to this code (tfds would look one up via importlib_resources).
-    code_path = None
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 3)),
-          "meta": {"caption": tfds.features.Text()},
-      }))
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples(7)}
-
-    def _generate_examples(self, n):
-      for i in range(n):
-        img = np.full((24 + i, 40, 3), (i * 30, 10, 200), np.uint8)
-        yield i, {"image": img, "meta": {"caption": f"tiny {i}" if i != 3 else "   "}}
-
-  MuseTinyCaptions(data_dir=str(tmp_path)).download_and_prepare()
+  source_files.write_tfds(str(tmp_path))
   config = _config("tfds", tfds__name="muse_tiny_captions", tfds__data_dir=str(tmp_path),
                    tfds__caption_key="meta/caption")
   out, counter = _run(config)
@@ -242,9 +195,10 @@ def test_webdataset_shards_as_img2dataset_writes_them(tmp_path):
                                    ["000000.tar/000000003", "missing_caption"],
                                    ["000000.tar/000000004", "missing_caption"],
                                    ["gone.tar", "corrupt_record"]]
-  config.webdataset.shards = str(tmp_path / "*.zip")
-  with pytest.raises(FileNotFoundError, match="data.webdataset.shards"):
-    _run(config)
+  for missing in (str(tmp_path / "*.zip"), str(tmp_path / "gone{1..2}.tar")):
+    config.webdataset.shards = missing
+    with pytest.raises(FileNotFoundError, match="data.webdataset.shards"):
+      _run(config)
 
 
 def test_parquet_with_image_bytes_or_paths(tmp_path):
@@ -257,13 +211,16 @@ def test_parquet_with_image_bytes_or_paths(tmp_path):
   assert tuple(out[2]["image"][32][5, 5]) == (20, 20, 200)
   assert dict(counter.skipped_ids()) == skipped["bytes"]
   _check_shards(config, kept, 2)  # by row: one file, two processes
-  config.parquet.update(dict(files=str(tmp_path / "paths.parquet"), image_key="file"))
+  config.parquet.files = str(tmp_path / "paths.parquet")
   out, counter = _run_with_ids(config)
   assert [ex["id"] for ex in out] == kept
   assert dict(counter.skipped_ids()) == skipped["paths"]
   # Without an id column, ids are <file>:<row>; a folder gives both files, sorted.
   config.parquet.update(dict(files=str(tmp_path), id_key=""))
-  with pytest.raises(ValueError, match="bytes.parquet has no column 'file'.*image_key"):
+  assert [ex["id"] for ex in _run(config)[0]] == [
+      f"{f}.parquet:{i}" for f in ("bytes", "paths") for i in range(3)]
+  config.parquet.caption_key = "text"
+  with pytest.raises(ValueError, match="bytes.parquet has no column 'text'.*caption_key"):
     _run(config)
   import pyarrow as pa
   import pyarrow.parquet as pq

@@ -61,14 +61,16 @@ def _expand_one(pattern: str, suffixes: Sequence[str]) -> list[str]:
 
 def expand_paths(spec: str | Sequence[str], suffixes: Sequence[str], what: str) -> list[str]:
   """The files `spec` names (see the module doc); a folder gives its files ending in one of
-  `suffixes`, sorted. Explicit paths and brace expansions keep their order, and are not
-  checked for existence here (a missing one is counted by the source that opens it).
-  Raises FileNotFoundError naming `what` (the config key) if nothing matches."""
+  `suffixes`, sorted. Explicit paths and brace expansions keep their order; a missing one is
+  counted by the source that opens it. Raises FileNotFoundError naming `what` (the config key)
+  if no file exists."""
   patterns = [spec] if isinstance(spec, str) else list(spec)
   files = [f for p in patterns if p for f in _expand_one(str(p), suffixes)]
-  if not files:
-    raise FileNotFoundError(f"{what}={spec!r} names no files; give a path, folder, glob, "
-                            "brace pattern (e.g. 'shards/{000000..000009}.tar') or a list")
+  # One existing file is enough (one stat in the usual case); the others are counted as
+  # they are opened.
+  if not any(epath.Path(f).exists() for f in files):
+    raise FileNotFoundError(f"{what}={spec!r} names no existing files; give a path, folder, "
+                            "glob, brace pattern (e.g. 'shards/{000000..000009}.tar') or a list")
   return files
 
 
