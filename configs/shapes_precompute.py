@@ -12,17 +12,8 @@ Real runs: set tokenizer.weights (a vqgan workdir or diffusers VQModel), text_en
 """
 import ml_collections
 
-from muse_jax.configs import common, common_data, common_t5, common_vqgan
-
-
-def tokenizer_section(resolution: int, seed: int = 0, **model) -> ml_collections.ConfigDict:
-  """A VQ tokenizer for precompute: `weights` '' = random init from `seed`."""
-  return ml_collections.ConfigDict(dict(
-      model=common_vqgan.vqgan_model("tiny", **model),
-      weights="",            # vqgan workdir, diffusers VQModel dir or .safetensors
-      resolution=resolution,  # images are encoded at this square side (0: none, SR only)
-      seed=seed,
-  ))
+from muse_jax.configs import common, common_data, common_t5
+from muse_jax.configs.common_precompute import precompute_section, tokenizer_section
 
 
 def get_config():
@@ -36,14 +27,9 @@ def get_config():
   c.sr_tokenizer = tokenizer_section(0, seed=1, block_out_channels=(16, 16, 32, 32))
   c.text_encoder = common_t5.text_encoder_config("tiny")
   c.text_encoder.update(dict(max_length=16, dtype="float32", param_dtype="float32"))
-  c.precompute = ml_collections.ConfigDict(dict(
-      splits=("train", "heldout"),  # shapes/tfds split names; each gets its own shards
-      batch_size=64,                # global; a multiple of processes x data-parallel size
-      examples_per_shard=512,       # raw records per shard (per process)
-      log_every=8,                  # batches between progress lines
-      spiece_vocab_size=48,         # > 0 and no text_encoder.spiece_model: train one here
-      spiece_corpus_size=2000,      # captions it is trained on
-  ))
+  c.precompute = precompute_section(splits=("train", "heldout"), batch_size=64,
+                                    examples_per_shard=512)
+  c.precompute.spiece_vocab_size = 48  # no text_encoder.spiece_model: train one on captions
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1,
                                           rules=common.DEFAULT_RULES))
   return c

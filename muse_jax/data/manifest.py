@@ -2,6 +2,13 @@
 
 `write_manifest` (process 0, at the end of `run_precompute`) combines every process's index
 into WORKDIR/manifest.json; the training input (input_pipeline.py) reads it with `read_manifest`.
+
+Skipped records are counted by reason in the manifest and listed in WORKDIR/skipped.jsonl
+(named by the manifest's `skipped_list`), one {"split", "id", "reason"} object per line, in
+split, process and shard order (by id within a shard), so the manifest stays small whatever
+the count and every dropped file can be found: a source's ids name the file (or shard and key,
+or file and row) each record came from. The lists come from the shards' index entries, so a
+resumed run lists the same records as an uninterrupted one.
 `write_json` writes to a temporary name and renames, so a reader never sees half a file.
 `shard_mismatch` checks a finished shard against its index entry (size, then sha256).
 """
@@ -15,6 +22,7 @@ from typing import Sequence
 from muse_jax.data import records
 
 MANIFEST = "manifest.json"
+SKIPPED = "skipped.jsonl"
 FORMAT_VERSION = 1
 
 
@@ -24,6 +32,24 @@ def write_json(path: str, obj) -> None:
     json.dump(obj, f, indent=1, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def _write_skipped(path: str, splits: dict[str, list[dict]]) -> tuple[int, int]:
+  """Writes the skipped records of every shard entry to `path` (JSON lines); returns (listed,
+  unlisted): entries written before ids were recorded count their skips as unlisted."""
+  listed = unlisted = 0
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    for split, shards in splits.items():
+      for e in shards:
+        if "skipped_ids" not in e:
+          unlisted += sum(e["skipped"].values())
+          continue
+        for ident, reason in e["skipped_ids"]:
+          f.write(json.dumps({"split": split, "id": ident, "reason": reason}) + "\n")
+          listed += 1
+  os.replace(tmp, path)
+  return listed, unlisted
 
 
 def read_json(path: str):
@@ -42,7 +68,7 @@ def _sum_counts(dicts) -> dict[str, int]:
 def write_manifest(workdir: str, config, spec: records.RecordSpec, splits: Sequence[str],
                    process_count: int, extra: dict) -> dict:
   """Combine every process's index into WORKDIR/manifest.json (process 0)."""
-  out_splits = {}
+  out_splits, entries = {}, {}
   for split in splits:
     shards = []
     for p in range(process_count):
@@ -51,6 +77,7 @@ def write_manifest(workdir: str, config, spec: records.RecordSpec, splits: Seque
         raise RuntimeError(f"process {p} has not finished split {split!r} ({path} missing)")
       shards += read_json(path)["shards"]
     shards.sort(key=lambda e: (e["process"], e["shard"]))
+    entries[split] = shards
     out_splits[split] = {
         "files": [e["file"] for e in shards],
         "records_per_file": [e["records"] for e in shards],
@@ -60,8 +87,10 @@ def write_manifest(workdir: str, config, spec: records.RecordSpec, splits: Seque
         "notes": _sum_counts(e["notes"] for e in shards),
         "sha256": [e["sha256"] for e in shards],
     }
+  listed, unlisted = _write_skipped(os.path.join(workdir, SKIPPED), entries)
   manifest = {"format_version": FORMAT_VERSION, "spec": spec.to_json(),
               "shard_dir": "shards", "splits": out_splits, "process_count": process_count,
+              "skipped_list": {"file": SKIPPED, "records": listed, "unlisted": unlisted},
               **extra, "config": json.loads(config.to_json_best_effort())}
   write_json(os.path.join(workdir, MANIFEST), manifest)
   return manifest

@@ -9,9 +9,13 @@ config.precompute.splits; each process handles its own disjoint slice of the raw
 
 Writes to DIR: shards/{split}-{process}-{shard}.tfrecord (one tf.train.Example per image: id,
 caption, tokens_lo, tokens_hi, text_emb (bf16, valid positions only), text_len; see
-muse_jax/data/records.py), index/ (one entry per finished shard) and manifest.json (record
-shapes, files, counts written and skipped by reason, models, config). A progress line with
+muse_jax/data/records.py), index/ (one entry per finished shard), manifest.json (record
+shapes, files, counts written and skipped by reason, models, config) and skipped.jsonl (the id
+and reason of every skipped record, so dropped files can be found). A progress line with
 examples/s and ETA is printed every config.precompute.log_every batches.
+
+Sources (config.data.source): shapes, tfds, tfrecord, folder, webdataset (img2dataset tar
+shards) and parquet; configs/precompute_<source>.py shows each.
 
 Rerunning the same command after a kill resumes: finished shards are skipped without running
 the models, and the output is the same as that of an uninterrupted run.

@@ -11,6 +11,7 @@ each split of the raw source (`muse_jax.data.raw_sources`), and writes:
   WORKDIR/index/{split}-{process:05d}.json                     this process finished the split
   WORKDIR/manifest.json        (process 0, at the end) record spec, per-split files and counts
                                (written, seen, skipped by reason), models, config
+  WORKDIR/skipped.jsonl        (process 0, at the end) every skipped record: split, id, reason
   WORKDIR/spiece.model         when precompute.spiece_vocab_size > 0 and no spiece_model is
                                given: a sentencepiece model trained on the captions (demos)
 
@@ -94,7 +95,7 @@ def validate_config(config, process_count: int, dp: int) -> None:
     raise ConfigError(f"precompute.examples_per_shard={p.examples_per_shard} must be > 0")
   if not tuple(p.splits):
     raise ConfigError("precompute.splits is empty; e.g. ('train', 'heldout') for shapes")
-  if len(p.splits) > 1 and config.data.source in ("tfrecord", "folder"):
+  if len(p.splits) > 1 and config.data.source not in ("shapes", "tfds"):
     raise ConfigError(f"data.source={config.data.source!r} has no named splits: give one "
                      "precompute.splits entry per run (e.g. a second run for eval data)")
   if int(config.tokenizer.resolution) <= 0:
@@ -147,5 +148,10 @@ def run_precompute(config, workdir: str, *, stream=None,
     print(f"precompute {split}: {s['records']} written of {s['seen']} seen "
           f"({len(s['files'])} files; skipped: {skipped}); this run "
           f"{rates[split]:.1f} examples/s on process 0", file=stream, flush=True)
+  listing = manifest["skipped_list"]
+  if listing["records"] or listing["unlisted"]:
+    print(f"skipped records: {os.path.join(workdir, listing['file'])} ({listing['records']} "
+          f"listed" + (f", {listing['unlisted']} skipped by an older version unlisted"
+                       if listing["unlisted"] else "") + ")", file=stream, flush=True)
   print(f"manifest: {os.path.join(workdir, MANIFEST)}", file=stream, flush=True)
   return manifest

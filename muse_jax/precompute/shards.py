@@ -250,7 +250,7 @@ class SplitWriter:
              "shard": shard.index, "records": shard.writer.count, "seen": c.seen,
              "bytes": shard.writer.size,
              "skipped": dict(sorted(c.skipped.items())), "notes": dict(sorted(c.notes.items())),
-             "sha256": sha}
+             "skipped_ids": c.skipped_ids(), "sha256": sha}
     if entry["records"] != c.kept:
       raise RuntimeError(f"shard {entry['file']}: wrote {entry['records']} records but "
                          f"{c.kept} were kept")

@@ -18,7 +18,6 @@ from PIL import Image
 from configs import shapes_precompute
 from muse_jax.data import input_pipeline, records
 from muse_jax.data.shapes import dataset as shapes
-from muse_jax.parallel.mesh import make_mesh
 from muse_jax.precompute import run as precompute
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,11 +67,9 @@ def _cmd(workdir, *flags):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  """The run's models, built once (random init is the slow part on CPU)."""
-  config = _config()
-  spiece = precompute.ensure_spiece_model(config, str(tmp_path_factory.mktemp("spiece")))
-  return precompute.build_models(config, make_mesh(config.mesh), spiece)
+def models(precompute_models):
+  """The run's models (conftest.py: built once for the precompute tests)."""
+  return precompute_models[0]
 
 
 def _run(workdir, models, config=None, calls=None):
