@@ -12,7 +12,7 @@ folder with sidecar .txt captions, and as parquet files of image bytes, then pri
   precompute  examples/s of the whole job (configs/shapes_precompute.py's tiny f8 VQ at 64 px
               and tiny T5, batches of --batch): source, models, records, writing; the models
               are built and compiled once, before the timed runs
-Not a test: nothing is asserted.
+each the median of --repeats runs, the sources taking turns. Not a test: nothing is asserted.
 """
 from __future__ import annotations
 
@@ -115,6 +115,7 @@ def main(argv=None) -> None:
   parser.add_argument("--workers", type=int, default=2, help="decoding threads")
   parser.add_argument("--batch", type=int, default=64, help="precompute batch")
   parser.add_argument("--sources", default="webdataset,folder,parquet")
+  parser.add_argument("--repeats", type=int, default=3, help="runs per source (medians)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   import jax
@@ -136,16 +137,20 @@ def main(argv=None) -> None:
                             models_fn=lambda *a: models)  # compiles the models
   print(f"{args.num} JPEGs {args.source_size}, {args.workers} workers, batch {args.batch}, "
         f"{jax.device_count()} {jax.default_backend()} device(s), {os.cpu_count()} CPUs")
-  print("| source | read examples/s | precompute examples/s |")
-  print("|---|---|---|")
+  rates = {s: ([], []) for s in sources}
   try:
-    for source in sources:
-      c = config_for(source, root, args.workers, args.batch, args.per_shard, spiece)
-      read = bench_read(c, args.num)
-      pre = bench_precompute(c, models, os.path.join(root, f"out_{source}"), args.num)
-      print(f"| {source} | {read:.1f} | {pre:.1f} |", flush=True)
+    for r in range(args.repeats):  # the sources take turns, so load drifts hit each alike
+      for source in sources:
+        c = config_for(source, root, args.workers, args.batch, args.per_shard, spiece)
+        rates[source][0].append(bench_read(c, args.num))
+        out = os.path.join(root, f"out_{r}_{source}")
+        rates[source][1].append(bench_precompute(c, models, out, args.num))
   finally:
     shutil.rmtree(root)
+  print("| source | read examples/s | precompute examples/s |")
+  print("|---|---|---|")
+  for source, (read, pre) in rates.items():
+    print(f"| {source} | {np.median(read):.1f} | {np.median(pre):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ split, process and shard order (by id within a shard), so the manifest stays sma
 the count and every dropped file can be found: a source's ids name the file (or shard and key,
 or file and row) each record came from. The lists come from the shards' index entries, so a
 resumed run lists the same records as an uninterrupted one.
+
 `write_json` writes to a temporary name and renames, so a reader never sees half a file.
 `shard_mismatch` checks a finished shard against its index entry (size, then sha256).
 """

@@ -116,6 +116,24 @@ def test_webdataset_precompute_resumes_to_the_same_bytes(webdataset, tiny, tmp_p
   assert calls == [2, 1]  # shards 1 and 2 only
 
 
+def test_skips_of_shards_finished_by_an_older_version_are_counted_as_unlisted(webdataset, tiny,
+                                                                              tmp_path):
+  config, ref_dir, _, _, _, _ = webdataset
+  workdir = str(tmp_path / "old")
+  shutil.copytree(ref_dir, workdir)
+  summary = os.path.join(workdir, "index", "train-00000.json")
+  entries = json.load(open(summary))
+  del entries["shards"][0]["skipped_ids"]  # shard 0 (2 skips) from before ids were kept
+  manifest_lib.write_json(summary, entries)
+  calls = []
+  manifest, log = _run(config, workdir, tiny, calls=calls)
+  assert calls == []
+  assert manifest["skipped_list"] == {"file": "skipped.jsonl", "records": 3, "unlisted": 2}
+  assert [r["id"] for r in _skipped(workdir)] == [
+      "000001.tar/000010000", "000001.tar/000010001", "000002.tar"]
+  assert "(3 listed, 2 skipped by an older version unlisted)" in log
+
+
 def test_parquet_with_bytes_and_paths_precomputes(tiny, tmp_path):
   kept, skipped = source_files.write_parquet(str(tmp_path / "data"))
   config = _config("parquet", tiny, parquet__files=str(tmp_path / "data"))
