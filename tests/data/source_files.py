@@ -146,9 +146,18 @@ def write_tfrecords(tmp_path):
   return ids + ["f2r0"]
 
 
+_TFDS_BUILDER = []  # the builder class, made once: TFDS registers a dataset name only once
+
+
 def write_tfds(data_dir: str) -> None:
   """The TFDS dataset muse_tiny_captions (split train: 7 images, caption 'meta/caption' 'tiny
   i'; image 3 has a blank caption) under data_dir."""
+  if not _TFDS_BUILDER:
+    _TFDS_BUILDER.append(_tfds_builder())
+  _TFDS_BUILDER[0](data_dir=data_dir).download_and_prepare()
+
+
+def _tfds_builder():
   import tensorflow_datasets as tfds
 
   class MuseTinyCaptions(tfds.core.GeneratorBasedBuilder):
@@ -170,4 +179,4 @@ def write_tfds(data_dir: str) -> None:
         img = np.full((24 + i, 40, 3), (i * 30, 10, 200), np.uint8)
         yield i, {"image": img, "meta": {"caption": f"tiny {i}" if i != 3 else "   "}}
 
-  MuseTinyCaptions(data_dir=data_dir).download_and_prepare()
+  return MuseTinyCaptions

@@ -238,3 +238,25 @@ def test_parquet_with_image_bytes_or_paths(tmp_path):
   assert tuple(out[1]["image"][32][5, 5]) == (20, 20, 200)
   assert counter.skipped_ids() == [["broken.parquet", "corrupt_record"],
                                    ["hf.parquet:2", "missing_image"]]
+
+
+def test_webdataset_and_parquet_sources_read_without_tensorflow(tmp_path):
+  """Accelerator hosts often have no TensorFlow: these sources (paths through etils.epath)
+  must not need it. Runs in a subprocess where importing tensorflow fails."""
+  import subprocess
+  import sys
+  source_files.write_webdataset(str(tmp_path / "wds"))
+  source_files.write_parquet(str(tmp_path / "pq"))
+  code = "\n".join([
+      "import sys; sys.modules['tensorflow'] = None",
+      "from muse_jax.configs import common_data",
+      "from muse_jax.data import raw_sources",
+      "c = common_data.data_config(); c.resolutions = (32,); c.min_size = 16",
+      f"c.webdataset.shards = {str(tmp_path / 'wds')!r}",
+      f"c.parquet.files = {str(tmp_path / 'pq')!r}",
+      "for c.source in ('webdataset', 'parquet'):",
+      "  print(c.source, len(list(raw_sources.iterate_examples(c))))"])
+  root = __file__.rsplit("/tests/", 1)[0]
+  out = subprocess.run([sys.executable, "-c", code], check=True, cwd=root, capture_output=True,
+                       text=True)
+  assert out.stdout.split() == ["webdataset", "5", "parquet", "6"]
