@@ -47,7 +47,8 @@ def _meta(caption=None, **extra) -> bytes:
 
 def write_webdataset(root: str, truncate_last: bool = True):
   """Three shards: jpg/png/webp with .txt and/or .json captions, a corrupt image, a missing
-  caption, a sample without image, bad json, and (truncate_last) a shard cut off mid-way."""
+  caption, a sample without image, bad json, a file name twice in one sample, and
+  (truncate_last) a shard cut off mid-way. Returns (kept ids, {skipped id: reason})."""
   os.makedirs(root, exist_ok=True)
   _tar(os.path.join(root, "000000.tar"), [
       ("000000000.jpg", image_bytes((200, 10, 10), fmt="JPEG")),
@@ -68,6 +69,9 @@ def write_webdataset(root: str, truncate_last: bool = True):
       ("000010001.json", b"{not json"),
       ("000010002.png", image_bytes((0, 250, 250))),
       ("000010002.txt", b"a cyan square"),
+      ("000010003.png", image_bytes((0, 0, 0))),
+      ("000010003.png", image_bytes((0, 0, 0))),  # two files of one name
+      ("000010003.txt", b"a duplicate"),
   ])
   last = os.path.join(root, "000002.tar")
   _tar(last, [
@@ -80,7 +84,8 @@ def write_webdataset(root: str, truncate_last: bool = True):
           "000001.tar/000010002", "000002.tar/000020000"]
   skipped = {"000000.tar/000000002": "undecodable", "000000.tar/000000003": "missing_caption",
              "000001.tar/000010000": "missing_image",
-             "000001.tar/000010001": "corrupt_record"}
+             "000001.tar/000010001": "corrupt_record",
+             "000001.tar/000010003": "corrupt_record"}
   if truncate_last:
     with tarfile.open(last) as tar:
       cut = tar.getmember("000020001.png").offset_data + 1000  # inside the second image

@@ -1,5 +1,6 @@
 """Raw sources on fixtures written here: folder (JSONL, sidecar), TFRecord, TFDS, shapes,
 WebDataset tar shards and parquet (tests/data/source_files.py)."""
+import gzip
 import io
 import json
 import os
@@ -177,7 +178,7 @@ def test_webdataset_shards_as_img2dataset_writes_them(tmp_path):
   assert tuple(out[1]["image"][32][5, 5]) == (10, 200, 10)  # png with its .json caption
   assert dict(counter.skipped_ids()) == skipped
   assert dict(counter.skipped) == {"undecodable": 1, "missing_caption": 1, "missing_image": 1,
-                                   "corrupt_record": 2}
+                                   "corrupt_record": 3}
   assert counter.seen == len(kept) + len(skipped)
   # A folder, a glob and a list give the same shards; iterate_examples gives the same records.
   for shards in (str(tmp_path), str(tmp_path / "*.tar"),
@@ -186,6 +187,12 @@ def test_webdataset_shards_as_img2dataset_writes_them(tmp_path):
     assert [ex["id"] for ex in _run(config)[0]] == kept
   _check_shards(config, kept, 2)  # by file
   _check_shards(config, kept, 4)  # by record
+  # A gzipped shard reads the same.
+  with open(tmp_path / "000000.tar", "rb") as f:
+    (tmp_path / "zipped.tar.gz").write_bytes(gzip.compress(f.read()))
+  config.webdataset.shards = str(tmp_path / "zipped.tar.gz")
+  assert [ex["id"] for ex in _run(config)[0]] == [
+      k.replace("000000.tar", "zipped.tar.gz") for k in kept[:3]]
   # Captions from the .json only; a shard that is not there is counted, not fatal.
   config.webdataset.caption_extension = ""
   config.webdataset.shards = f"{tmp_path / '000000.tar'}::{tmp_path / 'gone.tar'}"

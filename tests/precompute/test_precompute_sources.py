@@ -90,15 +90,15 @@ def test_webdataset_shards_precompute_with_skipped_keys_listed(webdataset):
   _, workdir, manifest, log, kept, skipped = webdataset
   s = manifest["splits"]["train"]
   assert (s["records"], s["seen"]) == (len(kept), len(kept) + len(skipped))
-  assert s["skipped"] == {"corrupt_record": 2, "missing_caption": 1, "missing_image": 1,
+  assert s["skipped"] == {"corrupt_record": 3, "missing_caption": 1, "missing_image": 1,
                           "undecodable": 1}
-  assert s["records_per_file"] == [2, 2, 1]  # raw records 0-3, 4-7, 8-9
+  assert s["records_per_file"] == [2, 2, 1]  # raw records 0-3, 4-7, 8-10
   assert _ids(workdir, manifest) == kept
-  assert manifest["skipped_list"] == {"file": "skipped.jsonl", "records": 5, "unlisted": 0}
+  assert manifest["skipped_list"] == {"file": "skipped.jsonl", "records": 6, "unlisted": 0}
   listed = _skipped(workdir)
   assert {r["id"]: r["reason"] for r in listed} == skipped
   assert {r["split"] for r in listed} == {"train"}
-  assert f"skipped records: {workdir}/skipped.jsonl (5 listed)" in log
+  assert f"skipped records: {workdir}/skipped.jsonl (6 listed)" in log
 
 
 def test_webdataset_precompute_resumes_to_the_same_bytes(webdataset, tiny, tmp_path):
@@ -128,10 +128,10 @@ def test_skips_of_shards_finished_by_an_older_version_are_counted_as_unlisted(we
   calls = []
   manifest, log = _run(config, workdir, tiny, calls=calls)
   assert calls == []
-  assert manifest["skipped_list"] == {"file": "skipped.jsonl", "records": 3, "unlisted": 2}
+  assert manifest["skipped_list"] == {"file": "skipped.jsonl", "records": 4, "unlisted": 2}
   assert [r["id"] for r in _skipped(workdir)] == [
-      "000001.tar/000010000", "000001.tar/000010001", "000002.tar"]
-  assert "(3 listed, 2 skipped by an older version unlisted)" in log
+      "000001.tar/000010000", "000001.tar/000010001", "000001.tar/000010003", "000002.tar"]
+  assert "(4 listed, 2 skipped by an older version unlisted)" in log
 
 
 def test_parquet_with_bytes_and_paths_precomputes(tiny, tmp_path):
