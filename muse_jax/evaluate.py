@@ -48,6 +48,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from muse_jax.configs.cli_flags import parse_flags
+
 config_flags.DEFINE_config_file("config", None, "Sampling config (e.g. configs/pipeline_tiny.py)"
                                 "; or use --base, or score --images.", lock_config=True)
 flags.DEFINE_string("workdir", None, "With --config: RUNS, whose base/, sr/, vq_lo/, vq_hi/ are "
@@ -294,4 +296,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -34,6 +34,7 @@ from typing import Optional
 from absl import app, flags
 
 from muse_jax.cli import run_or_exit
+from muse_jax.configs.cli_flags import parse_flags
 from muse_jax.sampling.loading import restore_stage_params
 from muse_jax.training import registry
 from muse_jax.workdir import checkpoints, export_io, saved_config
@@ -162,4 +163,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -36,6 +36,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from muse_jax.configs.cli_flags import parse_flags
+
 config_flags.DEFINE_config_file("config", None, "Path to a sampling config, e.g. "
                                 "muse_jax/configs/common_pipeline.py or configs/pipeline_tiny.py.",
                                 lock_config=True)
@@ -223,4 +225,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -30,6 +30,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from muse_jax.configs.cli_flags import parse_flags
 from muse_jax.parallel import distributed
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/<name>.py file.",
@@ -63,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,4 +1,5 @@
-"""Every entry point turns a bad config or argument into one line on stderr and exit status 2."""
+"""Every entry point turns a bad flag, config, path or input into one line on stderr and exit
+status 2. The cases run concurrently: each is mostly interpreter start-up."""
 import subprocess
 import sys
 
@@ -21,6 +22,20 @@ CASES = {
     "export": (
         ["muse_jax.export", "--workdir={tmp}/missing", "--out={tmp}/export"],
         "error: --workdir={tmp}/missing: no such directory"),
+    "train: a misspelt --config. key": (
+        ["muse_jax.train", "--config=configs/tiny.py", "--workdir={tmp}/typo",
+         "--config.train.num_step=3"],
+        "error: --config.train.num_step: no config key 'num_step'; did you mean 'num_steps'?"),
+    "precompute: a config file that does not exist": (
+        ["muse_jax.precompute", "--config=configs/missing.py", "--workdir={tmp}/pre2"],
+        "error: --config=configs/missing.py: the config file does not load: [Errno 2]"),
+    "sample: a --base that is not a workdir": (
+        ["muse_jax.sample", "--base={tmp}/missing", "--prompt=a red circle",
+         "--out={tmp}/x.png"],
+        "error: no config.json in {tmp}/missing"),
+    "evaluate: an unknown flag": (
+        ["muse_jax.evaluate", "--wrkdir={tmp}/x"],
+        "error: Unknown command line flag 'wrkdir'"),
     "demo": (
         ["muse_jax.demo", "--config=configs/demo_cpu.py", "--workdir={tmp}/demo",
          "--config.lowres_size=4096"],

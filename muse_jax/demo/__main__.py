@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import muse_jax.demo as _demo
+from muse_jax.configs.cli_flags import parse_flags
 
 __doc__ = _demo.__doc__  # absl prints the main module's docstring for --help
 
@@ -37,4 +38,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
