@@ -2,9 +2,10 @@
 
 Exit status:
   0    done
-  2    bad config, mesh, missing or malformed input (a weights file, e.g. a safetensors header
-       that is too large), an unwritable workdir, or no checkpoint in the workdir that can be
-       restored (nothing was trained)
+  2    bad flag or config (muse_jax/configs/cli_flags.py parses the flags), mesh, missing or
+       malformed input (a data path or manifest, a weights file, e.g. a safetensors header
+       that is too large), a config that does not match the checkpoint it resumes, an
+       unwritable workdir, or no checkpoint in the workdir that can be restored
   3    non-finite loss or state (the last good checkpoint is kept and named)
   5    a write into the workdir failed during the run (disk full, permission denied): the
        newest checkpoint written before it is kept; fix the disk, rerun to resume

@@ -1,5 +1,6 @@
 """Every entry point turns a bad flag, config, path or input into one line on stderr and exit
 status 2. The cases run concurrently: each is mostly interpreter start-up."""
+import os
 import subprocess
 import sys
 
@@ -26,6 +27,14 @@ CASES = {
         ["muse_jax.train", "--config=configs/tiny.py", "--workdir={tmp}/typo",
          "--config.train.num_step=3"],
         "error: --config.train.num_step: no config key 'num_step'; did you mean 'num_steps'?"),
+    "train: no manifest at data.path": (
+        ["muse_jax.train", "--config=configs/shapes_base_tiny.py", "--workdir={tmp}/nodata",
+         "--config.data.path={tmp}/missing"],
+        "error: the train input: no manifest.json in '{tmp}/missing'"),
+    "train: a corrupt manifest": (
+        ["muse_jax.train", "--config=configs/shapes_base_tiny.py", "--workdir={tmp}/baddata",
+         "--config.data.path={tmp}/corrupt"],
+        "error: data.path='{tmp}/corrupt': a manifest is not valid JSON"),
     "precompute: a config file that does not exist": (
         ["muse_jax.precompute", "--config=configs/missing.py", "--workdir={tmp}/pre2"],
         "error: --config=configs/missing.py: the config file does not load: [Errno 2]"),
@@ -44,6 +53,8 @@ CASES = {
 
 
 def test_each_entry_point_reports_a_bad_config_in_one_line(tmp_path):
+  os.makedirs(tmp_path / "corrupt")
+  (tmp_path / "corrupt" / "manifest.json").write_text('{"format_version": 1, "spl')
   procs = {}
   for name, (args, _) in CASES.items():  # concurrently: each is mostly interpreter start-up
     cmd = [sys.executable, "-m"] + [a.format(tmp=tmp_path) for a in args]

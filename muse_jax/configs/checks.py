@@ -66,6 +66,10 @@ def check_training(config) -> None:
   if t.batch_size % t.grad_accum:
     raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
                       f"train.grad_accum={t.grad_accum}")
+  schedule_steps = t.get("schedule_steps", 0)
+  if not isinstance(schedule_steps, int) or schedule_steps < 0:
+    raise ConfigError(f"train.schedule_steps={schedule_steps!r} must be a whole number of steps "
+                      "(0: train.num_steps)")
   if not 0.0 <= t.ema_decay < 1.0:
     raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1) (0 disables)")
   o = config.optimizer

@@ -78,6 +78,8 @@ def get_config(stage: str = "base") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       batch_size=512,         # global batch
       num_steps=1_000_000,
+      schedule_steps=0,       # learning-rate schedule length; 0: num_steps at the first start,
+                              # then kept from config.json on resume (training/resume.py)
       grad_accum=1,           # microbatches per step
       ema_decay=0.0,          # 0 disables the EMA of params
       log_every=50,

@@ -36,6 +36,7 @@ from muse_jax.parallel.mesh import data_parallel_size, make_mesh
 from muse_jax.training.flops import peak_flops_per_device
 from muse_jax.training.registry import get_stage, validate
 from muse_jax.training.reporting import Reporter
+from muse_jax.training.resume import check_state_matches, resolve_schedule
 from muse_jax.training.stops import NonFiniteLoss, Preempted, StopSignals
 from muse_jax.workdir.access import WorkdirWriteError, check_writable
 from muse_jax.workdir.checkpointer import Checkpointer, NonFiniteState
@@ -69,6 +70,20 @@ def check_batch(config, mesh):
                       f"whole multiple of the data-parallel size {dp}")
 
 
+def _input(stage, split: str, process_index: int, process_count: int) -> BatchSource:
+  """The stage's input; a missing or unreadable data path or manifest is a user error (one
+  line, exit 2), not a traceback."""
+  try:
+    return stage.make_source(split, process_index, process_count)
+  except ConfigError:
+    raise
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"data.path={stage.config.data.get('path', '')!r}: a manifest is not "
+                      f"valid JSON ({e}); rerun the precompute that wrote it") from None
+  except (OSError, ValueError, KeyError) as e:
+    raise ConfigError(f"the {split} input: {e}") from None
+
+
 class Trainer:
   """Holds the compiled step functions of one run; `run()` executes the loop."""
 
@@ -76,19 +91,21 @@ class Trainer:
                eval_source: BatchSource | None = None, stream=None, devices=None):
     self.config, self.workdir = config, os.path.abspath(workdir)
     validate(config)  # every start-time check before anything is built
+    self.schedule_note = resolve_schedule(config, self.workdir)  # before the optimizer is built
     self.mesh = make_mesh(config.mesh, devices)
     check_batch(config, self.mesh)
     self.stage = get_stage(config.stage)(config, self.mesh)
     self.rules = self.stage.rules
     self.is_main = jax.process_index() == 0
     pi, pc = jax.process_index(), jax.process_count()
-    self.train_source = train_source or self.stage.make_source("train", pi, pc)
+    self.train_source = train_source or _input(self.stage, "train", pi, pc)
     self.eval_source = eval_source
     if eval_source is None and config.train.eval_every > 0:
-      self.eval_source = self.stage.make_source("eval", pi, pc)
+      self.eval_source = _input(self.stage, "eval", pi, pc)
     key = jax.random.key(config.seed)
     self.init_key, self.step_key, self.eval_key = jax.random.split(key, 3)
     self.abstract_state = jax.eval_shape(self.stage.init_state, self.init_key)
+    check_state_matches(config, self.workdir, self.abstract_state)
     self.state_sh = self.stage.state_shardings(self.abstract_state)
     b = int(config.train.batch_size)
     self.batch_sh = {k: shd.named_sharding(f.axes, self.mesh, self.rules, (b,) + f.shape)
@@ -197,6 +214,8 @@ class Trainer:
     ckpt_dir = self.ckpt.directory
     if step:
       reporter.message(f"Resuming from step {step} (checkpoint in {ckpt_dir})")
+      if self.schedule_note:
+        reporter.message(f"note: {self.schedule_note}")
     else:
       reporter.message(f"Starting a new run in {self.workdir}")
     b = int(cfg.train.batch_size)

@@ -22,7 +22,7 @@ from muse_jax.models.transformer import REMAT_POLICIES, TransformerConfig
 from muse_jax.parallel import sharding as shd
 from muse_jax.training import masking
 from muse_jax.training.losses import masked_cross_entropy_sums
-from muse_jax.training.optimizer import make_optimizer
+from muse_jax.training.optimizer import make_optimizer, schedule_length
 from muse_jax.training.stage import Stage
 
 
@@ -61,7 +61,7 @@ class MaskedTokenStage(Stage):
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
     self.fm, self._init_params = functionalize(lambda rngs: self.make_model(config, rngs))
-    self.tx, self.schedule = make_optimizer(config.optimizer, config.train.num_steps)
+    self.tx, self.schedule = make_optimizer(config.optimizer, schedule_length(config.train))
     self.accum = int(config.train.grad_accum)
     self.ema_decay = float(config.train.ema_decay)
 

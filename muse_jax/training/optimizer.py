@@ -5,11 +5,18 @@
 - `adamw`: optax.adamw with b1/b2/eps and decoupled weight decay.
 Both: global-norm gradient clipping (`grad_clip`, 0 disables), linear warmup then cosine decay
 (or constant). Weight decay applies to matrices only (ndim >= 2), not to norms or biases.
+The schedule spans `schedule_length(config.train)` steps: `train.schedule_steps`, which a run
+fixes at its first start (training/resume.py), or `train.num_steps` when that is 0.
 """
 from __future__ import annotations
 
 import jax
 import optax
+
+
+def schedule_length(train_cfg) -> int:
+  """The learning-rate schedule's length in steps (warmup + decay)."""
+  return int(train_cfg.get("schedule_steps", 0)) or int(train_cfg.num_steps)
 
 
 def make_schedule(cfg, num_steps: int):

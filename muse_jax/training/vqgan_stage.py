@@ -46,7 +46,7 @@ from muse_jax.models.lpips import lpips
 from muse_jax.models.vqgan import from_model_range, to_model_range
 from muse_jax.parallel import sharding as shd
 from muse_jax.training import vqgan_losses as VL
-from muse_jax.training.optimizer import make_optimizer
+from muse_jax.training.optimizer import make_optimizer, schedule_length
 from muse_jax.training.stage import Stage
 from muse_jax.weights.vgg_lpips import load_lpips_params
 
@@ -112,13 +112,14 @@ class VQGANStage(Stage):
     # discriminator (same results: both branches would be the skipped ones).
     self.gan_possible = int(lc.disc_start_step) < n
     self.decoder_only = bool(config.finetune.decoder_only)
-    tx, self.schedule = make_optimizer(config.optimizer, n)
+    tx, self.schedule = make_optimizer(config.optimizer, schedule_length(config.train))
     if self.decoder_only:
       labels = {k: jax.tree.map(lambda _: "train" if k in V.decoder_param_keys() else "frozen",
                                 v) for k, v in self.fm.abstract_params().items()}
       tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     self.tx = tx
-    self.dtx, self.disc_schedule = make_optimizer(config.disc_optimizer, n)
+    self.dtx, self.disc_schedule = make_optimizer(config.disc_optimizer,
+                                                  schedule_length(config.train))
     self._finished = None
     if config.finetune.init_from:
       self._finished = load_vq_params(config.finetune.init_from, self.model_cfg,

@@ -135,12 +135,13 @@ def _params_key(tree: dict, which: str, where: str) -> str:
   return "ema_params" if has_ema and which != "raw" else "params"
 
 
-def _check_shapes(saved_tree, abstract, what: str, workdir: str) -> None:
-  """One line naming the first missing, extra or misshapen parameter."""
+def _shape_problems(saved_tree, abstract) -> list[str]:
+  """The first missing, extra or misshapen arrays of `abstract` against a saved tree."""
   def flat(tree):
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-      key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      key = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                      for k in path)
       out[key] = tuple(getattr(leaf, "shape", ()))
     return out
 
@@ -156,10 +157,32 @@ def _check_shapes(saved_tree, abstract, what: str, workdir: str) -> None:
   if shapes:
     k = shapes[0]
     problems.append(f"{k} has shape {saved[k]} but the config needs {want[k]}")
+  return problems
+
+
+def _check_shapes(saved_tree, abstract, what: str, workdir: str) -> None:
+  """One line naming the first missing, extra or misshapen parameter."""
+  problems = _shape_problems(saved_tree, abstract)
   if problems:
     raise ValueError(f"the {what} checkpoint in {workdir} does not match its config: "
                      f"{'; '.join(problems)}. Give the model settings it was trained with "
                      "(or train it with this config)")
+
+
+def state_mismatch(workdir: str, step: int, abstract_state: Any) -> Optional[str]:
+  """How the train state saved at `step` differs in structure or shapes from
+  `abstract_state` (read from Orbax's metadata, no arrays), or None when it matches or the
+  metadata cannot be read (the restore then reports what is wrong)."""
+  path = os.path.join(checkpoint_dir(workdir), str(step), "state")
+  logger, level = _quiet_absl()
+  try:
+    meta = ocp.PyTreeCheckpointer().metadata(path).item_metadata
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint is the restore's to report
+    return None
+  finally:
+    logger.setLevel(level)
+  problems = _shape_problems(getattr(meta, "tree", meta), abstract_state)
+  return "; ".join(problems) or None
 
 
 def _int_keys(tree):

@@ -67,14 +67,36 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
 
 
 def test_cli_trains_then_resumes_to_more_steps(tmp_path):
+  """The README's commands: a schedule planned for 40 steps, stopped at 20 and resumed to 40,
+  keeps its learning rate; going past 40 or changing the model is refused in one line (these
+  two run concurrently and stop before compiling)."""
   wd = str(tmp_path)
-  first = run_cli(wd, "--config.train.num_steps=20")
+  first = run_cli(wd, "--config.train.num_steps=20", "--config.train.schedule_steps=40")
   assert "Starting a new run" in first.stdout
   assert os.path.isdir(os.path.join(wd, "checkpoints", "20"))
   second = run_cli(wd, "--config.train.num_steps=40")
   assert "Resuming from step 20" in second.stdout
   assert "40/40" in second.stdout
-  assert [r["step"] for r in read_metrics(wd) if "loss" in r][-1] == 40
+  records = [r for r in read_metrics(wd) if "loss" in r]
+  assert records[-1]["step"] == 40
+  lr = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
+  assert lr[21] < lr[20] < lr[19], lr  # the cosine goes on down, no re-warm
+
+  refused = {"past the schedule": (["--config.train.num_steps=60"],
+                                   "error: train.num_steps=60 goes past the end of this run's "
+                                   "learning-rate schedule (train.schedule_steps=40"),
+             "another model": (["--config.train.num_steps=40", "--config.model.hidden_size=48"],
+                               f"error: the checkpoint at step 40 in {wd} holds another model "
+                               f"than this config builds: the config differs from {wd}/"
+                               "config.json in model.hidden_size=32 -> 48; rerun with")}
+  procs = {name: subprocess.Popen(train_cmd(wd, *args), cwd=REPO, env=cli_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name, (args, _) in refused.items()}
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith(refused[name][1]), f"{name}:\n{err}"
 
 
 def test_two_process_run_trains_checkpoints_and_matches_one_process(tmp_path):
