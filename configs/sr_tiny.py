@@ -3,7 +3,8 @@
 COMMAND: python -m muse_jax.train --config=configs/sr_tiny.py --workdir=/tmp/sr_tiny \
            --config.train.num_steps=20
 Trains in seconds on CPU (2x2 low-res tokens -> 4x4 high-res tokens, 1 encoder + 2 decoder
-layers) and leaves a checkpoint; rerun with a larger num_steps to resume.
+layers) and leaves a checkpoint; rerun to resume (a larger num_steps needs the learning-rate
+schedule planned for it: --config.train.schedule_steps=N at the first start).
 """
 from muse_jax.configs import common_sr
 

@@ -2,7 +2,8 @@
 
 COMMAND: python -m muse_jax.train --config=configs/tiny.py --workdir=/tmp/tiny \
            --config.train.num_steps=20
-Trains in seconds on CPU and leaves a checkpoint; rerun with a larger num_steps to resume.
+Trains in seconds on CPU and leaves a checkpoint; rerun to resume (to go further later, plan
+the learning-rate schedule with --config.train.schedule_steps=N at the first start).
 """
 from muse_jax.configs import common
 
