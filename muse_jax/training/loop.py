@@ -34,6 +34,7 @@ from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.distributed import global_batch
 from muse_jax.parallel.mesh import data_parallel_size, make_mesh
 from muse_jax.training.flops import peak_flops_per_device
+from muse_jax.training.inputs import open_input
 from muse_jax.training.registry import get_stage, validate
 from muse_jax.training.reporting import Reporter
 from muse_jax.training.resume import check_state_matches, resolve_schedule
@@ -70,20 +71,6 @@ def check_batch(config, mesh):
                       f"whole multiple of the data-parallel size {dp}")
 
 
-def _input(stage, split: str, process_index: int, process_count: int) -> BatchSource:
-  """The stage's input; a missing or unreadable data path or manifest is a user error (one
-  line, exit 2), not a traceback."""
-  try:
-    return stage.make_source(split, process_index, process_count)
-  except ConfigError:
-    raise
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"data.path={stage.config.data.get('path', '')!r}: a manifest is not "
-                      f"valid JSON ({e}); rerun the precompute that wrote it") from None
-  except (OSError, ValueError, KeyError) as e:
-    raise ConfigError(f"the {split} input: {e}") from None
-
-
 class Trainer:
   """Holds the compiled step functions of one run; `run()` executes the loop."""
 
@@ -98,10 +85,10 @@ class Trainer:
     self.rules = self.stage.rules
     self.is_main = jax.process_index() == 0
     pi, pc = jax.process_index(), jax.process_count()
-    self.train_source = train_source or _input(self.stage, "train", pi, pc)
+    self.train_source = train_source or open_input(self.stage, "train", pi, pc)
     self.eval_source = eval_source
     if eval_source is None and config.train.eval_every > 0:
-      self.eval_source = _input(self.stage, "eval", pi, pc)
+      self.eval_source = open_input(self.stage, "eval", pi, pc)
     key = jax.random.key(config.seed)
     self.init_key, self.step_key, self.eval_key = jax.random.split(key, 3)
     self.abstract_state = jax.eval_shape(self.stage.init_state, self.init_key)
