@@ -60,10 +60,12 @@ def get_config(stage: str = "base") -> ml_collections.ConfigDict:
       source="synthetic",     # synthetic (random tokens/embeddings) | precomputed
       path="",                # precomputed shards directory (source=precomputed)
       eval_path="",           # held-out shards (defaults to a slice of synthetic data)
-      shuffle_buffer=10_000,
+      shuffle_buffer=10_000,  # reader=tf only
       train_split="train",    # precompute split names read for training and for eval
       eval_split="heldout",   #   (eval reads eval_path if set, else path)
-      reader="auto",          # precomputed: tf (tf.data) | numpy (in memory, no TF) | auto
+      reader="auto",          # precomputed: auto = grain (global shuffle, no TF) | tf | numpy
+      grain_threads=4,        # grain: record-reading threads per process (more for gs://)
+      grain_prefetch=256,     # grain: records read ahead per process
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1,

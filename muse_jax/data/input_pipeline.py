@@ -10,32 +10,38 @@ stage's `features()`:
   text_len [] int32     valid text positions (the mask is arange(S) < text_len)
 Shapes are checked against the manifest before any data is read.
 
-Readers (`data.reader`): 'tf' (tf.data, streaming, for any size), 'numpy' (all of this
-process's records in memory; no TensorFlow needed; for small datasets) or 'auto' (tf if
-TensorFlow imports). TensorFlow is imported only by the tf reader.
+Readers (`data.reader`):
+  'grain' (and 'auto'): grain_reader.py. Random access through an offset index beside each
+    shard; a global seeded shuffle over all records of all shards, reshuffled every epoch;
+    record-level sharding across processes; resume in constant time; memory independent of
+    the dataset's size; no TensorFlow. The default.
+  'tf': tf.data over the files (below), for comparison and for datasets whose shards cannot
+    be indexed in place. Needs TensorFlow (imported only by this reader).
+  'numpy': this process's records in memory, no TensorFlow: small datasets (the CPU demo),
+    where it is the fastest.
+Every reader yields batches that drop nothing but span epoch boundaries; eval reads in file
+order without shuffling, cycling.
 
-Order. Each process reads a disjoint subset of the files (files[i::process_count]), or every
-process takes every process_count-th record when there are fewer files than processes. Train:
-epoch e visits the process's records in an order fixed by (config.seed, e) (tf: the file order
-shuffled, files interleaved, then a shuffle buffer of `data.shuffle_buffer`; numpy: a full
-permutation), and epochs follow each other forever (repeat). Eval: file order, no shuffle,
-cycling. Batches drop nothing but span epoch boundaries.
+tf and numpy order. Each process reads a disjoint subset of the files (files[i::process_count]),
+or every process takes every process_count-th record when there are fewer files than
+processes. Train: epoch e visits the process's records in an order fixed by (config.seed, e)
+(tf: the file order shuffled, files interleaved, then a shuffle buffer of
+`data.shuffle_buffer`; numpy: a full permutation), and epochs follow each other forever.
 
-Exact resume. The state is the position in this infinite, deterministic stream: `positions`
-(records consumed per process, corrupt ones included) and `batches`. Restoring rebuilds the
+Exact resume (all readers). The state is the position in the process's infinite,
+deterministic stream: `positions` (records consumed per process, corrupt ones included) and
+`batches` (reader_common.PositionState). grain sets the position directly; tf rebuilds the
 stream at epoch position // records_per_epoch and skips the rest within that epoch (reading,
-not parsing, at most one epoch of this process's records), so a resumed run sees exactly the
-batches an uninterrupted one would have. `get_state` gathers every process's position (a
-collective: call it on all processes, as the loop's checkpoint does).
+not parsing, up to one epoch of this process's records); numpy indexes its permutation.
 
 Corrupt records. A record with a missing feature, wrong sizes (token or embedding byte
 counts, text_len out of range) or token ids >= codebook_size is skipped, counted (`corrupt`
-in the state, and a warning with the running count). The tf reader finds them as gaps in the
-record positions of a batch, so the count is exact. A record whose framing CRC fails, or that
-is not an Example at all, stops the tf reader with an error; the numpy reader skips and counts
-those too. Both name the damaged files: tf's errors name none, so on the first gap or error the
-tf reader reads each of this process's files alone through the same parse to find them. A
-rerun of precompute on its output redoes every shard that no longer matches its index entry.
+in the state, and a warning with the running count). grain and numpy also skip and count a
+record whose framing CRC fails or that is not an Example; that stops the tf reader with an
+error. Every reader names the damaged files: tf's errors name none, so on the first gap or
+error the tf reader reads each of this process's files alone through the same parse to find
+them. A rerun of precompute on its output redoes every shard that no longer matches its index
+entry.
 """
 from __future__ import annotations
 
@@ -46,73 +52,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from muse_jax.data import records
+from muse_jax.data import grain_reader, records
 from muse_jax.data.batch import BatchSource, Feature
-from muse_jax.data.manifest import read_manifest
+from muse_jax.data.reader_common import (PositionState, check_features, codebook_check,
+                                         name_files, process_files, record_keys, split_files)
 
 log = logging.getLogger(__name__)
 
-READERS = ("auto", "tf", "numpy")
+READERS = ("auto", "grain", "tf", "numpy")
 _INF_EPOCHS = 1 << 40
-
-
-def record_keys(features: dict[str, Feature]) -> dict[str, str]:
-  """Feature name -> record key: `tokens` is the high-res tokens when `tokens_lo` is fed too."""
-  out = {}
-  for name in features:
-    if name == "tokens":
-      out[name] = "tokens_hi" if "tokens_lo" in features else "tokens_lo"
-    elif name == "tokens_lo":
-      out[name] = "tokens_lo"
-    elif name == "text":
-      out[name] = "text_emb"
-    elif name == "text_len":
-      out[name] = "text_len"
-    else:
-      raise ValueError(f"feature {name!r} is not in precomputed records (they hold tokens_lo, "
-                       "tokens_hi, text_emb, text_len)")
-  return out
-
-
-def check_features(features: dict[str, Feature], spec: records.RecordSpec, where: str) -> None:
-  """Raise with what to change when the stage's features cannot come from these records."""
-  for name, key in record_keys(features).items():
-    f = features[name]
-    if key in ("tokens_lo", "tokens_hi"):
-      grid = spec.grid_lo if key == "tokens_lo" else spec.grid_hi
-      if grid == 0:
-        raise ValueError(f"{where} has no high-res tokens (precompute ran without "
-                         "sr_tokenizer): this stage needs them")
-      if f.shape != (grid * grid,):
-        side = int(round(np.sqrt(np.prod(f.shape))))
-        raise ValueError(f"{where} holds {grid}x{grid} {key} but the model expects "
-                         f"{side}x{side}: set model.grid_size={grid} (or precompute at the "
-                         "matching resolution)")
-    elif key == "text_emb":
-      length, dim = f.shape
-      if dim != spec.text_dim:
-        raise ValueError(f"{where} holds {spec.text_dim}-d text embeddings but "
-                         f"model.text_dim={dim}: set model.text_dim={spec.text_dim}")
-      if length < spec.text_max_length:
-        raise ValueError(f"{where} holds up to {spec.text_max_length} text tokens but "
-                         f"model.text_length={length}: set model.text_length >= "
-                         f"{spec.text_max_length}")
-
-
-def codebook_check(spec: records.RecordSpec, codebook_size: int, where: str) -> None:
-  if spec.codebook_size > codebook_size:
-    raise ValueError(f"{where} has token ids up to {spec.codebook_size - 1} but "
-                     f"model.codebook_size={codebook_size}: set it to >= {spec.codebook_size}")
-
-
-def process_files(files: Sequence[str], counts: Sequence[int], process_index: int,
-                  process_count: int) -> tuple[list[str], int, bool]:
-  """(this process's files, its records per epoch, record-level sharding?)."""
-  if len(files) >= process_count:
-    return (list(files[process_index::process_count]),
-            int(sum(counts[process_index::process_count])), False)
-  total = int(sum(counts))
-  return list(files), len(range(process_index, total, process_count)), True
 
 
 def _valid(example, ok):
@@ -130,50 +78,7 @@ def _seed(seed: int, epoch, salt: int):
   return (seed * 1_000_003 + salt) * 1_000_033 + epoch
 
 
-class _PositionState:
-  """The resumable part shared by both readers: stream position, batches, corrupt count."""
-
-  reader = ""
-
-  def __init__(self, process_index: int, process_count: int):
-    self.pi, self.pc = process_index, process_count
-    self.position = 0
-    self.batches = 0
-    self.corrupt = 0
-
-  def get_state(self) -> dict:
-    mine = [self.position >> 31, self.position & 0x7FFFFFFF, self.corrupt]
-    if self.pc > 1:
-      from jax.experimental import multihost_utils
-      rows = np.asarray(multihost_utils.process_allgather(np.asarray(mine, np.int32)))
-      rows = rows.reshape(self.pc, 3)
-    else:
-      rows = np.asarray([mine])
-    return {"reader": self.reader, "batches": self.batches,
-            "positions": [int(h) << 31 | int(l) for h, l, _ in rows],
-            "corrupt": [int(c) for c in rows[:, 2]]}
-
-  def _restore(self, state: dict) -> None:
-    if "positions" in state:
-      positions = list(state["positions"])
-      if len(positions) != self.pc:
-        log.warning("the input state was saved by %d processes, this run has %d: the data "
-                    "order cannot continue exactly; starting at the same number of batches",
-                    len(positions), self.pc)
-        self.position = int(state.get("batches", 0)) * self.batch
-      else:
-        self.position = int(positions[self.pi])
-      corrupt = state.get("corrupt", [0] * self.pc)
-      self.corrupt = int(corrupt[self.pi]) if len(corrupt) == self.pc else 0
-      if state.get("reader") and state["reader"] != self.reader:
-        log.warning("the input state comes from the %r reader, this run uses %r: the order "
-                    "of examples differs from the saved run", state["reader"], self.reader)
-    else:  # {"position": n}: every process at n (the loop's eval restart uses 0)
-      self.position, self.corrupt = int(state["position"]), 0
-    self.batches = int(state.get("batches", 0))
-
-
-class TFRecordTokenSource(_PositionState, BatchSource):
+class TFRecordTokenSource(PositionState, BatchSource):
   """tf.data over the shards (see the module docstring for order, resume and corruption)."""
 
   reader = "tf"
@@ -284,8 +189,8 @@ class TFRecordTokenSource(_PositionState, BatchSource):
     except self.tf.errors.OpError as e:
       bad = {f: why.removeprefix("unreadable: ") for f, why in self._damaged().items()
              if why.startswith("unreadable: ")}
-      where = (_name_files(bad) if bad else f"one of {len(self.files)} files ("
-               f"{_name_files({f: '' for f in self.files})}): {_tf_reason(e)}")
+      where = (name_files(bad) if bad else f"one of {len(self.files)} files ("
+               f"{name_files({f: '' for f in self.files})}): {_tf_reason(e)}")
       raise RuntimeError(f"unreadable record in {where}; rerun the precompute that wrote it "
                          "(same config and --workdir) to redo that shard") from None
     pos = batch.pop("_pos")
@@ -294,7 +199,7 @@ class TFRecordTokenSource(_PositionState, BatchSource):
     if gaps:
       self.corrupt += gaps
       if self._named is None:  # once per source: it reads every file of this process
-        self._named = _name_files(self._damaged())
+        self._named = name_files(self._damaged())
       log.warning("skipped %d corrupt record(s) (wrong sizes or values); %d so far on this "
                   "process; damaged files: %s", gaps, self.corrupt, self._named or "not found")
     self.position = last
@@ -336,15 +241,7 @@ def _tf_reason(e) -> str:
   return f"{type(e).__name__}: {re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:.*$', '', text)}"
 
 
-def _name_files(why: dict[str, str], most: int = 5) -> str:
-  """'a.tfrecord (reason), b.tfrecord (reason)', the first `most`, then how many more."""
-  parts = [f"{f} ({r})" if r else f for f, r in list(why.items())[:most]]
-  if len(why) > most:
-    parts.append(f"and {len(why) - most} more")
-  return ", ".join(parts)
-
-
-class NumpyTokenSource(_PositionState, BatchSource):
+class NumpyTokenSource(PositionState, BatchSource):
   """This process's records in memory, no TensorFlow: for small datasets and TF-less hosts."""
 
   reader = "numpy"
@@ -376,7 +273,7 @@ class NumpyTokenSource(_PositionState, BatchSource):
           counts[e.reason] = counts.get(e.reason, 0) + 1
     if self.skipped:
       log.warning("skipped %d corrupt record(s) in %d of %d files: %s",
-                  sum(self.skipped.values()), len(damaged), len(own), _name_files(
+                  sum(self.skipped.values()), len(damaged), len(own), name_files(
                       {f: ", ".join(f"{k} {v}" for k, v in c.items()) for f, c in damaged.items()}))
     if not rows:
       raise ValueError(f"process {process_index} has no valid records in {len(own)} files")
@@ -419,48 +316,6 @@ class NumpyTokenSource(_PositionState, BatchSource):
     self._restore(state)
 
 
-def verify_files(files: Sequence[str], spec: records.RecordSpec) -> dict[str, dict[str, int]]:
-  """{file: {reason: count}} of every unreadable or corrupt record (numpy; reads everything)."""
-  bad = {}
-  for path in files:
-    counts: dict[str, int] = {}
-    for item in records.read_tfrecord(path):
-      try:
-        if isinstance(item, records.CorruptRecord):
-          raise item
-        records.decode_example(item, spec)
-      except records.CorruptRecord as e:
-        counts[e.reason] = counts.get(e.reason, 0) + 1
-    if counts:
-      bad[path] = counts
-  return bad
-
-
-def _tf_available() -> bool:
-  try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    return True
-  except ImportError:
-    return False
-
-
-def split_files(path: str, split: str) -> tuple[list[str], list[int], records.RecordSpec]:
-  """(files, records per file, spec) of `split` in the precompute output at `path`."""
-  manifest = read_manifest(path)
-  if split not in manifest["splits"]:
-    raise ValueError(f"{path} has no split {split!r} (it has {sorted(manifest['splits'])}); "
-                     "set data.train_split / data.eval_split")
-  s = manifest["splits"][split]
-  shard_dir = os.path.join(path, manifest.get("shard_dir", "shards"))
-  files = [os.path.join(shard_dir, f) for f in s["files"]]
-  counts = [int(c) for c in s["records_per_file"]]
-  nonempty = [(f, c) for f, c in zip(files, counts) if c > 0]
-  if not nonempty:
-    raise ValueError(f"split {split!r} in {path} has no records")
-  return ([f for f, _ in nonempty], [c for _, c in nonempty],
-          records.RecordSpec.from_json(manifest["spec"]))
-
-
 def make_token_source(stage, split: str, process_index: int, process_count: int) -> BatchSource:
   """The stage's `split` ('train' or 'eval') input from `config.data` (source=precomputed)."""
   cfg = stage.config
@@ -484,11 +339,13 @@ def make_token_source(stage, split: str, process_index: int, process_count: int)
   reader = data.get("reader", "auto")
   if reader not in READERS:
     raise ValueError(f"data.reader={reader!r}; choose one of {READERS}")
-  if reader == "auto":
-    reader = "tf" if _tf_available() else "numpy"
   kwargs: dict[str, Any] = dict(batch=global_batch // process_count, seed=int(cfg.seed),
                                 shuffle=shuffle, process_index=process_index,
                                 process_count=process_count)
+  if reader in ("auto", "grain"):
+    return grain_reader.GrainTokenSource(
+        files, counts, spec, features, threads=int(data.get("grain_threads", 16)),
+        prefetch=int(data.get("grain_prefetch", 256)), **kwargs)
   if reader == "numpy":
     return NumpyTokenSource(files, counts, spec, features, **kwargs)
   return TFRecordTokenSource(files, counts, spec, features,

@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 FEATURES = ("caption", "id", "text_emb", "text_len", "tokens_hi", "tokens_lo")
 TOKEN_DTYPE = np.dtype("<u2")
@@ -235,14 +236,33 @@ def frame_records(records: list[bytes]) -> bytes:
   return b"".join(parts)
 
 
+def frame_sizes(records: list[bytes]) -> list[int]:
+  """Bytes each record takes in a TFRecord file: its data and 16 bytes of framing."""
+  return [16 + len(r) for r in records]
+
+
+def unframe(frame: bytes, where: str = "") -> bytes:
+  """The data of one framed record (length, its CRC, data, data CRC), checked; raises
+  CorruptRecord('truncated' or 'bad_crc')."""
+  if len(frame) < 16:
+    raise CorruptRecord("truncated", f"{where}: {len(frame)} bytes of framing")
+  (length,) = struct.unpack_from("<Q", frame, 0)
+  if 16 + length != len(frame):
+    raise CorruptRecord("truncated", f"{where}: length {length} in a {len(frame)}-byte frame")
+  len_crc, = struct.unpack_from("<I", frame, 8)
+  data_crc, = struct.unpack_from("<I", frame, 12 + length)
+  data = frame[12:12 + length]
+  crcs = masked_crc(crc32c_many([frame[:8], data]))
+  if int(crcs[0]) != len_crc or int(crcs[1]) != data_crc:
+    raise CorruptRecord("bad_crc", where)
+  return data
+
+
 def write_tfrecord(path: str, records: list[bytes]) -> None:
   """Writes atomically: a temporary file in the same directory, then a rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(frame_records(records))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  tmp = epath.Path(f"{path}.tmp-{os.getpid()}")
+  tmp.write_bytes(frame_records(records))
+  tmp.replace(path)
 
 
 def read_tfrecord(path: str, verify: bool = True) -> Iterator[bytes | CorruptRecord]:
@@ -250,8 +270,7 @@ def read_tfrecord(path: str, verify: bool = True) -> Iterator[bytes | CorruptRec
 
   A truncated or unframeable tail yields one CorruptRecord('truncated') and ends the file.
   """
-  with open(path, "rb") as f:
-    blob = f.read()
+  blob = epath.Path(path).read_bytes()
   pos, records, headers = 0, [], []
   tail_bad = False
   while pos < len(blob):
@@ -361,9 +380,11 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
 
 
 def decode_features(raw: bytes) -> dict[str, list]:
-  """{name: list of bytes (bytes_list) or ints (int64_list)} of a serialized Example."""
+  """{name: list of bytes (bytes_list) or ints (int64_list)} of a serialized Example.
+
+  Nested messages are walked as memoryview slices, so each value is copied once, at the end."""
   out: dict[str, list] = {}
-  for f, w, features in _fields(raw):
+  for f, w, features in _fields(memoryview(raw)):
     if f != 1 or w != 2:
       continue
     for f2, w2, entry in _fields(features):
@@ -372,7 +393,7 @@ def decode_features(raw: bytes) -> dict[str, list]:
       key, feature = None, b""
       for f3, w3, v in _fields(entry):
         if f3 == 1 and w3 == 2:
-          key = v.decode("utf-8", errors="replace")
+          key = bytes(v).decode("utf-8", errors="replace")
         elif f3 == 2 and w3 == 2:
           feature = v
       if key is None:
@@ -385,7 +406,7 @@ def decode_features(raw: bytes) -> dict[str, list]:
           if f5 != 1:
             continue
           if kind == 1 and w5 == 2:
-            values.append(v)
+            values.append(bytes(v))
           elif kind == 3 and w5 == 2:  # packed int64
             p = 0
             while p < len(v):

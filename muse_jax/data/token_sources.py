@@ -1,7 +1,8 @@
 """Choose the training input of a token stage from `config.data.source`.
 
 `synthetic` needs only numpy; `precomputed` reads the shards written by
-`python -m muse_jax.precompute` through tf.data (TensorFlow is imported only then).
+`python -m muse_jax.precompute` with the reader `data.reader` names (input_pipeline.py; the
+default, grain, needs no TensorFlow).
 """
 from __future__ import annotations
 

@@ -32,8 +32,9 @@ from typing import Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from muse_jax.data import preprocess, raw_sources, records
+from muse_jax.data import preprocess, raw_sources, record_index, records
 from muse_jax.data.manifest import MANIFEST, read_json, shard_mismatch, write_json
 from muse_jax.data.preprocess import SkipCounter
 from muse_jax.precompute.models import Models
@@ -59,15 +60,18 @@ def shard_name(split: str, process: int, shard: int) -> str:
 
 
 class ShardWriter:
-  """Streams framed records into a temporary file; `finish()` renames it into place."""
+  """Streams framed records into a temporary file; `finish()` renames it into place and
+  writes its record offset index beside it (record_index.py: random access for training)."""
 
   def __init__(self, path: str):
-    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a killed run
-      os.remove(stale)
-    self.path, self.tmp = path, f"{path}.tmp-{os.getpid()}"
-    self.file = open(self.tmp, "wb")
+    p = epath.Path(path)
+    for stale in p.parent.glob(glob.escape(p.name) + ".tmp-*"):  # left by a killed run
+      stale.unlink()
+    self.path, self.tmp = path, epath.Path(f"{path}.tmp-{os.getpid()}")
+    self.file = self.tmp.open("wb")
     self.sha = hashlib.sha256()
     self.count = self.size = 0
+    self.frame_sizes: list[int] = []
 
   def write(self, recs: list[bytes]) -> None:
     if recs:
@@ -76,12 +80,19 @@ class ShardWriter:
       self.sha.update(blob)
       self.count += len(recs)
       self.size += len(blob)
+      self.frame_sizes += records.frame_sizes(recs)
 
   def finish(self) -> str:
     self.file.flush()
-    os.fsync(self.file.fileno())
+    try:
+      fd = self.file.fileno()
+    except (OSError, ValueError):  # an object store's file: no descriptor, nothing to sync
+      fd = None
+    if fd is not None:  # local files: on disk before the rename
+      os.fsync(fd)
     self.file.close()
-    os.replace(self.tmp, self.path)
+    self.tmp.replace(self.path)
+    record_index.write_index(self.path, record_index.offsets_from_sizes(self.frame_sizes))
     return self.sha.hexdigest()
 
 
@@ -174,7 +185,7 @@ class SplitWriter:
     shard loses its entry, and the summary and manifest that vouch for it, before it is redone,
     so a kill meanwhile leaves it unfinished and nothing reads the output until a rerun ends."""
     entry_path = self._entry_path(k)
-    if not os.path.exists(entry_path):
+    if not epath.Path(entry_path).exists():
       return None
     entry = read_json(entry_path)
     problem = None if k in self._intact else shard_mismatch(self._shard_path(k), entry)
@@ -184,8 +195,7 @@ class SplitWriter:
     print(f"precompute {self.split}: {os.path.relpath(self._shard_path(k), self.workdir)} "
           f"{problem}; recomputing it", file=self.stream, flush=True)
     for path in (entry_path, self.summary_path, os.path.join(self.workdir, MANIFEST)):
-      if os.path.exists(path):
-        os.remove(path)
+      epath.Path(path).unlink(missing_ok=True)
     return None
 
   def _shards(self) -> Iterator[_Shard | dict]:
@@ -259,9 +269,9 @@ class SplitWriter:
 
   def run(self) -> dict:
     """Writes the missing shards of this process; returns its summary for the split."""
-    os.makedirs(self.shard_dir, exist_ok=True)
-    os.makedirs(self.index_dir, exist_ok=True)
-    done_already = os.path.exists(self.summary_path) and all(  # and every shard intact
+    epath.Path(self.shard_dir).mkdir(parents=True, exist_ok=True)
+    epath.Path(self.index_dir).mkdir(parents=True, exist_ok=True)
+    done_already = epath.Path(self.summary_path).exists() and all(  # and every shard intact
         self._finished(e["shard"]) is not None for e in read_json(self.summary_path)["shards"])
     shards = iter(()) if done_already else self._shards()
     entries: list[dict] = []

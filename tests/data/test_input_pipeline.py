@@ -60,7 +60,7 @@ def write_dataset(root, splits=(("train", COUNTS), ("heldout", (5,))), extra=Non
   return out
 
 
-def _config(path, batch=4, reader="tf", seed=0, **model):
+def _config(path, batch=4, reader="grain", seed=0, **model):
   c = tiny.get_config()
   c.model.update({"grid_size": 4, "text_length": 8, **model})
   c.data.update(dict(source="precomputed", path=str(path), shuffle_buffer=5, reader=reader))
@@ -91,7 +91,7 @@ def data(tmp_path_factory):
   return root, write_dataset(str(root))
 
 
-@pytest.mark.parametrize("reader", ["tf", "numpy"])
+@pytest.mark.parametrize("reader", ["grain", "tf", "numpy"])
 def test_epochs_cover_every_example_in_a_seeded_order(data, reader):
   root, recs = data
   src = _source(root, reader=reader, batch=2)
@@ -106,7 +106,7 @@ def test_epochs_cover_every_example_in_a_seeded_order(data, reader):
   assert sum((_ids(next(other)) for _ in range(17)), []) != ids[:34]
 
 
-@pytest.mark.parametrize("reader", ["tf", "numpy"])
+@pytest.mark.parametrize("reader", ["grain", "tf", "numpy"])
 def test_resume_is_exact(data, reader):
   root, _ = data
   src = _source(root, reader=reader)
@@ -126,7 +126,7 @@ def test_resume_is_exact(data, reader):
   assert state["batches"] == 9 and state["reader"] == reader
 
 
-@pytest.mark.parametrize("reader", ["tf", "numpy"])
+@pytest.mark.parametrize("reader", ["grain", "tf", "numpy"])
 def test_batch_contents_and_padding(data, reader):
   root, recs = data
   by_id = {int(r["id"][1:]): r for r in recs["train"]}
@@ -145,7 +145,7 @@ def test_batch_contents_and_padding(data, reader):
       assert not b["text"][row, n:].any()
 
 
-@pytest.mark.parametrize("reader", ["tf", "numpy"])
+@pytest.mark.parametrize("reader", ["grain", "tf", "numpy"])
 def test_eval_split_restarts_in_file_order(data, reader):
   root, recs = data
   src = _source(root, split="eval", reader=reader, batch=2)
@@ -212,7 +212,7 @@ def test_corrupt_records_are_skipped_and_counted(tmp_path, reader, caplog):
   np.testing.assert_array_equal(next(resumed)["tokens"], next(probe)["tokens"])
 
 
-@pytest.mark.parametrize("reader", ["tf", "numpy"])
+@pytest.mark.parametrize("reader", ["grain", "tf", "numpy"])
 def test_a_shard_damaged_on_disk_is_named(tmp_path, reader, caplog):
   write_dataset(str(tmp_path))
   # The last of five files (an error that listed the first four would miss it); one bit of
@@ -231,6 +231,11 @@ def test_a_shard_damaged_on_disk_is_named(tmp_path, reader, caplog):
     assert str(e.value).startswith(
         f"unreadable record in {bad} (DataLossError: corrupted record at 12); rerun the "
         "precompute"), str(e.value)
+  elif reader == "grain":  # skipped and counted like any corrupt record
+    src = _source(tmp_path, reader=reader, batch=2)
+    ids = sum((_ids(next(src)) for _ in range(17)), [])  # 33 valid records per epoch
+    assert len(set(ids[:33])) == 33 and src.get_state()["corrupt"] == [1]
+    assert f"damaged shards: {bad} (bad_crc 1)" in caplog.text
   else:
     assert _source(tmp_path, reader=reader, batch=2).skipped == {"bad_crc": 1}
     assert f"in 1 of 5 files: {bad} (bad_crc 1)" in caplog.text
@@ -277,7 +282,8 @@ def test_global_arrays_are_sharded_as_configured(data, axes):
     assert set(rows.values()) == {8 // (axes["data"] * axes["fsdp"])}
 
 
-def test_numpy_reader_works_without_tensorflow(data):
+def test_default_and_numpy_readers_work_without_tensorflow(data):
+  """A host without TensorFlow: importing it fails, and 'auto' picks the grain reader."""
   root, _ = data
   code = f"""
 import sys
@@ -286,20 +292,22 @@ import json, types
 from configs import tiny
 from muse_jax.data import input_pipeline as ip
 from muse_jax.training.base_stage import BaseStage
-c = tiny.get_config()
-c.model.update(dict(grid_size=4, text_length=8))
-c.data.update(dict(source='precomputed', path={str(root)!r}, reader='auto'))
-c.train.batch_size = 4
-st = types.SimpleNamespace(config=c)
-st.features = lambda: BaseStage.features(st)
-src = ip.make_token_source(st, 'train', 0, 1)
-b = next(src)
-print(type(src).__name__, b['tokens'].shape, b['text'].shape, json.dumps(src.get_state()))
+for reader in ('auto', 'numpy'):
+  c = tiny.get_config()
+  c.model.update(dict(grid_size=4, text_length=8))
+  c.data.update(dict(source='precomputed', path={str(root)!r}, reader=reader))
+  c.train.batch_size = 4
+  st = types.SimpleNamespace(config=c)
+  st.features = lambda: BaseStage.features(st)
+  src = ip.make_token_source(st, 'train', 0, 1)
+  b = next(src)
+  print(type(src).__name__, b['tokens'].shape, b['text'].shape, json.dumps(src.get_state()))
 """
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
+  assert "GrainTokenSource (4, 16) (4, 8, 24)" in out.stdout
   assert "NumpyTokenSource (4, 16) (4, 8, 24)" in out.stdout
 
 
