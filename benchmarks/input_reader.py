@@ -11,12 +11,13 @@ Parts (each prints a table row per measurement):
               --batch, after --warmup batches. The records (--records of them) sit in the
               page cache after the first pass: this is the reader's own cost, not the disk's.
   formats     raw random-access reads (no parsing) of the same records: TFRecord + offset
-              index (record_index.ShardedRecords) against ArrayRecord (group_size:1) through
+              index (record_index.ShardedRecords, CRCs checked) against ArrayRecord
+              (group_size:1, brotli as its default and uncompressed) through
               grain.sources.ArrayRecordDataSource; records/s over a random permutation, one
-              thread, and the time to open the split.
-  resume      seconds from building the grain reader of a --big-record split (synthetic:
-              tiny records, one frame repeated, real offset indexes) to its first batch, at
-              stream position 10 and at --big // 2.
+              thread, and the time to open the split and read its first record.
+  resume      seconds from building a reader (--readers, not numpy) of a --big-record split
+              (synthetic: tiny records, one frame repeated, real offset indexes) to its first
+              batch, at stream position 10 and at --big // 2.
   memory      peak RSS while the grain reader reads --memory_batches batches from a shuffle of
               the --big-record split, against a split of --big // 1000 records: memory does not
               grow with the dataset's record count.
@@ -135,21 +136,26 @@ def formats(args, root: str) -> None:
   import grain
   from array_record.python import array_record_module
   files, counts, _ = input_pipeline.split_files(root, "train")
-  ar_dir = os.path.join(root, "array_record")
-  os.makedirs(ar_dir, exist_ok=True)
-  ar_files = []
-  for f in files:
-    out = os.path.join(ar_dir, os.path.basename(f) + ".array_record")
-    if not os.path.exists(out):
-      w = array_record_module.ArrayRecordWriter(out, "group_size:1")
-      for item in records.read_tfrecord(f):
-        w.write(item)
-      w.close()
-    ar_files.append(out)
+  ar_files = {}
+  for options in ("group_size:1", "group_size:1,uncompressed"):
+    ar_dir = os.path.join(root, "array_record_" + options.replace(":", "").replace(",", "_"))
+    os.makedirs(ar_dir, exist_ok=True)
+    ar_files[options] = []
+    for f in files:
+      out = os.path.join(ar_dir, os.path.basename(f) + ".array_record")
+      if not os.path.exists(out):
+        w = array_record_module.ArrayRecordWriter(out, options)
+        for item in records.read_tfrecord(f):
+          w.write(item)
+        w.close()
+      ar_files[options].append(out)
   order = np.random.default_rng(1).permutation(sum(counts))
   for name, make, data in (
       ("tfrecord+index", lambda: record_index.ShardedRecords(files, counts), lambda r: r[1]),
-      ("array_record", lambda: grain.sources.ArrayRecordDataSource(ar_files), lambda r: r)):
+      ("array_record (brotli)",
+       lambda: grain.sources.ArrayRecordDataSource(ar_files["group_size:1"]), lambda r: r),
+      ("array_record (uncompressed)", lambda: grain.sources.ArrayRecordDataSource(
+          ar_files["group_size:1,uncompressed"]), lambda r: r)):
     t0 = time.perf_counter()
     src = make()
     data(src[0])
@@ -162,16 +168,20 @@ def formats(args, root: str) -> None:
 
 
 def resume(args, big: str) -> None:
-  for position in (10, args.big // 2):
-    t0 = time.perf_counter()
-    src = input_pipeline.make_token_source(_stage(big, "grain", args.batch, TINY_SPEC,
-                                                  args.threads), "train", 0, 1)
-    src.set_state({"reader": "grain", "batches": position // args.batch,
-                   "positions": [position], "corrupt": [0]})
-    next(src)
-    print(f"| resume | grain, {args.big:,} records | position {position:,}: "
-          f"{time.perf_counter() - t0:.3f} s to the first batch |", flush=True)
-    src.close()
+  for reader in args.readers.split(","):
+    if reader == "numpy":  # holds every record in memory: not for this split
+      continue
+    for position in (10, args.big // 2):
+      t0 = time.perf_counter()
+      src = input_pipeline.make_token_source(_stage(big, reader, args.batch, TINY_SPEC,
+                                                    args.threads), "train", 0, 1)
+      src.set_state({"reader": reader, "batches": position // args.batch,
+                     "positions": [position], "corrupt": [0]})
+      next(src)
+      print(f"| resume | {reader}, {args.big:,} records | position {position:,}: "
+            f"{time.perf_counter() - t0:.3f} s to the first batch |", flush=True)
+      if hasattr(src, "close"):
+        src.close()
 
 
 def _peak_rss(fn) -> tuple[float, float]:
@@ -216,7 +226,7 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--parts", default="throughput,formats,resume,memory")
-  p.add_argument("--readers", default="grain,tf", help="throughput: data.reader values")
+  p.add_argument("--readers", default="grain,tf", help="throughput, resume: data.reader values")
   p.add_argument("--workdir", default="", help="where the datasets go (reused if present); "
                  "default: a new temporary directory")
   p.add_argument("--records", type=int, default=2048, help="throughput/formats records")
