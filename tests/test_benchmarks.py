@@ -92,3 +92,21 @@ def test_evaluate_benchmark_times_each_network_and_projects_an_fid():
   assert seconds > 100 / float(rows["inception"][4]), fid_line   # images plus the distance
   assert any(l.startswith("projected CLIP score (tiny) of 100 pairs") for l in
              out.stdout.splitlines())
+
+
+def test_input_reader_benchmark_prints_every_part(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "benchmarks/input_reader.py", "--readers=grain", "--records=32",
+       "--per_shard=8", "--batch=4", "--batches=2", "--warmup=1", "--repeat=1", "--big=4000",
+       "--per_big_shard=1000", "--memory_batches=3", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [[c.strip() for c in l.split("|")[1:-1]] for l in out.stdout.splitlines()
+          if l.startswith("| ") and not l.startswith("| part")]
+  assert [r[:2] for r in rows] == [
+      ["throughput", "grain"], ["formats", "tfrecord+index"],
+      ["formats", "array_record (brotli)"], ["formats", "array_record (uncompressed)"],
+      ["resume", "grain, 4,000 records"], ["resume", "grain, 4,000 records"],
+      ["memory", "grain, 4 records"], ["memory", "grain, 4,000 records"]]
+  assert float(rows[0][2].split()[0].replace(",", "")) > 0
+  assert rows[5][2].startswith("position 2,000: ")
