@@ -240,7 +240,7 @@ def main(argv=None) -> None:
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--repeat", type=int, default=3, help="throughput: runs per reader (on a "
                  "shared machine the best run is the reader's own cost)")
-  p.add_argument("--threads", type=int, default=16, help="data.grain_threads")
+  p.add_argument("--threads", type=int, default=1, help="data.grain_threads")
   p.add_argument("--big", type=int, default=20_000_000, help="resume/memory records")
   p.add_argument("--per_big_shard", type=int, default=100_000)
   p.add_argument("--memory_batches", type=int, default=2000)

@@ -64,7 +64,8 @@ def get_config(stage: str = "base") -> ml_collections.ConfigDict:
       train_split="train",    # precompute split names read for training and for eval
       eval_split="heldout",   #   (eval reads eval_path if set, else path)
       reader="auto",          # precomputed: auto = grain (global shuffle, no TF) | tf | numpy
-      grain_threads=4,        # grain: record-reading threads per process (more for gs://)
+      grain_threads=1,        # grain: reading threads per process; more for gs:// (network
+                              #   waits), fewer is faster on local disk (docs/experiments.md)
       grain_prefetch=256,     # grain: records read ahead per process
   ))
   c.mesh = ml_collections.ConfigDict(dict(

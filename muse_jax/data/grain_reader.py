@@ -8,7 +8,8 @@ Pipeline (grain's dataset API):
                                         goes to process k % process_count
     .map(decode)                        checks and parses a record; None if it is corrupt
     .to_iter_dataset(ReadOptions)       `data.grain_threads` threads read ahead
-                                        `data.grain_prefetch` records; Nones are dropped
+                                        `data.grain_prefetch` records (0 threads: read
+                                        in the batching thread); Nones are dropped
     .batch(per-process batch)           padded numpy arrays of the stage's features
     ThreadPrefetchIterDataset           batches are formed while the step runs
 
@@ -92,13 +93,13 @@ class GrainTokenSource(PositionState, BatchSource):
 
   def __init__(self, files: Sequence[str], counts: Sequence[int], spec: records.RecordSpec,
                features: dict[str, Feature], *, batch: int, seed: int, shuffle: bool,
-               process_index: int = 0, process_count: int = 1, threads: int = 16,
+               process_index: int = 0, process_count: int = 1, threads: int = 1,
                prefetch: int = 256, build_index: bool = True):
     super().__init__(process_index, process_count)
     self.spec, self.features, self.keys = spec, features, record_keys(features)
     self.batch = int(batch)
     if build_index:
-      record_index.ensure_indexes(files, counts, threads=max(1, int(threads)))
+      record_index.ensure_indexes(files, counts)
     self.records = record_index.ShardedRecords(files, counts)
     if len(self.records) < process_count:
       raise ValueError(f"{len(self.records)} records cannot feed {process_count} processes")

@@ -344,7 +344,7 @@ def make_token_source(stage, split: str, process_index: int, process_count: int)
                                 process_count=process_count)
   if reader in ("auto", "grain"):
     return grain_reader.GrainTokenSource(
-        files, counts, spec, features, threads=int(data.get("grain_threads", 16)),
+        files, counts, spec, features, threads=int(data.get("grain_threads", 1)),
         prefetch=int(data.get("grain_prefetch", 256)), **kwargs)
   if reader == "numpy":
     return NumpyTokenSource(files, counts, spec, features, **kwargs)
