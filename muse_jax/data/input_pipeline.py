@@ -12,11 +12,12 @@ Shapes are checked against the manifest before any data is read.
 
 Readers (`data.reader`):
   'grain' (and 'auto'): grain_reader.py. Random access through an offset index beside each
-    shard; a global seeded shuffle over all records of all shards, reshuffled every epoch;
-    record-level sharding across processes; resume in constant time; memory independent of
-    the dataset's size; no TensorFlow. The default.
-  'tf': tf.data over the files (below), for comparison and for datasets whose shards cannot
-    be indexed in place. Needs TensorFlow (imported only by this reader).
+    shard (precompute writes it; shards without one get it on first use); a global seeded
+    shuffle over all records of all shards, reshuffled every epoch; record-level sharding
+    across processes; resume in constant time; memory independent of the dataset's size; no
+    TensorFlow. The default.
+  'tf': tf.data over the files (below), for TensorFlow users and for shard directories where
+    no index can be written beside the shards. Needs TensorFlow (imported only here).
   'numpy': this process's records in memory, no TensorFlow: small datasets (the CPU demo),
     where it is the fastest.
 Every reader yields batches that drop nothing but span epoch boundaries; eval reads in file

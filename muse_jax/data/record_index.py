@@ -110,7 +110,11 @@ def ensure_indexes(files: Sequence[str], counts: Sequence[int], threads: int = 8
     if len(offsets) - 1 != count:
       raise ValueError(f"{shard} holds {len(offsets) - 1} records, its manifest {count}: rerun "
                        "the precompute that wrote it (same config and --workdir)")
-    write_index(shard, offsets)
+    try:
+      write_index(shard, offsets)
+    except OSError as e:
+      raise ValueError(f"cannot write the record index beside {shard} ({e}): make its "
+                       "directory writable once, or set data.reader=tf") from None
 
   with futures.ThreadPoolExecutor(max(1, threads)) as pool:
     for i, _ in enumerate(pool.map(build, todo), 1):

@@ -112,7 +112,8 @@ def test_resume_after_many_epochs_is_exact_and_reads_nothing_before(data, monkey
   assert 8 <= len(reads) <= 8 + 8 + 3 * 4
 
 
-def test_precompute_writes_the_index_and_old_shards_get_one_on_first_use(tmp_path, caplog):
+def test_precompute_writes_the_index_and_old_shards_get_one_on_first_use(tmp_path, caplog,
+                                                                       monkeypatch):
   rng = np.random.default_rng(3)
   recs = [records.encode_example(_record(i, rng), SPEC) for i in range(6)]
   path = str(tmp_path / "a.tfrecord")
@@ -137,6 +138,17 @@ def test_precompute_writes_the_index_and_old_shards_get_one_on_first_use(tmp_pat
   assert record_index.ensure_indexes([path], [6]) == 1
   with pytest.raises(ValueError, match=r"a.tfrecord holds 6 records, its manifest 7: rerun"):
     record_index.ensure_indexes([path], [7])
+  os.remove(record_index.index_path(path))  # and a read-only shard directory (as root here,
+  # chmod would not stop the write, so the write raises what the filesystem would)
+
+  def unwritable(shard, offsets):
+    raise PermissionError(13, "Permission denied", record_index.index_path(shard))
+
+  monkeypatch.setattr(record_index, "write_index", unwritable)
+  with pytest.raises(ValueError, match=r"cannot write the record index beside .*a.tfrecord "
+                     r"\(\[Errno 13\] Permission denied.*set data.reader=tf"):
+    record_index.ensure_indexes([path], [6])
+  monkeypatch.undo()
   with open(path, "ab") as f:  # a torn last record
     f.write(b"\x05" + b"\x00" * 10)
   with pytest.raises(ValueError, match=r"cannot index .*a.tfrecord: truncated"):
