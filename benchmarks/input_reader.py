@@ -225,9 +225,9 @@ def memory(args, big: str, small: str) -> None:
     t0 = time.perf_counter()
     before, peak = _peak_rss(read)
     dt = time.perf_counter() - t0
+    examples = args.memory_batches * args.batch
     print(f"| memory | grain, {n:,} records | RSS {before:,.0f} MB before, peak {peak:,.0f} MB "
-          f"over {args.memory_batches * args.batch:,} examples ({args.memory_batches * args.batch / dt:,.0f}/s) |",
-          flush=True)
+          f"over {examples:,} examples ({examples / dt:,.0f}/s) |", flush=True)
     src.close()
 
 
@@ -252,7 +252,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   work = args.workdir or tempfile.mkdtemp(prefix="input_reader_")
   parts = args.parts.split(",")
-  print(f"| part | reader | result | note |\n|---|---|---|---|", flush=True)
+  print("| part | reader | result | note |\n|---|---|---|---|", flush=True)
   base = os.path.join(work, "base632m")
   if "throughput" in parts or "formats" in parts:
     if not os.path.exists(os.path.join(base, manifest.MANIFEST)):

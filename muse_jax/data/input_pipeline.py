@@ -47,7 +47,6 @@ entry.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any, Sequence
 

@@ -163,7 +163,8 @@ def test_shuffle_seed_is_a_32_bit_function_of_the_config_seed():
 
 def test_two_processes_read_disjoint_records(data):
   """Two real processes (gloo, jax.distributed), as on a cluster: disjoint reads and the
-  state's positions gathered from both (get_state is a collective)."""
+  state's positions gathered from both (get_state is a collective). About 15 s on 2 cores:
+  two interpreters import JAX and set up gloo."""
   root, recs = data
   code = f"""
 import json, sys, types
