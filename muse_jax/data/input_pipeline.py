@@ -52,7 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from muse_jax.data import grain_reader, records
+from muse_jax.data import records
 from muse_jax.data.batch import BatchSource, Feature
 from muse_jax.data.reader_common import (PositionState, check_features, codebook_check,
                                          name_files, process_files, record_keys, split_files)
@@ -343,6 +343,9 @@ def make_token_source(stage, split: str, process_index: int, process_count: int)
                                 shuffle=shuffle, process_index=process_index,
                                 process_count=process_count)
   if reader in ("auto", "grain"):
+    # Imported here: grain takes about a second to import, which runs on synthetic data and
+    # --help need not pay.
+    from muse_jax.data import grain_reader  # pylint: disable=g-import-not-at-top
     return grain_reader.GrainTokenSource(
         files, counts, spec, features, threads=int(data.get("grain_threads", 1)),
         prefetch=int(data.get("grain_prefetch", 256)), **kwargs)
