@@ -1,6 +1,7 @@
 """The grain reader and the record offset index: global shuffle, process sharding, corrupt
 records, indexes written by precompute or built on first use, a real two-process read."""
 import collections
+import io
 import json
 import os
 import socket
@@ -163,8 +164,8 @@ def test_shuffle_seed_is_a_32_bit_function_of_the_config_seed():
 
 def test_two_processes_read_disjoint_records(data):
   """Two real processes (gloo, jax.distributed), as on a cluster: disjoint reads and the
-  state's positions gathered from both (get_state is a collective). About 15 s on 2 cores:
-  two interpreters import JAX and set up gloo."""
+  state's positions gathered from both (get_state is a collective). Several seconds: two
+  interpreters import JAX and set up gloo."""
   root, recs = data
   code = f"""
 import json, sys, types
@@ -203,3 +204,30 @@ print(json.dumps(dict(ids=ids, state=src.get_state())))
   assert not set(a) & set(b) and sorted(a + b) == sorted(int(r["id"][1:]) for r in recs["train"])
   assert got[0]["state"] == got[1]["state"] == {"reader": "grain", "batches": N // 2,
                                                 "positions": [N // 2, N // 2], "corrupt": [0, 0]}
+
+
+def test_a_resumed_training_run_sees_the_batches_of_an_uninterrupted_one(data, tmp_path):
+  """The loop saves the reader's state in each Orbax checkpoint and restores it: a run resumed
+  from step 4 logs the losses and ends with the parameters of one that never stopped, with an
+  eval every 4 steps restarting the eval reader between. The slowest test of this file: two
+  tiny in-process training runs, each compiling its train and eval steps."""
+  import shutil
+
+  from muse_jax.training.loop import Trainer, read_metrics
+  from tests.training.helpers import flat, tiny_config
+  root, _ = data
+  c = tiny_config(num_steps=8, batch_size=8, log_every=1, eval_every=4, eval_batches=1)
+  c.data.update(dict(source="precomputed", path=root))
+  c.checkpoint.update(dict(every_steps=4, async_save=False))
+  full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+  a = Trainer(c, full).run()
+  shutil.copytree(full, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))  # as if stopped after step 4
+  log = io.StringIO()
+  b = Trainer(c, resumed, stream=log).run()
+  assert "Resuming from step 4" in log.getvalue()
+  losses = [[r["loss"] for r in read_metrics(w) if "loss" in r] for w in (full, resumed)]
+  assert len(losses[0]) == 8 and losses[0] == losses[1]
+  pa, pb = flat(a.state), flat(b.state)
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
