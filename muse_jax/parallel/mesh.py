@@ -42,7 +42,11 @@ def resolve_axis_sizes(sizes: dict[str, int], num_devices: int) -> dict[str, int
   return sizes
 
 
-def make_mesh(mesh_config, devices=None) -> Mesh:
+def make_mesh(mesh_config, devices=None, *, whole_slice: bool = False) -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all devices). All devices, or
+  `whole_slice` ones (a TPU topology's compile-only devices), are laid out on the physical
+  interconnect as `mesh_utils` does it; a subset is reshaped in the order given."""
+  whole_slice = whole_slice or devices is None or len(devices) == len(jax.devices())
   devices = list(jax.devices() if devices is None else devices)
   sizes = resolve_axis_sizes({a: mesh_config[a] for a in AXES}, len(devices))
   shape = tuple(sizes[a] for a in AXES)
@@ -52,7 +56,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
       raise MeshError(f"mesh.data={sizes['data']} must be divisible by mesh.dcn_data={dcn_data}")
     ici = (sizes["data"] // dcn_data, sizes["fsdp"], sizes["tensor"])
     arr = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
-  elif len(devices) == len(jax.devices()):
+  elif whole_slice:
     try:
       arr = mesh_utils.create_device_mesh(shape, devices)
     except (ValueError, NotImplementedError, AssertionError):

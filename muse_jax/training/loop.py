@@ -26,18 +26,17 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data.batch import BatchSource
-from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.distributed import global_batch
 from muse_jax.parallel.mesh import data_parallel_size, make_mesh
 from muse_jax.training.flops import peak_flops_per_device
 from muse_jax.training.inputs import open_input
-from muse_jax.training.registry import get_stage, validate
+from muse_jax.training.registry import validate
 from muse_jax.training.reporting import Reporter
 from muse_jax.training.resume import check_state_matches, resolve_schedule
+from muse_jax.training.steps import StepFunctions
 from muse_jax.training.stops import NonFiniteLoss, Preempted, StopSignals
 from muse_jax.workdir.access import WorkdirWriteError, check_writable
 from muse_jax.workdir.checkpointer import Checkpointer, NonFiniteState
@@ -71,52 +70,27 @@ def check_batch(config, mesh):
                       f"whole multiple of the data-parallel size {dp}")
 
 
-class Trainer:
+class Trainer(StepFunctions):
   """Holds the compiled step functions of one run; `run()` executes the loop."""
 
   def __init__(self, config, workdir: str, *, train_source: BatchSource | None = None,
                eval_source: BatchSource | None = None, stream=None, devices=None):
-    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.workdir = os.path.abspath(workdir)
     validate(config)  # every start-time check before anything is built
     self.schedule_note = resolve_schedule(config, self.workdir)  # before the optimizer is built
-    self.mesh = make_mesh(config.mesh, devices)
-    check_batch(config, self.mesh)
-    self.stage = get_stage(config.stage)(config, self.mesh)
-    self.rules = self.stage.rules
+    mesh = make_mesh(config.mesh, devices)
+    check_batch(config, mesh)
+    super().__init__(config, mesh)
+    check_state_matches(config, self.workdir, self.abstract_state)  # before any data is read
     self.is_main = jax.process_index() == 0
     pi, pc = jax.process_index(), jax.process_count()
     self.train_source = train_source or open_input(self.stage, "train", pi, pc)
     self.eval_source = eval_source
     if eval_source is None and config.train.eval_every > 0:
       self.eval_source = open_input(self.stage, "eval", pi, pc)
-    key = jax.random.key(config.seed)
-    self.init_key, self.step_key, self.eval_key = jax.random.split(key, 3)
-    self.abstract_state = jax.eval_shape(self.stage.init_state, self.init_key)
-    check_state_matches(config, self.workdir, self.abstract_state)
-    self.state_sh = self.stage.state_shardings(self.abstract_state)
-    b = int(config.train.batch_size)
-    self.batch_sh = {k: shd.named_sharding(f.axes, self.mesh, self.rules, (b,) + f.shape)
-                     for k, f in self.stage.features().items()}
     check_writable(self.workdir)  # config.json, metrics.jsonl; Checkpointer checks its own
     self.ckpt = Checkpointer(checkpoint_dir(self.workdir), config.checkpoint)
-    repl = NamedSharding(self.mesh, P())
-    self.train_step_fn = jax.jit(self._traced(self.stage.train_step, self.step_key),
-                               in_shardings=(self.state_sh, self.batch_sh, repl),
-                               out_shardings=(self.state_sh, repl), donate_argnums=(0,))
-    self.eval_step_fn = jax.jit(self._traced(self.stage.eval_step, self.eval_key),
-                              in_shardings=(self.state_sh, self.batch_sh, repl),
-                              out_shardings=repl)
     self.stream = stream
-
-  def _traced(self, fn, base_key):
-    def wrapped(state, batch, step):
-      with shd.activation_rules(self.mesh, self.rules):
-        return fn(state, batch, jax.random.fold_in(base_key, step))
-    return wrapped
-
-  def abstract_with_shardings(self):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract_state, self.state_sh)
 
   def initial_state(self):
     """(state, step): restored from the newest checkpoint, or freshly initialised."""
@@ -135,14 +109,6 @@ class Trainer:
     batch = global_batch(next(self.train_source), self.batch_sh)
     state = jax.jit(self.stage.init_state, out_shardings=self.state_sh)(self.init_key)
     return state, batch
-
-  def compile(self):
-    """Ahead-of-time compile of the train step (catches OOMs before any data is read)."""
-    b = int(self.config.train.batch_size)
-    batch = {k: jax.ShapeDtypeStruct((b,) + f.shape, f.dtype, sharding=self.batch_sh[k])
-             for k, f in self.stage.features().items()}
-    return self.train_step_fn.lower(self.abstract_with_shardings(), batch,
-                                  np.int32(0)).compile()
 
   def evaluate(self, state) -> dict:
     self.eval_source.set_state({"position": 0})
