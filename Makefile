@@ -20,9 +20,14 @@ $(VENV)/bin/python:
 	@echo "Using $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 
+# libtpu (the version jax[tpu]==0.11.2 pins) goes to its own folder, $(LIBTPU), not onto the
+# venv's path: tests/training/test_aot.py puts it on the path of its compile subprocesses only.
+# In the venv itself, every JAX start on a CPU host would print libtpu's warnings.
+LIBTPU := $(VENV)/libtpu
 $(STAMP): requirements.txt requirements-test.txt setup.py | $(VENV)/bin/python
 	$(PIP) -r requirements.txt -r requirements-test.txt
 	$(PIP) --no-deps -e .
+	$(PIP) --no-deps --upgrade --target $(LIBTPU) libtpu==0.0.48.1
 	touch $(STAMP)
 
 $(STAMP)-cuda $(STAMP)-tpu: $(STAMP)-%: requirements.txt setup.py | $(VENV)/bin/python
