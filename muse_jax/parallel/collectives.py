@@ -113,13 +113,12 @@ def _multiplicities(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
   for name, lines in comps.items():
     out = []
     for line in lines:
-      calls = dict((k, v) for k, v in _CALLS.findall(line))
+      calls = dict(_CALLS.findall(line))
       if " while(" in line and "body" in calls:
         trips = _trip_count(line, comps, calls.get("condition", ""))
         out.append((calls["body"], trips))
         continue
-      for kind, callee in _CALLS.findall(line):
-        out.append((callee, 1))
+      out.extend((callee, 1) for _, callee in _CALLS.findall(line))
       for group in _BRANCHES.findall(line):
         out.extend((c.strip().lstrip("%"), 1) for c in group.split(",") if c.strip())
     edges[name] = out

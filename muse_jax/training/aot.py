@@ -16,6 +16,7 @@ import time
 
 import jax
 
+from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel.collectives import KINDS, KindStats, collective_stats
 from muse_jax.parallel.mesh import make_mesh
 from muse_jax.parallel.topology import GiB, Target, compile_only_devices
@@ -90,6 +91,9 @@ ADVICE = ("shard further (--config.mesh.fsdp), recompute activations (--config.m
 def compile_for(config, target: Target):
   """(StepFunctions, compiled train step, compile seconds) of `config` on `target`."""
   validate(config)
+  if config.model.get("attention") == "cudnn":
+    raise ConfigError("model.attention='cudnn' runs only on NVIDIA GPUs; use auto (XLA on "
+                      "TPUs) or xla for a TPU target")
   devices = compile_only_devices(target)
   mesh = make_mesh(config.mesh, devices, whole_slice=True)
   check_batch(config, mesh)
@@ -110,14 +114,13 @@ def report(steps: StepFunctions, compiled, target: Target, seconds: float) -> Re
   b = int(steps.config.train.batch_size)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  rep = Report(
+  return Report(
       target=target, mesh=dict(steps.mesh.shape), batch_per_chip=b / n,
       compile_seconds=seconds, memory=memory_per_chip(compiled),
       collectives=collective_stats(compiled.as_text()),
       xla_flops=float(cost.get("flops", 0.0)),
       model_flops=steps.stage.flops_per_example() * b / n,
       peak_flops=peak_flops_per_device(steps.mesh.devices.flat[0]))
-  return rep
 
 
 def check_fits(rep: Report) -> None:
