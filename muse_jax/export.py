@@ -33,6 +33,7 @@ from typing import Optional
 
 from absl import app, flags
 
+from muse_jax import paths
 from muse_jax.cli import run_or_exit
 from muse_jax.configs.cli_flags import parse_flags
 from muse_jax.sampling.loading import restore_stage_params
@@ -124,10 +125,10 @@ def export_stage(workdir: str, out: str, *, step=None, dtype: str = "float32",
   params = _choice("params", params, checkpoints.PARAM_CHOICES)
   if not isinstance(max_shard_bytes, int):
     max_shard_bytes = parse_bytes(max_shard_bytes)
-  if not os.path.isdir(workdir):
+  if not paths.resolve(workdir).is_dir():
     raise FileNotFoundError(f"--workdir={workdir}: no such directory")
-  src, dst = os.path.abspath(workdir), os.path.abspath(out)
-  if os.path.commonpath([src, dst]) == dst:
+  src, dst = str(paths.resolve(workdir)), str(paths.resolve(out)).rstrip("/")
+  if src == dst or src.startswith(dst + "/"):
     raise ExportError(f"--out={out} is or contains --workdir={workdir}; choose another --out")
   export_io.check_target(dst, overwrite)
   config = saved_config.load_saved_config(workdir)
@@ -138,7 +139,7 @@ def export_stage(workdir: str, out: str, *, step=None, dtype: str = "float32",
   tree, step, source = restore_stage_params(config, workdir, step=step, which=params,
                                             name=stage)
   info = {"stage": stage, "step": int(step), "params": source,
-          "source_workdir": os.path.abspath(workdir), **provenance()}
+          "source_workdir": src, **provenance()}
   return export_io.write_export(out, tree, saved_config.saved_config(workdir), info, dtype=dtype,
                                 max_shard_bytes=max_shard_bytes, overwrite=overwrite)
 
@@ -156,7 +157,7 @@ def main(argv):
     weights = [f for f in info["files"] if f.endswith(".safetensors")]
     print(f"exported {info['stage']} step {info['step']} ({info['params']} params, "
           f"{info['dtype']}, {info['parameter_count']:,} parameters, {len(weights)} "
-          f"safetensors file{'s' if len(weights) != 1 else ''}) to {os.path.abspath(FLAGS.out)}")
+          f"safetensors file{'s' if len(weights) != 1 else ''}) to {paths.resolve(FLAGS.out)}")
 
   # ValueError: also a checkpoint whose parameters do not match its config.json.
   run_or_exit(run, user_errors=(ValueError, FileNotFoundError, FileExistsError))

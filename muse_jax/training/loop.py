@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import sys
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data.batch import BatchSource
 from muse_jax.parallel.distributed import global_batch
@@ -75,7 +75,7 @@ class Trainer(StepFunctions):
 
   def __init__(self, config, workdir: str, *, train_source: BatchSource | None = None,
                eval_source: BatchSource | None = None, stream=None, devices=None):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = str(paths.resolve(workdir))
     validate(config)  # every start-time check before anything is built
     self.schedule_note = resolve_schedule(config, self.workdir)  # before the optimizer is built
     mesh = make_mesh(config.mesh, devices)
@@ -248,5 +248,5 @@ def train(config, workdir: str, **kwargs) -> TrainResult:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The per-step records of `workdir/metrics.jsonl`."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (paths.resolve(workdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,21 +1,27 @@
 """Where training metrics go: the console (progress bar, rates, ETA), a JSONL log of every
 step's scalars (`workdir/metrics.jsonl`, the record resume tests compare) and TensorBoard
 (`workdir/tensorboard`, through tensorboardX when installed). Only process 0 writes.
+
+On a gs:// workdir, whose objects cannot be appended to, metrics.jsonl is held in memory and
+the object rewritten at most every URL_FLUSH_SECONDS and at the end (as tensorboardX's own
+gs:// writer does with its event file, every `flush_secs`): a run killed without its exit
+path loses at most that much of the log; the checkpoints are unaffected.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.progress import format_duration, progress_bar
 from muse_jax.workdir.access import WorkdirWriteError, describe
 
 log = logging.getLogger(__name__)
+URL_FLUSH_SECONDS = 30.0
 
 
 def _record(line: bytes) -> dict | None:
@@ -38,22 +44,27 @@ class Reporter:
     self.t_start = time.perf_counter()
     self.t_last, self.step_last = self.t_start, start_step
     self._jsonl = None
+    self._lines: list[bytes] | None = None  # a URL workdir's whole log, rewritten on flush
     self._tb = None
     if not enabled:
       return
-    self._path = os.path.join(workdir, "metrics.jsonl")
-    self._truncate_after(self._path, start_step)
-    self._jsonl = open(self._path, "a")
+    workdir = paths.resolve(workdir)
+    self._path = workdir / "metrics.jsonl"
+    kept = self._truncate_after(self._path, start_step)
+    if paths.is_url(workdir):
+      self._lines, self._uploaded = kept, time.monotonic()
+    else:
+      self._jsonl = open(self._path, "a")
     if tensorboard:
       try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        from tensorboardX import SummaryWriter  # writes gs:// itself (google-cloud-storage)
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
       except ImportError:
         log.warning("tensorboardX is not installed: TensorBoard logging is off "
                     "(pip install tensorboardX)")
 
   @staticmethod
-  def _truncate_after(path: str, step: int):
+  def _truncate_after(path, step: int) -> list[bytes]:
     """Drop records past the restored step: a resumed run re-logs them exactly.
 
     The log must never block a resume (the checkpoint, not this file, is the run's state), so
@@ -65,11 +76,12 @@ class Reporter:
       by a crash on some filesystems): the records around it are still good, so only it goes.
     Dropped lines are appended to `metrics.jsonl.dropped`, so nothing is lost silently. The
     file is rewritten through a temporary name, so a crash here leaves the old one whole.
+    Returns the lines kept.
     """
-    if not os.path.exists(path):
-      return
-    with open(path, "rb") as f:
-      lines = [(n, line) for n, line in enumerate(f.read().split(b"\n"), 1) if line.strip()]
+    if not path.exists():
+      return []
+    lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1)
+             if line.strip()]
     keep, bad = [], []
     for n, line in lines:
       rec = _record(line)
@@ -78,27 +90,39 @@ class Reporter:
       elif rec["step"] <= step:
         keep.append(line)
     if bad:
-      with open(path + ".dropped", "ab") as f:
-        f.writelines(line + b"\n" for _, line in bad)
+      dropped = path.parent / (path.name + ".dropped")
+      old = dropped.read_bytes() if dropped.exists() else b""
+      paths.write_atomic(dropped, old + b"".join(line + b"\n" for _, line in bad))
       where = [f"line {n}" + (" (the last)" if n == lines[-1][0] else "") for n, _ in bad]
       where = ", ".join(where[:5] + (["..."] if len(where) > 5 else []))
       log.warning("%s: dropped %d line(s) that are not whole records (%s), saved to %s.dropped",
-                  path, len(bad), where, os.path.basename(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.writelines(line + b"\n" for line in keep)
-    os.replace(tmp, path)
+                  path, len(bad), where, path.name)
+    paths.write_atomic(path, b"".join(line + b"\n" for line in keep))
+    return keep
 
   def record(self, step: int, metrics: dict, prefix: str = ""):
     """Every step's scalars to the JSONL log."""
     if not self.enabled:
       return
     rec = {"step": step, **{prefix + k: float(v) for k, v in metrics.items()}}
+    if self._lines is not None:
+      self._lines.append(json.dumps(rec).encode())
+      if time.monotonic() - self._uploaded >= URL_FLUSH_SECONDS:
+        self._upload()
+      return
     try:
       self._jsonl.write(json.dumps(rec) + "\n")
       self._jsonl.flush()
     except OSError as e:
       raise WorkdirWriteError(f"could not write {self._path}: {describe(e)}") from None
+
+  def _upload(self):
+    """Rewrites a URL workdir's metrics.jsonl object with every record so far."""
+    try:
+      paths.write_atomic(self._path, b"".join(line + b"\n" for line in self._lines))
+    except Exception as e:  # gcsfs and google-auth raise their own types
+      raise WorkdirWriteError(f"could not write {self._path}: {describe(e)}") from None
+    self._uploaded = time.monotonic()
 
   def scalars(self, step: int, metrics: dict, prefix: str = ""):
     if self._tb is not None:
@@ -145,6 +169,11 @@ class Reporter:
       print(text, file=self.stream, flush=True)
 
   def close(self):
+    if self._lines is not None:
+      try:
+        self._upload()
+      except WorkdirWriteError as e:  # the run's own error or exit status is the one to keep
+        log.warning("%s", e)
     if self._jsonl is not None:
       try:
         self._jsonl.close()

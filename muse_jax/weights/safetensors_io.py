@@ -4,15 +4,20 @@ safetensors is data-only (no pickle). Tensors are read one at a time, so convert
 checkpoint never holds two full copies in host memory. A malformed file or index (a header too
 large or not JSON, offsets past the end, an unknown dtype, an index without a weight map or
 naming a missing shard) raises WeightsError with one line naming the file and the problem.
+A file on gs:// (or another URL) is first copied to a local temporary directory, which lives
+as long as the reader: safetensors memory-maps a local file to read tensors one at a time.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Iterator, Mapping
 
 import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, which safetensors asks for
 import numpy as np
+
+from muse_jax import paths
 
 
 class WeightsError(ValueError):
@@ -38,7 +43,10 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
     # TypeError for a dtype numpy lacks, OSError for what the OS refuses.
     self._errors = (SafetensorError, OSError, TypeError, ValueError)
     self.path = path
-    files = self._resolve(path)
+    files = self._resolve(str(path))
+    if any(paths.is_url(f) for f in files):
+      self._local = tempfile.TemporaryDirectory(prefix="muse_jax_weights_")
+      files = [self._copy_local(f, i) for i, f in enumerate(files)]
     self._where: dict[str, str] = {}
     self._shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
@@ -50,19 +58,26 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
       except self._errors as e:
         raise WeightsError(f"{f}: not a readable safetensors file ({_first_line(e)})") from None
 
+  def _copy_local(self, url: str, i: int) -> str:
+    local = os.path.join(self._local.name, f"{i:05d}-{os.path.basename(url)}")
+    paths.resolve(url).copy(local)
+    return local
+
   @staticmethod
   def _resolve(path: str) -> list[str]:
-    if not os.path.exists(path):
+    p = paths.resolve(path) if paths.is_url(path) else None
+    if not (p.exists() if p else os.path.exists(path)):
       raise FileNotFoundError(f"weights not found: {path}")
-    if os.path.isdir(path):
-      idx = [f for f in os.listdir(path) if f.endswith(".safetensors.index.json")]
+    if p.is_dir() if p else os.path.isdir(path):
+      names = [c.name for c in p.iterdir()] if p else os.listdir(path)
+      idx = [f for f in names if f.endswith(".safetensors.index.json")]
       if idx:
-        return SafetensorsReader._resolve(os.path.join(path, idx[0]))
-      files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        return SafetensorsReader._resolve(f"{path.rstrip('/')}/{idx[0]}")
+      files = sorted(f for f in names if f.endswith(".safetensors"))
       if len(files) != 1:
         raise FileNotFoundError(
             f"{path}: expected one *.safetensors file or a *.safetensors.index.json, found {files}")
-      return [os.path.join(path, files[0])]
+      return [f"{path.rstrip('/')}/{files[0]}"]
     if path.endswith(".json"):
       return SafetensorsReader._index_files(path)
     return [path]
@@ -71,8 +86,7 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
   def _index_files(path: str) -> list[str]:
     """The shard files a Hugging Face style index names, each checked to exist beside it."""
     try:
-      with open(path, "rb") as f:
-        weight_map = json.load(f)["weight_map"]
+      weight_map = json.loads(paths.resolve(path).read_bytes())["weight_map"]
       names = set(weight_map.values())
       if not all(isinstance(n, str) and n for n in names):
         raise TypeError("its values must be file names")
@@ -85,7 +99,7 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
       # Shards live beside their index; a name that climbs out of it is not a shard of it.
       if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         raise WeightsError(f"{path}: shard name {name!r} is not a file beside the index")
-      if not os.path.isfile(os.path.join(base, name)):
+      if not paths.resolve(os.path.join(base, name)).is_file():
         raise WeightsError(f"{path}: names shard {name}, which is missing")
       out.append(os.path.join(base, name))
     return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
+import uuid
+
+from muse_jax import paths
 
 
 class UnwritableWorkdir(RuntimeError):
@@ -41,19 +43,28 @@ def describe(error: BaseException) -> str:
   return line if len(line) <= 200 else line[:197] + "..."
 
 
-def check_writable(directory: str) -> None:
+def check_writable(directory: paths.PathLike) -> None:
   """Creates `directory` if needed and writes, syncs and removes a probe file in it;
   UnwritableWorkdir otherwise. The probe holds a page of data so that a full disk fails
-  here (creating an empty file can still succeed then)."""
+  here (creating an empty file can still succeed then). On a URL (gs://...) the probe is one
+  object: it checks the bucket exists and the credentials may write and delete in it."""
+  directory = paths.resolve(directory)
   try:
-    os.makedirs(directory, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write_probe.{uuid.uuid4().hex}"
     try:
-      os.write(fd, b"\0" * 4096)
-      os.fsync(fd)
+      if paths.is_url(directory):
+        probe.write_bytes(b"\0" * 4096)
+      else:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+          os.write(fd, b"\0" * 4096)
+          os.fsync(fd)
+        finally:
+          os.close(fd)
     finally:
-      os.close(fd)
-      os.unlink(probe)
-  except OSError as e:
+      if probe.exists():
+        probe.unlink()
+  except Exception as e:  # OSError locally; gcsfs and google-auth raise their own types
     raise UnwritableWorkdir(f"cannot write to {directory}: {describe(e)}; choose another "
                             "--workdir or fix its permissions or free space") from None

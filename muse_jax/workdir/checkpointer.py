@@ -4,7 +4,7 @@ Each step directory holds `state` (the sharded train state, written by every pro
 (the process-0 JSON position of the input iterator) and `integrity` (JSON: the state is
 finite, per-leaf checksums, a digest of `data`; see integrity.py). Saves are asynchronous
 (only the device-to-host copy blocks), atomic (Orbax writes to a temporary directory and
-renames) and the last `keep` steps are kept. Unfinished saves are ignored on restore.
+renames it; on gs://, which has no rename, a step counts once its commit_success.txt exists) and the last `keep` steps are kept. Unfinished saves are ignored on restore.
 Restoring takes the *target* shardings, so a run saved on one mesh restores onto another.
 
 Guarantees:
@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from muse_jax import paths
 from muse_jax.workdir import integrity
 from muse_jax.workdir.access import WorkdirWriteError, check_writable, describe
 
@@ -70,7 +69,7 @@ def _quiet_failed_reads():
 
 class Checkpointer:
   def __init__(self, directory: str, cfg):
-    self.directory = os.path.abspath(directory)
+    self.directory = str(paths.resolve(directory))
     self.rejected_directory = self.directory + "_rejected"
     self.every_steps = int(cfg.every_steps)
     check_writable(self.directory)
@@ -170,11 +169,14 @@ class Checkpointer:
       raise e if isinstance(e, WorkdirWriteError) else self._write_failed(None, e)
 
   # --- reading -----------------------------------------------------------------------------
+  def _has_integrity(self, step: int) -> bool:
+    return (paths.resolve(self.directory) / str(step) / "integrity").is_dir()
+
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """`abstract_state`: ShapeDtypeStructs carrying the target shardings. CorruptCheckpoint
     if the restored state is not what was saved (or not finite)."""
     args = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-    recorded = os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
+    recorded = self._has_integrity(step)
     if recorded:
       args["integrity"] = ocp.args.JsonRestore()
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -209,7 +211,7 @@ class Checkpointer:
       for bad, reason in failures:
         notes.append(f"checkpoint step {bad} in {self.directory} is unusable ({reason}); "
                      f"moved it to {self.reject(bad)} and resuming from step {step}")
-      if not os.path.isdir(os.path.join(self.directory, str(step), "integrity")):
+      if not self._has_integrity(step):
         notes.append(f"checkpoint step {step} was written without checksums; it is "
                      "finite but could not be verified")
       return state, data, step, notes
@@ -224,16 +226,19 @@ class Checkpointer:
     """Moves checkpoint `step` out of the checkpoint directory, into `<directory>_rejected/`;
     returns where it went."""
     self.wait()
-    target = os.path.join(self.rejected_directory, str(step))
+    rejected = paths.resolve(self.rejected_directory)
+    target = rejected / str(step)
     n = 1
-    while os.path.exists(target):
-      target = os.path.join(self.rejected_directory, f"{step}.{n}")
+    while target.exists():
+      target = rejected / f"{step}.{n}"
       n += 1
     if jax.process_index() == 0:
-      os.makedirs(self.rejected_directory, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      rejected.mkdir(parents=True, exist_ok=True)
+      # A rename locally; on gs:// a copy of each object, then deletes. A move cut short there
+      # can leave a partial step listed, which the next restore_newest rejects again.
+      (paths.resolve(self.directory) / str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"muse_jax reject checkpoint {step}")
     self.manager.reload()
-    return target
+    return str(target)

@@ -10,13 +10,14 @@ that trains the stage.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from muse_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class MissingCheckpoint(FileNotFoundError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """WORKDIR/checkpoints: an absolute local path, or under the gs:// (or other) URL."""
+  return str(paths.resolve(workdir) / "checkpoints")
 
 
 def train_command(config_name: str, workdir: str) -> str:
@@ -42,7 +44,7 @@ def train_command(config_name: str, workdir: str) -> str:
 def finished_steps(workdir: str) -> list[int]:
   """The finished steps in WORKDIR/checkpoints (Orbax's own listing), oldest first."""
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not paths.resolve(directory).is_dir():
     return []
   return sorted(ocp.step.checkpoint_steps(directory))
 
@@ -101,7 +103,7 @@ def restore_params(workdir: str, abstract: Any, *, what: str, step: Optional[int
   if which not in PARAM_CHOICES:
     raise ValueError(f"which={which!r}; choose one of {', '.join(PARAM_CHOICES)}")
   step = require_step(workdir, config_name or f"<{what} config>", what, step)
-  path = os.path.join(checkpoint_dir(workdir), str(step), "state")
+  path = f"{checkpoint_dir(workdir)}/{step}/state"
   if mesh is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   else:
@@ -197,7 +199,7 @@ def restore_raw_params(workdir: str, what: str, hint: str = "give a training wor
   """The raw (non-EMA) `params` of WORKDIR's newest checkpoint as host arrays, restored
   without a target (their shapes are whatever was saved)."""
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not paths.resolve(directory).is_dir():
     raise FileNotFoundError(f"{what}={workdir!r}: no checkpoints/ directory ({hint})")
   manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
   step = manager.latest_step()

@@ -14,15 +14,17 @@ An export directory holds:
   info = write_export(DIR, params, config_dict, {"stage": "base", "step": 20, ...})
   config, model_def, params = muse_jax.sampling.loading.load_exported(DIR)  # bind(params)
 
-Writes are atomic (into DIR.tmp-<pid>, then renamed); reads check every key and shape against
-the model the config builds and name every mismatch in one WeightsError.
+Writes are atomic. A local export is written into DIR.tmp-<pid>, then renamed. A gs:// (or
+other URL) export, where directories cannot be renamed, is written in place with export.json
+last: an overwrite first deletes the old export.json, and a directory without it is not an
+export to any reader. Reads check every key and shape against the model the config builds and
+name every mismatch in one WeightsError.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.weights.safetensors_io import SafetensorsReader, WeightsError, check_keys
 from muse_jax.workdir.saved_config import load_saved_config
 
@@ -62,9 +65,9 @@ def flatten(tree) -> dict[str, Any]:
   return out
 
 
-def is_export(path: str) -> bool:
+def is_export(path: paths.PathLike) -> bool:
   """Whether `path` is an export directory (holds export.json)."""
-  return bool(path) and os.path.isfile(os.path.join(path, INFO_FILE))
+  return bool(path) and (paths.resolve(path) / INFO_FILE).is_file()
 
 
 def _out_dtype(x, dtype: np.dtype) -> np.dtype:
@@ -94,14 +97,15 @@ def plan_shards(sizes: Mapping[str, int], max_bytes: int) -> list[list[str]]:
   return shards
 
 
-def write_weights(params: Mapping[str, Any], directory: str, dtype: str,
+def write_weights(params: Mapping[str, Any], directory: paths.PathLike, dtype: str,
                   max_shard_bytes: int) -> list[str]:
   """Writes {flat key: array} as safetensors into `directory`; returns the files written.
 
   One model.safetensors when everything fits in max_shard_bytes, else numbered shards plus
   the index json. Arrays are copied to the host one shard at a time.
   """
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
+  directory = paths.resolve(directory)
   np_dtype = DTYPES[dtype]
   sizes = {k: _nbytes(v, np_dtype) for k, v in params.items()}
   shards = plan_shards(sizes, max_shard_bytes)
@@ -110,42 +114,61 @@ def write_weights(params: Mapping[str, Any], directory: str, dtype: str,
   else:
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   for name, keys in zip(names, shards):
-    save_file({k: _host(params[k], np_dtype) for k in keys}, os.path.join(directory, name),
-              metadata={"format": "np"})
+    (directory / name).write_bytes(save({k: _host(params[k], np_dtype) for k in keys},
+                                        metadata={"format": "np"}))
   if len(shards) > 1:
     index = {"metadata": {"total_size": sum(sizes.values())},
              "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
-    _write_json(os.path.join(directory, INDEX_FILE), index)
+    _write_json(directory / INDEX_FILE, index)
     names.append(INDEX_FILE)
   return names
 
 
-def sha256(path: str) -> str:
+def sha256(path: paths.PathLike) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.resolve(path).open("rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
 
 
-def _write_json(path: str, value) -> None:
-  with open(path, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=False)
-    f.write("\n")
+def _write_json(path: paths.PathLike, value) -> None:
+  paths.resolve(path).write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
-def check_target(out: str, overwrite: bool) -> None:
+def check_target(out: paths.PathLike, overwrite: bool) -> None:
   """ExportExists when `out` is a file or a non-empty directory and overwrite is off."""
-  if not os.path.lexists(out) or overwrite:
+  out = paths.resolve(out)
+  if overwrite or not out.exists():
     return
-  if os.path.isdir(out) and not os.listdir(out):
+  if out.is_dir() and not any(out.iterdir()):
     return
   raise ExportExists(f"{out} already exists and is not empty; choose another --out or pass "
                      "--overwrite to replace it")
 
 
-def _move_into_place(tmp: str, out: str) -> None:
-  """Renames tmp to out; a previous out is moved aside first and deleted after the rename."""
+def _staging(out: paths.PathLike) -> Any:
+  """Where the files are written before they become the export: a fresh sibling directory
+  that is renamed to `out` locally; `out` itself on a URL, emptied and without export.json
+  (deleted first, so a half-written overwrite is no export)."""
+  out = paths.resolve(out)
+  if not paths.is_url(out):
+    tmp = paths.resolve(f"{out}.tmp-{os.getpid()}")
+    if tmp.exists():
+      tmp.rmtree()
+    tmp.mkdir(parents=True)
+    return tmp
+  if (out / INFO_FILE).exists():
+    (out / INFO_FILE).unlink()
+  if out.exists():
+    out.rmtree()
+  out.mkdir(parents=True, exist_ok=True)
+  return out
+
+
+def _move_into_place(tmp, out) -> None:
+  """Renames tmp to out (local only); a previous out is moved aside first and deleted after
+  the rename."""
   old = None
   if os.path.isdir(out) and not os.path.islink(out) and os.listdir(out):
     old = f"{out}.old-{os.getpid()}"
@@ -154,7 +177,7 @@ def _move_into_place(tmp: str, out: str) -> None:
     os.remove(out)
   os.replace(tmp, out)
   if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+    paths.resolve(old).rmtree(missing_ok=True)
 
 
 def write_export(out: str, params, config: dict, info: dict, *, dtype: str = "float32",
@@ -174,38 +197,37 @@ def write_export(out: str, params, config: dict, info: dict, *, dtype: str = "fl
     raise ValueError(f"dtype={dtype!r}; choose one of {', '.join(DTYPES)}")
   if max_shard_bytes <= 0:
     raise ValueError(f"max_shard_bytes={max_shard_bytes} must be positive")
-  out = os.path.abspath(out)
+  out = paths.resolve(out)
   check_target(out, overwrite)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = f"{out}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = _staging(out)
   try:
     flat = flatten(params)
     files = write_weights(flat, tmp, dtype, max_shard_bytes)
-    _write_json(os.path.join(tmp, CONFIG_FILE), config)
+    _write_json(tmp / CONFIG_FILE, config)
     files.append(CONFIG_FILE)
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, **info, "dtype": dtype,
             "parameter_count": int(sum(np.prod(v.shape, dtype=np.int64) for v in flat.values())),
             "tensor_count": len(flat),
-            "files": {name: {"bytes": os.path.getsize(os.path.join(tmp, name)),
-                             "sha256": sha256(os.path.join(tmp, name))} for name in files}}
-    _write_json(os.path.join(tmp, INFO_FILE), info)
-    _move_into_place(tmp, out)
+            "files": {name: {"bytes": (tmp / name).stat().length,
+                             "sha256": sha256(tmp / name)} for name in files}}
+    _write_json(tmp / INFO_FILE, info)  # last: the export exists once this file does
+    if tmp != out:
+      _move_into_place(tmp, out)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp != out:
+      tmp.rmtree(missing_ok=True)
     raise
   return info
 
 
-def read_info(path: str) -> dict:
+def read_info(path: paths.PathLike) -> dict:
   """An export's export.json; FileNotFoundError when `path` is not an export."""
-  file = os.path.join(path, INFO_FILE)
-  if not os.path.isfile(file):
+  file = paths.resolve(path) / INFO_FILE
+  if not file.is_file():
     raise FileNotFoundError(f"{path} is not a muse_jax export (no {INFO_FILE}); make one with "
                             "python -m muse_jax.export --workdir=WORKDIR --out=DIR")
-  with open(file) as f:
-    info = json.load(f)
+  info = json.loads(file.read_text())
   if not isinstance(info, dict) or info.get("format") != FORMAT:
     raise WeightsError(f"{file} is not a {FORMAT} file")
   return info
@@ -213,9 +235,9 @@ def read_info(path: str) -> dict:
 
 def verify_files(path: str) -> None:
   """WeightsError naming every file of an export whose sha256 differs from export.json's."""
+  root = paths.resolve(path)
   bad = [name for name, meta in read_info(path)["files"].items()
-         if not os.path.isfile(os.path.join(path, name))
-         or sha256(os.path.join(path, name)) != meta["sha256"]]
+         if not (root / name).is_file() or sha256(root / name) != meta["sha256"]]
   if bad:
     raise WeightsError(f"export {path}: missing or changed files {', '.join(sorted(bad))}")
 

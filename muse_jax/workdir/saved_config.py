@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from typing import Optional
 
 import ml_collections
+
+from muse_jax import paths
 
 CONFIG_FILE = "config.json"
 # model keys that change parameter shapes (the rest: dtype, attention, remat, ... are runtime).
@@ -30,13 +31,14 @@ def stored_config(config):
   return config
 
 
-def saved_config(workdir: str) -> Optional[dict]:
+def saved_config(workdir: paths.PathLike) -> Optional[dict]:
   """WORKDIR/config.json (the trainer writes the whole training config there), or None."""
-  path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
-  if not workdir or not os.path.isfile(path):
+  if not workdir:
     return None
-  with open(path) as f:
-    saved = json.load(f)
+  path = paths.resolve(workdir) / CONFIG_FILE
+  if not path.is_file():
+    return None
+  saved = json.loads(path.read_text())
   return saved if isinstance(saved, dict) else None
 
 
@@ -87,8 +89,8 @@ def adopt_saved_model_config(config, workdir: str) -> list[str]:
   return changed
 
 
-def write_config(workdir: str, config) -> None:
+def write_config(workdir: paths.PathLike, config) -> None:
   """Saves the whole training config as WORKDIR/config.json (the trainer, on process 0)."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir = paths.resolve(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  paths.write_atomic(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
