@@ -29,13 +29,13 @@ is written to --out; several to OUT_0.png, OUT_1.png, ...
 Exit status: 0 done; 2 bad flags or config; 4 missing checkpoint (train that stage first).
 """
 import logging
-import os
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from muse_jax import paths
 from muse_jax.configs.cli_flags import parse_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a sampling config, e.g. "
@@ -150,7 +150,7 @@ def check_flags():
     raise UsageError("--outpaint_pad is only for --edit=outpaint")
   for name in ("image", "mask"):
     path = getattr(FLAGS, name)
-    if path and not os.path.isfile(path):
+    if path and not paths.resolve(path).is_file():
       raise UsageError(f"--{name}={path}: no such file")
 
 
@@ -198,12 +198,12 @@ def run():
     else:
       result = pipe.mask_free_edit(images, prompts, mask=mask, seed=seed)
   t_run = time.perf_counter() - t0
-  paths = save_images(result.images, FLAGS.out)
+  written = save_images(result.images, FLAGS.out)
   what = FLAGS.edit or "generate"
-  print(f"{what}: wrote {', '.join(paths)} ({size}x{size}) in {t_run:.1f} s "
+  print(f"{what}: wrote {', '.join(written)} ({size}x{size}) in {t_run:.1f} s "
         f"(loading {t_load:.1f} s; base {pipe.base.name} step {pipe.base.step}"
         f"{'' if pipe.sr is None else f', sr step {pipe.sr.step}'})")
-  return paths
+  return written
 
 
 def main(argv):

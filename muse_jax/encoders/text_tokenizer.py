@@ -19,10 +19,11 @@ Captions are data, so this is the safer behaviour.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
+
+from muse_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +49,14 @@ class T5Tokenizer:
 
   def __init__(self, spiece_model: str, max_length: int = 128, num_threads: int = 0):
     import sentencepiece as spm  # local import: only needed when tokenizing
-    if not spiece_model or not os.path.isfile(spiece_model):
+    if not spiece_model or not paths.resolve(spiece_model).is_file():
       raise FileNotFoundError(
           f"sentencepiece model not found: {spiece_model!r}; set text_encoder.spiece_model to "
           "T5's spiece.model")
     if max_length < 1:
       raise ValueError(f"max_length must be >= 1 (room for EOS), got {max_length}")
-    self.sp = spm.SentencePieceProcessor(model_file=spiece_model)
+    # From bytes: a local path and a gs:// URL alike.
+    self.sp = spm.SentencePieceProcessor(model_proto=paths.resolve(spiece_model).read_bytes())
     self.max_length = int(max_length)
     self.num_threads = int(num_threads)
     self.eos_id = int(self.sp.eos_id())

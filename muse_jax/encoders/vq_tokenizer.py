@@ -15,13 +15,13 @@ the downsampling factor (256 -> 16x16 and 512 -> 32x32 tokens for f16; 512 -> 64
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from muse_jax import paths
 from muse_jax.models import vqgan as V
 from muse_jax.models.functional import functionalize
 from muse_jax.parallel.mesh import data_parallel_size
@@ -102,8 +102,8 @@ def load_vq_params(path: str, cfg: V.VQGANConfig, decoder_only: bool = False,
   For decoder fine-tuning the finished model's own decoder is read from the file's config.json
   when there is one, else assumed to mirror the encoder (the fine-tuned decoder differs).
   """
-  if path.endswith(".safetensors") or os.path.exists(
-      os.path.join(path, "diffusion_pytorch_model.safetensors")):
+  if path.endswith(".safetensors") or (
+      paths.resolve(path) / "diffusion_pytorch_model.safetensors").exists():
     src_cfg = cfg
     if decoder_only:
       try:

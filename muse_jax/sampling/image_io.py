@@ -1,12 +1,15 @@
 """Images and masks on the host for sampling and editing: array checks, resizing, PNG files."""
 from __future__ import annotations
 
+import io
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from muse_jax import paths
 
 
 def as_float_images(images) -> np.ndarray:
@@ -46,19 +49,26 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 def save_images(images: np.ndarray, path: str) -> list[str]:
   """Writes float [B, H, W, 3] in [0, 1] as PNG: PATH for one image, PATH_<i>.png for more."""
   images = np.asarray(images)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  stem, ext = os.path.splitext(path)
+  paths.resolve(path).parent.mkdir(parents=True, exist_ok=True)
+  stem, ext = os.path.splitext(os.fspath(path))
   ext = ext or ".png"
-  paths = [stem + ext] if len(images) == 1 else [f"{stem}_{i}{ext}" for i in range(len(images))]
-  for img, p in zip(images, paths):
-    Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(p)
-  return paths
+  out = [stem + ext] if len(images) == 1 else [f"{stem}_{i}{ext}" for i in range(len(images))]
+  for img, p in zip(images, out):
+    _write_image(Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)), p)
+  return out
+
+
+def _write_image(im: Image.Image, path: str) -> None:
+  """An image file written atomically (muse_jax.paths.write_atomic), local or on gs://; the
+  format follows the extension (PNG when PIL does not know it)."""
+  buf = io.BytesIO()
+  im.save(buf, format=Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG"))
+  paths.write_atomic(path, buf.getvalue())
 
 
 def _load_square(path: str, size: int, mode: str, resample) -> np.ndarray:
   """An image file converted to `mode`, center-cropped to a square, resized to size x size."""
-  with Image.open(path) as im:
+  with Image.open(io.BytesIO(paths.resolve(path).read_bytes())) as im:
     im = im.convert(mode)
     w, h = im.size
     s = min(w, h)
@@ -88,6 +98,4 @@ def save_grid(images, path: str, columns: int, scale: int = 0, gap: int = 2) -> 
     r, c = divmod(i, cols)
     canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
   im = Image.fromarray(canvas)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(tmp, format="PNG")
-  os.replace(tmp, path)
+  _write_image(im.resize((im.width * scale, im.height * scale), Image.NEAREST), path)

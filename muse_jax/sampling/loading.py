@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from muse_jax import paths
 from muse_jax.configs.files import config_from_name
 from muse_jax.encoders.vq_tokenizer import VQTokenizer
 from muse_jax.models import fp8, vqgan as V
@@ -153,8 +154,8 @@ def load_exported_stage(section, name: str, path: str):
 
 
 def _is_diffusers(path: str) -> bool:
-  return path.endswith(".safetensors") or os.path.isfile(
-      os.path.join(path, "diffusion_pytorch_model.safetensors"))
+  return path.endswith(".safetensors") or (
+      paths.resolve(path) / "diffusion_pytorch_model.safetensors").is_file()
 
 
 def load_vq(section, name: str, root: Optional[str], mesh: Mesh):
