@@ -1,0 +1,57 @@
+"""A real GCS JSON-API server on localhost (the `gcp-storage-emulator` package, in its own
+process) and the environment that points every client at it:
+
+- gcsfs and google-cloud-storage (epath's gs:// backend; tensorboardX's gs:// writer):
+  STORAGE_EMULATOR_HOST;
+- TensorStore's gcs driver (Orbax's array writes): TENSORSTORE_GCS_HTTP_URL, with
+  GOOGLE_AUTH_TOKEN_FOR_TESTING so it sends a fixed token instead of looking for credentials;
+- GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs would otherwise ask the Storage Control API,
+  which the emulator lacks, for each bucket's layout (and warn every time it fails).
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+BUCKET = "muse-test"
+_SERVE = f"""
+import sys
+from gcp_storage_emulator.server import create_server
+server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket="{BUCKET}")
+server.start()
+sys.stdin.read()
+server.stop()
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class GcsEmulator:
+  def __init__(self):
+    self.port = _free_port()
+    self.url = f"http://127.0.0.1:{self.port}"
+    self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "EPATH_USE_TF": "false"}
+    # It serves until its stdin closes, i.e. until this process has exited: tensorboardX's
+    # gs:// writer uploads its event file once more when collected at interpreter exit, after
+    # every fixture has been torn down, and retries for minutes if the server is gone.
+    self.proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(self.port)], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+      try:
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        break
+      except OSError:
+        if self.proc.poll() is not None or time.time() > deadline:
+          raise RuntimeError("gcp-storage-emulator did not start")
+        time.sleep(0.1)
+
