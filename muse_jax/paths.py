@@ -13,9 +13,12 @@ So on a URL the target is written directly, in one upload.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # before epath first picks a backend
+# fsspec logs an INFO line for every remote file it opens for reading.
+logging.getLogger("fsspec").setLevel(logging.WARNING)
 
 from etils import epath  # noqa: E402
 

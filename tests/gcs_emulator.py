@@ -16,8 +16,24 @@ import sys
 import time
 
 BUCKET = "muse-test"
+# The emulator leaves out the x-goog-generation header of an object download, which GCS sends
+# and TensorStore reads ("Malformed StorageGeneration" when OCDBT reads back a manifest it has
+# written); the wrapper adds it (and x-goog-metageneration) from the object's own record.
 _SERVE = f"""
 import sys
+from gcp_storage_emulator.handlers import objects
+_download = objects.download
+
+def download(request, response, storage, *args, **kwargs):
+  try:
+    obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    response["x-goog-generation"] = str(obj["generation"])
+    response["x-goog-metageneration"] = str(obj["metageneration"])
+  except Exception:  # not found: the handler answers 404
+    pass
+  return _download(request, response, storage, *args, **kwargs)
+
+objects.download = download
 from gcp_storage_emulator.server import create_server
 server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket="{BUCKET}")
 server.start()
