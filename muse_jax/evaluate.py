@@ -48,6 +48,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from muse_jax import paths
 from muse_jax.configs.cli_flags import parse_flags
 
 config_flags.DEFINE_config_file("config", None, "Sampling config (e.g. configs/pipeline_tiny.py)"
@@ -224,7 +225,7 @@ def networks(metrics, out):
     else:
       ref, ref_info = reference.from_images(
           FLAGS.reference_images, FLAGS.reference_size, inception, FLAGS.batch_size,
-          os.path.join(out, "reference_stats.npz"), log=lambda s: print(s, flush=True))
+          f"{out}/reference_stats.npz", log=lambda s: print(s, flush=True))
   if "clip" in metrics:
     clip = scorers.load_clip(FLAGS.clip_weights, FLAGS.clip_model)
   return inception, clip, ref, ref_info
@@ -242,11 +243,10 @@ def run():
   out, chunk = FLAGS.out, FLAGS.chunk_size or 8 * FLAGS.batch_size
   t0 = time.perf_counter()
   images_fn, source, size = image_source(captions)   # cheap checks and checkpoints first
-  os.makedirs(out, exist_ok=True)
+  paths.resolve(out).mkdir(parents=True, exist_ok=True)
   if FLAGS.overwrite:
     for name in (runner.STATE_FILE, "eval.json"):
-      if os.path.exists(os.path.join(out, name)):
-        os.remove(os.path.join(out, name))
+      (paths.resolve(out) / name).unlink(missing_ok=True)
   inception, clip, ref, ref_info = networks(metrics, out)
   identity = {**source, "captions_sha256": inputs.captions_digest(all_captions),
               "inception": None if inception is None else scorers.fingerprint(inception.info),
@@ -266,7 +266,7 @@ def run():
     return
   results = runner.summarize(ev, acc, ref, ref_info)
   report = {"metrics": results, "num_images": len(captions), "image_size": list(size),
-            "captions": {"path": os.path.abspath(FLAGS.captions), "count": len(captions)},
+            "captions": {"path": str(paths.resolve(FLAGS.captions)), "count": len(captions)},
             "grid": {"path": runner.GRID_FILE if FLAGS.grid else None,
                      "captions": captions[:min(FLAGS.grid, chunk)]},
             "setup": runner.identity(ev)}

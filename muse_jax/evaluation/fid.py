@@ -31,9 +31,12 @@ is also cheaper than sqrtm.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import numpy as np
+
+from muse_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +118,14 @@ def save_stats(path: str, stats: FeatureStats | Gaussian, info: dict | None = No
   g = stats.gaussian() if isinstance(stats, FeatureStats) else stats
   count = -1 if g.count is None else g.count
   extra = {} if info is None else {"info": np.array(json.dumps(info, sort_keys=True))}
-  with open(path, "wb") as f:   # a file object: numpy appends no ".npz" to the name
-    np.savez(f, mean=g.mean, cov=g.cov, count=np.int64(count), **extra)
+  buf = io.BytesIO()   # a file object: numpy appends no ".npz" to the name
+  np.savez(buf, mean=g.mean, cov=g.cov, count=np.int64(count), **extra)
+  paths.write_atomic(path, buf.getvalue())
 
 
 def load_stats(path: str) -> Gaussian:
   """Reads `save_stats` files, and pytorch-fid's `mu` / `sigma` files (count unknown)."""
-  with np.load(path) as z:
+  with np.load(io.BytesIO(paths.resolve(path).read_bytes())) as z:
     keys = set(z.files)
     if {"mean", "cov", "count"} <= keys:
       count = int(z["count"])
@@ -136,7 +140,7 @@ def load_stats(path: str) -> Gaussian:
 def load_stats_info(path: str) -> dict | None:
   """The `info` dict `save_stats` stored in `path`, or None (none stored, e.g. pytorch-fid's
   files)."""
-  with np.load(path) as z:
+  with np.load(io.BytesIO(paths.resolve(path).read_bytes())) as z:
     return json.loads(str(z["info"])) if "info" in z.files else None
 
 

@@ -24,16 +24,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from muse_jax import paths
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CONVERTED_MODES = ("L", "P", "CMYK")
 
 
 def read_captions(path: str) -> list[str]:
   """The non-blank lines of `path`, stripped; refuses a file without any."""
-  if not os.path.isfile(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"--captions={path}: no such file")
-  with open(path, encoding="utf-8") as f:
-    captions = [line.strip() for line in f if line.strip()]
+  text = paths.resolve(path).read_bytes().decode("utf-8")
+  captions = [line.strip() for line in text.splitlines() if line.strip()]
   if not captions:
     raise ValueError(f"--captions={path} holds no captions (one per line; blank lines are "
                      "skipped)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
+from muse_jax import paths
 from muse_jax.evaluation import fid
 from muse_jax.evaluation.inputs import ImageSet
 from muse_jax.evaluation.runner import image_stats
@@ -23,18 +24,18 @@ UNKNOWN = ("unknown (no info in the file, e.g. pytorch-fid's): make sure it was 
 
 def load(path: str, inception) -> tuple[fid.Gaussian, dict]:
   """(statistics, report entry) of a reference .npz, checked against `inception`."""
-  if not os.path.isfile(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"--reference_stats={path}: no such file")
   g = fid.load_stats(path)
   info = fid.load_stats_info(path)
   if info is None:
-    return g, {"path": os.path.abspath(path), "provenance": UNKNOWN}
+    return g, {"path": str(paths.resolve(path)), "provenance": UNKNOWN}
   want = fingerprint(inception.info)
   if info.get("inception") != want:
     raise ValueError(f"--reference_stats={path} was computed with Inception "
                      f"{info.get('inception')}, this evaluation uses {want}: compute the "
                      "reference with the same network (--save_stats)")
-  return g, {"path": os.path.abspath(path), **info}
+  return g, {"path": str(paths.resolve(path)), **info}
 
 
 def describe(images: ImageSet, inception) -> dict:
@@ -44,10 +45,8 @@ def describe(images: ImageSet, inception) -> dict:
 
 
 def save(path: str, stats, info: dict) -> None:
-  """Writes statistics and their info into a temporary file, then renames it to `path`."""
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  fid.save_stats(tmp, stats, info)
-  os.replace(tmp, path)
+  """Writes statistics and their info atomically (fid.save_stats)."""
+  fid.save_stats(path, stats, info)
 
 
 def from_images(directory: str, resize: Optional[int], inception, batch_size: int,
@@ -56,13 +55,13 @@ def from_images(directory: str, resize: Optional[int], inception, batch_size: in
   and network match the cache's info reads the cache instead."""
   images = ImageSet.all_files(directory, resize)
   info = describe(images, inception)
-  if os.path.isfile(cache) and fid.load_stats_info(cache) == info:
+  if paths.resolve(cache).is_file() and fid.load_stats_info(cache) == info:
     log(f"reference statistics of {directory}: reusing {cache}")
-    return fid.load_stats(cache), {"path": os.path.abspath(cache), **info}
+    return fid.load_stats(cache), {"path": str(paths.resolve(cache)), **info}
   log(f"reference statistics of {len(images)} images in {directory} "
       f"({images.size[0]}x{images.size[1]})")
   stats = image_stats(images, inception, batch_size, log)
   if stats.count < 2:
     raise ValueError(f"{directory}: FID reference statistics need at least 2 images")
   save(cache, stats, info)
-  return stats.gaussian(), {"path": os.path.abspath(cache), **info}
+  return stats.gaussian(), {"path": str(paths.resolve(cache)), **info}

@@ -16,13 +16,14 @@ for bit. A different identity is refused (OUT belongs to another evaluation).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 import time
 from typing import Callable, Optional
 
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.evaluation import compositional
 from muse_jax.evaluation.clip_score import ClipScoreStats
 from muse_jax.evaluation.fid import FeatureStats, Gaussian, fid
@@ -100,12 +101,10 @@ class Accumulators:
 
 
 def _atomic_write(path: str, write: Callable) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """`write(file)` into memory, then muse_jax.paths.write_atomic (local or gs://)."""
+  buf = io.BytesIO()
+  write(buf)
+  paths.write_atomic(path, buf.getvalue())
 
 
 def identity(ev: Evaluation) -> dict:
@@ -116,16 +115,16 @@ def identity(ev: Evaluation) -> dict:
 
 def save_state(ev: Evaluation, acc: Accumulators, done: int) -> None:
   meta = json.dumps({"identity": identity(ev), "done": int(done)}, sort_keys=True)
-  _atomic_write(os.path.join(ev.out, STATE_FILE),
+  _atomic_write(f"{ev.out}/{STATE_FILE}",
                 lambda f: np.savez(f, meta=np.array(meta), **acc.arrays()))
 
 
 def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
   """(images done, statistics) saved in OUT, or (0, empty) when nothing is saved."""
-  path = os.path.join(ev.out, STATE_FILE)
-  if not os.path.exists(path):
+  path = paths.resolve(ev.out) / STATE_FILE
+  if not path.exists():
     return 0, Accumulators(ev.metrics)
-  with np.load(path) as z:
+  with np.load(io.BytesIO(path.read_bytes())) as z:
     meta = json.loads(str(z["meta"]))
     saved, want = meta["identity"], json.loads(json.dumps(identity(ev), sort_keys=True))
     if saved != want:
@@ -143,10 +142,12 @@ def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
 
 def _save_images(ev: Evaluation, images: np.ndarray, start: int) -> None:
   from PIL import Image
-  d = os.path.join(ev.out, "images")
-  os.makedirs(d, exist_ok=True)
+  d = paths.resolve(ev.out) / "images"
+  d.mkdir(parents=True, exist_ok=True)
   for i, img in enumerate(images):
-    Image.fromarray(img).save(os.path.join(d, f"{start + i:06d}.png"))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    (d / f"{start + i:06d}.png").write_bytes(buf.getvalue())
 
 
 def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
@@ -157,7 +158,7 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
   n, bs, cs = len(ev.captions), ev.batch_size, ev.chunk_size
   if bs < 1 or cs < bs or cs % bs:
     raise ValueError(f"--chunk_size={cs} must be a positive multiple of --batch_size={bs}")
-  os.makedirs(ev.out, exist_ok=True)
+  paths.resolve(ev.out).mkdir(parents=True, exist_ok=True)
   done, acc = load_state(ev)
   chunks = -(-n // cs)
   if done:
@@ -178,7 +179,7 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
       if c == 0 and ev.grid:
         grid.extend(images[:valid][:ev.grid - len(grid)])
     if c == 0 and grid:   # before the state: a run past chunk 0 always has its grid
-      save_grid(np.stack(grid), os.path.join(ev.out, GRID_FILE), columns=4)
+      save_grid(np.stack(grid), f"{ev.out}/{GRID_FILE}", columns=4)
     done = min((c + 1) * cs, n)
     save_state(ev, acc, done)
     rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
@@ -246,7 +247,7 @@ def cascade_images(pipe, captions: list[str], seed: int) -> Callable[[list[int]]
 
 def write_report(out: str, report: dict) -> str:
   """OUT/eval.json, written into a temporary file and renamed."""
-  path = os.path.join(out, "eval.json")
+  path = f"{out}/eval.json"
   text = json.dumps(report, indent=1, sort_keys=True) + "\n"
   _atomic_write(path, lambda f: f.write(text.encode()))
   return path

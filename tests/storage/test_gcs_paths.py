@@ -87,3 +87,28 @@ def test_metrics_log_truncates_on_resume_and_tensorboard_writes_events(root):
   events = list((paths.resolve(root) / "tensorboard").iterdir())
   assert len(events) == 1 and events[0].name.startswith("events.out.tfevents")
   assert events[0].stat().length > 0
+
+
+def test_evaluation_outputs_on_gcs_resume_and_reference_stats(root):
+  from muse_jax import paths
+  from muse_jax.evaluation import fid, runner
+  out = f"{root}/eval"
+  rng = np.random.default_rng(0)
+  ev = runner.Evaluation(out=out, captions=["two red circles"] * 6,
+                         metrics=(), batch_size=2, chunk_size=2, identity={},
+                         grid=2, save_images=True)
+  images = lambda idx: rng.integers(0, 256, (len(idx), 16, 16, 3), dtype=np.uint8)
+  assert runner.run(ev, images, log=lambda s: None, max_chunks=1) is None  # stopped, saved
+  assert runner.load_state(ev)[0] == 2
+  acc = runner.run(ev, images, log=lambda s: None)  # resumes at chunk 2 from gs://
+  assert acc is not None and runner.load_state(ev)[0] == 6
+  names = {p.name for p in (paths.resolve(out) / "images").iterdir()}
+  assert names == {f"{i:06d}.png" for i in range(6)}
+  assert (paths.resolve(out) / runner.GRID_FILE).is_file()
+  report = runner.write_report(out, {"metrics": {}})
+  assert json.loads(paths.resolve(report).read_text()) == {"metrics": {}}
+  g = fid.Gaussian(mean=np.arange(3.0), cov=np.eye(3), count=5)
+  fid.save_stats(f"{out}/ref.npz", g, {"inception": "x"})
+  back = fid.load_stats(f"{out}/ref.npz")
+  np.testing.assert_array_equal(back.cov, g.cov)
+  assert fid.load_stats_info(f"{out}/ref.npz") == {"inception": "x"}
