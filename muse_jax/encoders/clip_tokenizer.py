@@ -26,12 +26,12 @@ Differences:
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 from typing import Sequence
 
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.encoders.text_tokenizer import TokenizedBatch
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -87,10 +87,8 @@ class CLIPTokenizer:
 
   def __init__(self, vocab_file: str, merges_file: str, max_length: int = 77,
                pad_token: str = EOS):
-    with open(vocab_file, encoding="utf-8") as f:
-      self.vocab: dict[str, int] = json.load(f)
-    with open(merges_file, encoding="utf-8") as f:
-      lines = [ln.rstrip("\n") for ln in f]
+    self.vocab: dict[str, int] = json.loads(paths.resolve(vocab_file).read_text("utf-8"))
+    lines = paths.resolve(merges_file).read_text("utf-8").splitlines()
     if lines and lines[0].startswith("#version"):
       lines = lines[1:]
     self.ranks = {tuple(ln.split(" ")): r for r, ln in enumerate(ln for ln in lines if ln)}
@@ -107,7 +105,8 @@ class CLIPTokenizer:
   @classmethod
   def from_dir(cls, path: str, **kwargs) -> "CLIPTokenizer":
     """From a directory holding vocab.json and merges.txt (a Hugging Face CLIP checkpoint)."""
-    return cls(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"), **kwargs)
+    root = str(path).rstrip("/")
+    return cls(f"{root}/vocab.json", f"{root}/merges.txt", **kwargs)
 
   def _bpe(self, word: str) -> list[str]:
     symbols = list(word[:-1]) + [word[-1] + "</w>"]

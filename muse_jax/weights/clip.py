@@ -21,12 +21,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from typing import Callable
 
 import jax
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.models import clip as C
 from muse_jax.models.clip_preprocess import preprocess, validate_images
 from muse_jax.models.functional import FunctionalModel, functionalize
@@ -78,12 +78,11 @@ def config_from_hf(config: dict) -> C.CLIPConfig:
 
 def read_config(path: str) -> C.CLIPConfig:
   """The `CLIPConfig` of the config.json in directory `path` (or next to file `path`)."""
-  d = path if os.path.isdir(path) else os.path.dirname(path)
-  f = os.path.join(d, "config.json")
-  if not os.path.exists(f):
+  p = paths.resolve(path)
+  d = p if p.is_dir() else p.parent
+  if not (d / "config.json").exists():
     raise FileNotFoundError(f"no config.json in {d}; pass a CLIPConfig (cfg=...)")
-  with open(f) as fh:
-    return config_from_hf(json.load(fh))
+  return config_from_hf(json.loads((d / "config.json").read_text()))
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,12 +20,12 @@ norm_type group, mid_block_add_attention False (Muse's tokenizer has no attentio
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.models import vqgan as V
 from muse_jax.models.functional import functionalize
 from muse_jax.weights.safetensors_io import SafetensorsReader, WeightsError, check_keys
@@ -69,13 +69,12 @@ def vqgan_config_from_diffusers(cfg: dict[str, Any], **overrides) -> V.VQGANConf
 
 def read_diffusers_config(path: str) -> dict[str, Any]:
   """config.json of a diffusers model directory (or of the directory holding `path`)."""
-  d = path if os.path.isdir(path) else os.path.dirname(path)
-  f = os.path.join(d, "config.json")
-  if not os.path.exists(f):
+  p = paths.resolve(path)
+  f = (p if p.is_dir() else p.parent) / "config.json"
+  if not f.exists():
     raise FileNotFoundError(f"{f} not found: pass the VQModel directory (with config.json) or "
                             "give the architecture in the muse_jax config (model.*)")
-  with open(f) as h:
-    return json.load(h)
+  return json.loads(f.read_text())
 
 
 def _key_str(path) -> list[str]:
@@ -128,7 +127,7 @@ def load_diffusers_vq(path: str, cfg: V.VQGANConfig | None = None):
   """
   if cfg is None:
     cfg = vqgan_config_from_diffusers(read_diffusers_config(path))
-  file = os.path.join(path, WEIGHTS_NAME) if os.path.isdir(path) else path
+  file = f"{path.rstrip('/')}/{WEIGHTS_NAME}" if paths.resolve(path).is_dir() else path
   if not file.endswith(".safetensors"):
     raise WeightsError(f"{file}: only .safetensors VQModel weights are read (never pickles); "
                        "convert .bin/.ckpt files with safetensors first")
