@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.encoders.clip_tokenizer import BOS, EOS, CLIPTokenizer, byte_alphabet
 from muse_jax.evaluation.clip_score import SCALE, ClipScoreStats
 from muse_jax.models import clip as C
@@ -58,12 +59,12 @@ def random_params(abstract: dict, seed: int = RANDOM_SEED) -> dict:
 
 def file_digest(path: str) -> str:
   """sha256 of a weight file, or of a directory's *.safetensors files in name order."""
-  files = [path]
-  if os.path.isdir(path):
-    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+  files = [paths.resolve(path)]
+  if files[0].is_dir():
+    files = sorted(f for f in files[0].iterdir() if f.name.endswith(".safetensors"))
   h = hashlib.sha256()
   for f in files:
-    with open(f, "rb") as fh:
+    with f.open("rb") as fh:
       for block in iter(lambda: fh.read(1 << 22), b""):
         h.update(block)
   return h.hexdigest()
@@ -93,7 +94,7 @@ def load_inception(weights: Optional[str], variant: str = "fid",
     raise ValueError(f"--inception_variant={variant!r}: choose one of {', '.join(I.VARIANTS)}")
   if weights:
     params = inception_weights.load_inception(weights)
-    info = {"weights": os.path.abspath(weights), "weights_sha256": file_digest(weights),
+    info = {"weights": str(paths.resolve(weights)), "weights_sha256": file_digest(weights),
             "random_weights": False}
   else:
     params = random_params(inception_weights.model_def(variant).abstract_params())
@@ -114,12 +115,12 @@ def bytes_tokenizer(max_length: int) -> CLIPTokenizer:
   vocab = {s: i for i, s in enumerate(alphabet + [a + "</w>" for a in alphabet])}
   vocab[BOS], vocab[EOS] = len(vocab), len(vocab) + 1
   with tempfile.TemporaryDirectory() as d:
-    paths = [os.path.join(d, f) for f in TOKENIZER_FILES]
-    with open(paths[0], "w", encoding="utf-8") as f:
+    files = [os.path.join(d, f) for f in TOKENIZER_FILES]
+    with open(files[0], "w", encoding="utf-8") as f:
       json.dump(vocab, f)
-    with open(paths[1], "w", encoding="utf-8") as f:
+    with open(files[1], "w", encoding="utf-8") as f:
       f.write("#version: 0.2\n")
-    return CLIPTokenizer(*paths, max_length=max_length)
+    return CLIPTokenizer(*files, max_length=max_length)
 
 
 class ClipScorer:
@@ -147,18 +148,18 @@ def load_clip(weights: Optional[str], model: str = "vit_b32") -> ClipScorer:
   random-weight `model` (muse_jax.models.clip.CONFIGS) with `bytes_tokenizer` when `weights` is
   None or ''."""
   if weights:
-    if not os.path.exists(weights):
+    w = paths.resolve(weights)
+    if not w.exists():
       raise FileNotFoundError(f"--clip_weights={weights}: no such file or directory")
-    d = weights if os.path.isdir(weights) else os.path.dirname(weights)
-    missing = [f for f in ("config.json",) + TOKENIZER_FILES
-               if not os.path.isfile(os.path.join(d, f))]
+    d = w if w.is_dir() else w.parent
+    missing = [f for f in ("config.json",) + TOKENIZER_FILES if not (d / f).is_file()]
     if missing:
       raise FileNotFoundError(f"--clip_weights={weights}: {d} has no {', '.join(missing)} "
                               "(a Hugging Face CLIP checkpoint has all of them)")
     cfg, params = clip_weights.load_clip(weights)
-    tokenizer = CLIPTokenizer.from_dir(d, max_length=cfg.text.max_length)
-    info = {"weights": os.path.abspath(weights), "weights_sha256": file_digest(weights),
-            "random_weights": False, "tokenizer": os.path.abspath(d)}
+    tokenizer = CLIPTokenizer.from_dir(str(d), max_length=cfg.text.max_length)
+    info = {"weights": str(w), "weights_sha256": file_digest(weights),
+            "random_weights": False, "tokenizer": str(d)}
   else:
     cfg = C.get_config(model)
     params = random_params(clip_weights.model_def(cfg).abstract_params())

@@ -65,11 +65,11 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
 
   @staticmethod
   def _resolve(path: str) -> list[str]:
-    p = paths.resolve(path) if paths.is_url(path) else None
-    if not (p.exists() if p else os.path.exists(path)):
+    p = paths.resolve(path)
+    if not p.exists():
       raise FileNotFoundError(f"weights not found: {path}")
-    if p.is_dir() if p else os.path.isdir(path):
-      names = [c.name for c in p.iterdir()] if p else os.listdir(path)
+    if p.is_dir():
+      names = [c.name for c in p.iterdir()]
       idx = [f for f in names if f.endswith(".safetensors.index.json")]
       if idx:
         return SafetensorsReader._resolve(f"{path.rstrip('/')}/{idx[0]}")
