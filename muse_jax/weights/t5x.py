@@ -17,6 +17,8 @@ array's `.zarray` and each chunk its metadata implies. TensorStore only decodes,
 in-memory store we fill with those bytes, so it never opens a file itself. A chunk file that is
 missing is an error naming it: T5X writes every chunk (it sets no fill value), so a missing one
 is a lost file, not a constant block. Nothing is unpickled; msgpack is data-only.
+A checkpoint on gs:// (e.g. gs://t5-data/pretrained_models/...) is read through etils.epath;
+object stores have no symlinks, so there the containment check is on the path itself.
 
 T5X names and layouts (under `target/`), with the muse_jax destination:
   token_embedder/embedding                      [vocab, embed]        -> same
@@ -38,6 +40,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from muse_jax import paths
 from muse_jax.models.t5 import T5Config
 from muse_jax.weights.safetensors_io import WeightsError, check_keys
 from muse_jax.weights.t5_hf import Entry, Path, nest
@@ -91,9 +94,9 @@ def read_checkpoint_tree(checkpoint_dir: str) -> dict[str, Any]:
   """The msgpack `checkpoint` of a T5X directory, as {'target/...' name: array or spec}."""
   from flax import serialization  # data-only msgpack decoding (ext types for ndarrays)
   path = os.path.join(checkpoint_dir, "checkpoint")
-  if not os.path.isfile(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"no T5X `checkpoint` file in {checkpoint_dir}")
-  blob = _read_inside(os.path.realpath(checkpoint_dir), path, "checkpoint file")
+  blob = _read_inside(_root(checkpoint_dir), path, "checkpoint file")
   try:
     state = serialization.msgpack_restore(blob)
   except Exception as e:  # msgpack raises several unrelated types on malformed input
@@ -136,9 +139,14 @@ def safe_array_path(checkpoint_dir: str, spec: dict, name: str) -> str:
       or ".." in parts or "\x00" in rel):
     raise WeightsError(f"T5X array {name}: refusing path {rel!r}; only relative paths inside "
                        f"the checkpoint directory {checkpoint_dir} are accepted")
-  root = os.path.realpath(checkpoint_dir)
-  full = os.path.realpath(os.path.join(root, rel))
-  if os.path.commonpath([root, full]) != root or full == root:
+  root = _root(checkpoint_dir)
+  if paths.is_url(root):  # no symlinks, and `parts` holds no '..': inside by construction
+    full = "/".join([root] + [p for p in parts if p not in ("", ".")])
+    inside = full != root
+  else:
+    full = os.path.realpath(os.path.join(root, rel))
+    inside = os.path.commonpath([root, full]) == root and full != root
+  if not inside:
     raise WeightsError(f"T5X array {name}: path {rel!r} resolves to {full}, outside the "
                        f"checkpoint directory {root}")
   return full
@@ -149,9 +157,19 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
+def _root(checkpoint_dir: str) -> str:
+  """The checkpoint directory with symlinks resolved; a URL as given."""
+  return checkpoint_dir.rstrip("/") if paths.is_url(checkpoint_dir) else os.path.realpath(
+      checkpoint_dir)
+
+
 def _read_inside(root: str, path: str, what: str) -> bytes:
   """The bytes of the file at `path`, which must resolve (symlinks followed) inside `root`, a
   resolved directory; WeightsError naming `what` and the path otherwise, or if it is missing."""
+  if paths.is_url(root):
+    if not path.startswith(root + "/") or not paths.resolve(path).is_file():
+      raise WeightsError(f"T5X {what}: {path} is missing or outside {root}")
+    return paths.resolve(path).read_bytes()
   real = os.path.realpath(path)
   if os.path.commonpath([root, real]) != root:
     raise WeightsError(f"T5X {what}: {path} resolves to {real}, outside the checkpoint "
@@ -219,9 +237,9 @@ class _Leaf:
     self.name = name
     if _is_spec(value):
       path = safe_array_path(checkpoint_dir, value, name)
-      if not os.path.isdir(path):
+      if not paths.resolve(path).is_dir():
         raise WeightsError(f"T5X array {name}: {path} does not exist")
-      self.store = _ZarrArray(os.path.realpath(checkpoint_dir), path, name)
+      self.store = _ZarrArray(_root(checkpoint_dir), path, name)
       self.array = None
       self.shape = self.store.shape
     else:
@@ -243,7 +261,7 @@ def iter_t5x_params(checkpoint_dir: str, cfg: T5Config, dtype=np.float32
   is read), then the key set is checked against the config (WeightsError names missing,
   unexpected and misshapen keys), then tensors are read one by one.
   """
-  if os.path.isfile(checkpoint_dir):  # accept the path of the `checkpoint` file too
+  if paths.resolve(checkpoint_dir).is_file():  # accept the path of the `checkpoint` file too
     checkpoint_dir = os.path.dirname(checkpoint_dir)
   flat = read_checkpoint_tree(checkpoint_dir)
   entries = t5x_entries(cfg)

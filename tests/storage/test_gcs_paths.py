@@ -112,3 +112,37 @@ def test_evaluation_outputs_on_gcs_resume_and_reference_stats(root):
   back = fid.load_stats(f"{out}/ref.npz")
   np.testing.assert_array_equal(back.cov, g.cov)
   assert fid.load_stats_info(f"{out}/ref.npz") == {"inception": "x"}
+
+
+def test_t5x_checkpoint_and_hf_safetensors_read_from_gcs(root, tmp_path):
+  """T5 weights as labs keep them (gs://t5-data/...): a T5X checkpoint with zarr arrays and
+  the Hugging Face safetensors of the same weights, both read from the bucket."""
+  import fsspec
+  from safetensors.numpy import save_file
+
+  from muse_jax.weights.safetensors_io import WeightsError
+  from muse_jax.weights.t5_hf import load_hf_params
+  from muse_jax.weights.t5x import load_t5x_params
+  from tests.weights.test_t5_weights import CFG, hf_tensors, t5x_target, write_t5x
+  weights = hf_tensors(CFG)
+  chunking = {"token_embedder/embedding": {"chunks": [100, 32]}}
+  local = write_t5x(str(tmp_path / "checkpoint_1"), t5x_target(weights, CFG), chunking=chunking)
+  save_file(weights, str(tmp_path / "model.safetensors"))
+  fs = fsspec.filesystem("gs")
+  fs.put(local, f"{root}/checkpoint_1", recursive=True)
+  fs.put(str(tmp_path / "model.safetensors"), f"{root}/hf/model.safetensors")
+  want = load_t5x_params(local, CFG)
+  for got in (load_t5x_params(f"{root}/checkpoint_1", CFG),
+              load_hf_params(f"{root}/hf/model.safetensors", CFG)):
+    for (pa, a), (pb, b) in zip(jax_leaves(got), jax_leaves(want)):
+      assert pa == pb
+      np.testing.assert_array_equal(a, b)
+  fs.rm(f"{root}/checkpoint_1/target.token_embedder.embedding/1.0")
+  with pytest.raises(WeightsError, match="missing"):
+    load_t5x_params(f"{root}/checkpoint_1", CFG)
+
+
+def jax_leaves(tree):
+  import jax
+  return [(jax.tree_util.keystr(p), np.asarray(v))
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)]
