@@ -16,6 +16,7 @@ import os
 
 import ml_collections
 
+from muse_jax import paths
 from muse_jax.configs import common_pipeline
 from muse_jax.data.manifest import read_manifest
 from muse_jax.workdir.saved_config import CONFIG_FILE as SAVED_CONFIG, load_saved_config
@@ -68,7 +69,7 @@ def pipeline_config(base: str, *, sr: str = "", vq_lo: str = "", vq_hi: str = ""
   pre_dir, manifest = _precompute_manifest(base_config, base)
   p.text_encoder = ml_collections.ConfigDict(manifest["config"]["text_encoder"])
   trained_spiece = os.path.join(pre_dir, "spiece.model")
-  if not p.text_encoder.spiece_model and os.path.isfile(trained_spiece):
+  if not p.text_encoder.spiece_model and paths.resolve(trained_spiece).is_file():
     p.text_encoder.spiece_model = trained_spiece
   if spiece_model:
     p.text_encoder.spiece_model = spiece_model
