@@ -5,15 +5,25 @@ r"""Run N training processes on this machine, as a multi-host job would (jax.dis
 
 Process i gets --coordinator_address=localhost:PORT --num_processes=N --process_id=i (and, on
 CPU, --cpu_collectives=gloo with XLA_FLAGS for the fake device count). Output of process i is
-prefixed with [i]. The launcher exits with the first non-zero status (and stops the others),
-so it behaves like a cluster scheduler for local testing of multi-process code paths.
+prefixed with [i].
+
+Like a cluster scheduler: as soon as one process exits with a non-zero status, the others are
+stopped (SIGTERM, then SIGKILL after --grace seconds), since a multi-process job cannot go on
+without it. SIGTERM and SIGINT sent to the launcher are passed to every process (they save a
+checkpoint and exit 143 or 130).
+
+Exit status: 0 when every process exited 0; otherwise the status of the first process that
+failed (128 + N for a process ended by signal N), or, when the launcher was signalled, that of
+the processes' own exit (143 or 130 after their checkpoint).
 """
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 
 def free_port() -> int:
@@ -28,6 +38,24 @@ def _pump(i, stream):
     sys.stdout.flush()
 
 
+def _status(rc: int) -> int:
+  return 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
+
+
+def _stop(procs, grace: float) -> None:
+  """SIGTERM to the processes still running, SIGKILL to those left after `grace` seconds."""
+  for p in procs:
+    if p.poll() is None:
+      p.terminate()
+  deadline = time.time() + grace
+  for p in procs:
+    try:
+      p.wait(timeout=max(0.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,6 +63,8 @@ def main(argv=None):
   parser.add_argument("--devices_per_process", type=int, default=0,
                       help="CPU only: fake devices per process (0 = leave XLA_FLAGS alone)")
   parser.add_argument("--port", type=int, default=0, help="coordinator port (0 = any free)")
+  parser.add_argument("--grace", type=float, default=60.0,
+                      help="seconds the others get to exit after one failed, before SIGKILL")
   parser.add_argument("command", nargs=argparse.REMAINDER,
                       help="python arguments after --, e.g. -m muse_jax.train ...")
   args = parser.parse_args(argv)
@@ -48,22 +78,45 @@ def main(argv=None):
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices_per_process}"
     env.setdefault("JAX_PLATFORMS", "cpu")
     extra = ["--cpu_collectives=gloo"]
-  procs = []
-  for i in range(args.num_processes):
-    full = [sys.executable, *cmd, f"--coordinator_address=localhost:{port}",
-            f"--num_processes={args.num_processes}", f"--process_id={i}", *extra]
-    p = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-    threading.Thread(target=_pump, args=(i, p.stdout), daemon=True).start()
-    procs.append(p)
-  status = 0
-  for p in procs:
-    rc = p.wait()
-    if rc and not status:
-      status = rc
-      for q in procs:
-        if q.poll() is None:
-          q.terminate()
+  procs, pumps = [], []
+  signalled = []
+
+  def forward(signum, frame):
+    signalled.append(signum)
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    for i in range(args.num_processes):
+      full = [sys.executable, *cmd, f"--coordinator_address=localhost:{port}",
+              f"--num_processes={args.num_processes}", f"--process_id={i}", *extra]
+      # Own process group: a Ctrl-C in the terminal reaches the processes once, through
+      # `forward`, not twice (a second Ctrl-C means "stop without saving").
+      p = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+      pumps.append(threading.Thread(target=_pump, args=(i, p.stdout), daemon=True))
+      pumps[-1].start()
+      procs.append(p)
+    status = 0
+    while [p.poll() for p in procs].count(None):  # polls every process
+      failed = [p for p in procs if p.returncode]  # in the order they were seen to fail
+      if failed and not signalled:
+        status = _status(failed[0].returncode)
+        print(f"launch/local.py: process {procs.index(failed[0])} exited with status "
+              f"{status}; stopping the others", file=sys.stderr, flush=True)
+        _stop(procs, args.grace)
+        break
+      time.sleep(0.1)
+    if not status:
+      status = next((_status(p.returncode) for p in procs if p.returncode), 0)
+  finally:
+    _stop(procs, args.grace)
+    for s, h in previous.items():
+      signal.signal(s, h)
+  for t in pumps:
+    t.join(timeout=5)
   return status
 
 
