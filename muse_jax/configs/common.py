@@ -77,6 +77,7 @@ def get_config(stage: str = "base") -> ml_collections.ConfigDict:
       every_steps=1000,
       keep=3,
       async_save=True,
+      stop_check_every=5,     # multi-process: steps between agreeing on a stop signal
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=512,         # global batch

@@ -4,8 +4,8 @@
 is one, then runs `train_step` until `config.train.num_steps`. The step's randomness is
 `fold_in(key(seed), step)`, and the input position is checkpointed, so a resumed run
 continues the same run. Stops (stops.py):
-- SIGTERM, a cluster preemption notice or Ctrl-C: checkpoint the current step, raise
-  `Preempted`;
+- SIGTERM, a cluster preemption notice or Ctrl-C, on any process: every process checkpoints
+  the same step (within `checkpoint.stop_check_every` steps, `AgreedStop`), raise `Preempted`;
 - a non-finite loss, or a non-finite state at a save: raise `NonFiniteLoss` naming the step.
   That state is never saved, and a checkpoint of the step before it, whose parameters the
   failing step started from, is moved out of the way, so the newest checkpoint is a good one;
@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import sys
 from typing import Any
 
@@ -37,7 +36,7 @@ from muse_jax.training.registry import validate
 from muse_jax.training.reporting import Reporter
 from muse_jax.training.resume import check_state_matches, resolve_schedule
 from muse_jax.training.steps import StepFunctions
-from muse_jax.training.stops import NonFiniteLoss, Preempted, StopSignals
+from muse_jax.training.stops import AgreedStop, NonFiniteLoss, Preempted, StopSignals
 from muse_jax.workdir.access import WorkdirWriteError, check_writable
 from muse_jax.workdir.checkpointer import Checkpointer, NonFiniteState
 from muse_jax.workdir.checkpoints import checkpoint_dir
@@ -191,6 +190,7 @@ class Trainer(StepFunctions):
 
     try:
       with StopSignals() as signals:
+        agreed_stop = AgreedStop(signals, cfg.checkpoint.stop_check_every)
         while step < total:
           local = next(self.train_source)
           batch = global_batch(local, self.batch_sh)
@@ -222,7 +222,7 @@ class Trainer(StepFunctions):
           if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
             for name, grid in self.stage.images(state, local).items():
               reporter.images(step, name, grid)
-          stop = signals.raised or self.ckpt.reached_preemption(step)
+          stop = agreed_stop(step)
           if stop or step == total or self.ckpt.should_save(step):
             if pending is not None:
               finish(pending)
@@ -233,7 +233,7 @@ class Trainer(StepFunctions):
               raise self._nonfinite(step, str(e)) from None
           if stop:
             self.ckpt.wait()
-            raise Preempted(step, ckpt_dir, signals.signum or signal.SIGTERM)
+            raise Preempted(step, ckpt_dir, agreed_stop.signum)
         if pending is not None:
           finish(pending)
     finally:

@@ -4,10 +4,19 @@
   checkpoint of the current step is written. Entry points exit with 128 + the signal number
   (143 for SIGTERM and preemption, 130 for Ctrl-C).
 - `NonFiniteLoss`: a non-finite loss, or a non-finite state at a save; never saved.
+
+A signal reaches one process, but saving is collective: `AgreedStop` makes every process of a
+multi-process run stop after the same step (see its docstring).
 """
 from __future__ import annotations
 
 import signal
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from muse_jax.configs.checks import ConfigError
 
 
 class NonFiniteLoss(RuntimeError):
@@ -61,3 +70,39 @@ class StopSignals:
   def __exit__(self, *exc):
     for sig, prev in self._prev.items():
       signal.signal(sig, prev)
+
+
+class AgreedStop:
+  """Whether the loop stops after `step`, decided the same way on every process.
+
+  Single process: as soon as a signal was recorded. Several processes: every `every` steps
+  all processes all-gather their recorded signal (0 for none); if any process has one, all
+  stop after that step, so a notice that reaches one host (a GKE eviction, a SLURM signal to
+  one node, a Ctrl-C in one terminal) stops the job within `every` steps, and every process
+  saves the same step. `signum` is then the signal of the lowest-numbered process that got
+  one, so all processes exit with the same status.
+
+  The all-gather is a device collective: it costs one tiny collective and a wait for the
+  current step, hence the `every` (checkpoint.stop_check_every). JAX's own preemption sync
+  (`multihost_utils.reached_preemption_sync_point`) is not used: its notifier is a SIGTERM
+  handler in C++, which the Python handler of `StopSignals` replaces (Python cannot chain to
+  it), and it knows nothing of Ctrl-C.
+  """
+
+  def __init__(self, signals: StopSignals, every: int):
+    if int(every) < 1:
+      raise ConfigError(f"checkpoint.stop_check_every={every} must be at least 1")
+    self.signals, self.every = signals, int(every)
+    self.signum = None
+
+  def __call__(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      self.signum = self.signals.signum
+      return self.signum is not None
+    if step % self.every:
+      return False
+    seen = np.asarray(multihost_utils.process_allgather(np.int32(self.signals.signum or 0)))
+    seen = seen[seen != 0]
+    if seen.size:
+      self.signum = int(seen[0])
+    return self.signum is not None
