@@ -147,7 +147,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_p
   np.testing.assert_array_equal([r["loss"] for r in la], [r["loss"] for r in lb])
 
 
-def test_sigkill_of_one_process_ends_the_other_with_one_line(tmp_path, logs):
+def test_sigkill_of_one_process_ends_the_other_within_the_heartbeat_timeout(tmp_path, logs):
   """The survivor is stuck in a collective; JAX's heartbeat (set to 5 s) must end it."""
   wd = str(tmp_path)
   procs = start(wd, logs, "--config.train.num_steps=100000", heartbeat=5)
