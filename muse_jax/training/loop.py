@@ -197,18 +197,22 @@ class Trainer(StepFunctions):
           state, metrics = self.train_step_fn(state, batch, np.int32(step))
           step += 1
           logged = step % log_every == 0 or step == total
-          # A failed background save stops the run now, not at the next save. Processes
-          # agree only on logged steps (they wait for the step there anyway).
-          self.ckpt.poll(collective=logged)
           if step == start + 1:  # keep compilation out of the throughput numbers
             jax.block_until_ready(metrics)
             reporter.message(f"step {step} compiled and ran in {reporter.reset_timer(step):.1f}s")
           if pending is not None:
             finish(pending)
           pending = (step, metrics)
-          if logged:
+          if logged or agreed_stop.due(step):
+            # The all-gathers below run only once this step is done: on CPU, XLA may run
+            # programs that share no arrays side by side, and two processes could then enter
+            # their collectives in different orders and wait for each other for ever.
             m = finish(pending)
             pending = None
+          # A failed background save stops the run now, not at the next save. Processes
+          # agree only on logged steps.
+          self.ckpt.poll(collective=logged)
+          if logged:
             reporter.scalars(step, m, prefix="train/")
             reporter.console(step, m, examples_per_step=b, flops_per_step=flops_per_step,
                              peak_flops=peak)

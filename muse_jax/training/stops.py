@@ -95,11 +95,15 @@ class AgreedStop:
     self.signals, self.every = signals, int(every)
     self.signum = None
 
+  def due(self, step: int) -> bool:
+    """True when `step` is one at which the processes all-gather (multi-process only)."""
+    return jax.process_count() > 1 and step % self.every == 0
+
   def __call__(self, step: int) -> bool:
     if jax.process_count() == 1:
       self.signum = self.signals.signum
       return self.signum is not None
-    if step % self.every:
+    if not self.due(step):
       return False
     seen = np.asarray(multihost_utils.process_allgather(np.int32(self.signals.signum or 0)))
     seen = seen[seen != 0]

@@ -28,15 +28,15 @@ from tests.training.helpers import REPO, cli_env, flat, tiny_config, train_cmd
 
 CHECK_EVERY = 3
 STEPS = 40
-# metrics.jsonl has every step whatever log_every; a long log_every keeps the processes'
-# extra agreement (the save-failure check of logged steps) out of the way.
-ARGS = [f"--config.train.num_steps={STEPS}", "--config.train.log_every=1000",
+# Logged steps (every 2nd) add the processes' save-failure all-gather, so both kinds of
+# agreement interleave with the train steps.
+ARGS = [f"--config.train.num_steps={STEPS}", "--config.train.log_every=2",
         "--config.train.eval_every=0", "--config.checkpoint.every_steps=1000",
         "--config.checkpoint.keep=10", f"--config.checkpoint.stop_check_every={CHECK_EVERY}"]
 
 
 def config():
-  c = tiny_config(num_steps=STEPS, log_every=1000)
+  c = tiny_config(num_steps=STEPS, log_every=2)
   c.checkpoint.update(dict(every_steps=1000, keep=10, stop_check_every=CHECK_EVERY))
   return c
 
