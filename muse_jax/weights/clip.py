@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Callable
 
 import jax
 import numpy as np

@@ -175,7 +175,7 @@ def state_mismatch(workdir: str, step: int, abstract_state: Any) -> Optional[str
   """How the train state saved at `step` differs in structure or shapes from
   `abstract_state` (read from Orbax's metadata, no arrays), or None when it matches or the
   metadata cannot be read (the restore then reports what is wrong)."""
-  path = os.path.join(checkpoint_dir(workdir), str(step), "state")
+  path = f"{checkpoint_dir(workdir)}/{step}/state"
   logger, level = _quiet_absl()
   try:
     meta = ocp.PyTreeCheckpointer().metadata(path).item_metadata

@@ -4,7 +4,6 @@ A real resume past a torn last line is in test_trainer.py::test_restore_onto_a_d
 """
 import json
 import logging
-import os
 
 from muse_jax.training.reporting import Reporter
 

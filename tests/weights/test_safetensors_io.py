@@ -1,6 +1,5 @@
 """Malformed safetensors files and indexes: one WeightsError line naming the file and problem."""
 import json
-import os
 import struct
 
 import numpy as np
