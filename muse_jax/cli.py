@@ -10,7 +10,10 @@ Exit status:
   5    a write into the workdir failed during the run (disk full, permission denied): the
        newest checkpoint written before it is kept; fix the disk, rerun to resume
   130  stopped by Ctrl-C (SIGINT); after saving a checkpoint when the loop was running
-  143  stopped by SIGTERM/preemption after saving a checkpoint (rerun to resume)
+  134  multi-process: another process died and JAX's heartbeat ended this one (SIGABRT);
+       rerun to resume from the newest checkpoint
+  143  stopped by SIGTERM/preemption after saving a checkpoint (rerun to resume); in a
+       multi-process run, a notice to any process stops all of them at one step
 """
 from __future__ import annotations
 

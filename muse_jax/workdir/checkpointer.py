@@ -95,10 +95,6 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0
 
-  def reached_preemption(self, step: int) -> bool:
-    """True on every process once the cluster announced a preemption (multi-process only)."""
-    return jax.process_count() > 1 and self.manager.reached_preemption(step)
-
   # --- writing -----------------------------------------------------------------------------
   def _write_failed(self, step: Optional[int], error: BaseException) -> WorkdirWriteError:
     try:
