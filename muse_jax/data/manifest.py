@@ -10,7 +10,8 @@ the count and every dropped file can be found: a source's ids name the file (or 
 or file and row) each record came from. The lists come from the shards' index entries, so a
 resumed run lists the same records as an uninterrupted one.
 
-`write_json` writes to a temporary name and renames, so a reader never sees half a file.
+Paths go through etils.epath (`muse_jax.paths`), so the directory may be a gs:// URL;
+`write_json` writes atomically (paths.write_atomic), so a reader never sees half a file.
 `shard_mismatch` checks a finished shard against its index entry (size, then sha256).
 """
 from __future__ import annotations
@@ -20,6 +21,9 @@ import json
 import os
 from typing import Sequence
 
+from etils import epath
+
+from muse_jax import paths
 from muse_jax.data import records
 
 MANIFEST = "manifest.json"
@@ -28,34 +32,28 @@ FORMAT_VERSION = 1
 
 
 def write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  paths.write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def _write_skipped(path: str, splits: dict[str, list[dict]]) -> tuple[int, int]:
   """Writes the skipped records of every shard entry to `path` (JSON lines); returns (listed,
   unlisted): entries written before ids were recorded count their skips as unlisted."""
   listed = unlisted = 0
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    for split, shards in splits.items():
-      for e in shards:
-        if "skipped_ids" not in e:
-          unlisted += sum(e["skipped"].values())
-          continue
-        for ident, reason in e["skipped_ids"]:
-          f.write(json.dumps({"split": split, "id": ident, "reason": reason}) + "\n")
-          listed += 1
-  os.replace(tmp, path)
+  lines = []
+  for split, shards in splits.items():
+    for e in shards:
+      if "skipped_ids" not in e:
+        unlisted += sum(e["skipped"].values())
+        continue
+      for ident, reason in e["skipped_ids"]:
+        lines.append(json.dumps({"split": split, "id": ident, "reason": reason}) + "\n")
+        listed += 1
+  paths.write_atomic(path, "".join(lines))
   return listed, unlisted
 
 
 def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
 
 
 def _sum_counts(dicts) -> dict[str, int]:
@@ -74,7 +72,7 @@ def write_manifest(workdir: str, config, spec: records.RecordSpec, splits: Seque
     shards = []
     for p in range(process_count):
       path = os.path.join(workdir, "index", f"{split}-{p:05d}.json")
-      if not os.path.exists(path):
+      if not epath.Path(path).exists():
         raise RuntimeError(f"process {p} has not finished split {split!r} ({path} missing)")
       shards += read_json(path)["shards"]
     shards.sort(key=lambda e: (e["process"], e["shard"]))
@@ -100,7 +98,7 @@ def write_manifest(workdir: str, config, spec: records.RecordSpec, splits: Seque
 def read_manifest(path: str) -> dict:
   """The manifest of a precompute output directory (or of the manifest file itself)."""
   file = path if path.endswith(".json") else os.path.join(path, MANIFEST)
-  if not os.path.exists(file):
+  if not epath.Path(file).exists():
     raise FileNotFoundError(f"no {MANIFEST} in {path!r}: run `python -m muse_jax.precompute "
                             f"--workdir={path}` first (or point data.path at its output)")
   m = read_json(file)
@@ -111,7 +109,7 @@ def read_manifest(path: str) -> dict:
 
 
 def sha256_file(path: str) -> str:
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -122,7 +120,7 @@ def shard_mismatch(path: str, entry: dict) -> str | None:
   catches changed bytes. Entries written before sizes were recorded are checked by hash only.
   """
   try:
-    size = os.path.getsize(path)
+    size = epath.Path(path).stat().length
   except FileNotFoundError:
     return "is missing"
   if "bytes" in entry and size != int(entry["bytes"]):

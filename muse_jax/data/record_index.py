@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 from etils import epath
 
+from muse_jax import paths
 from muse_jax.data import records
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,9 @@ def offsets_from_sizes(sizes: Sequence[int]) -> np.ndarray:
 
 
 def write_index(shard: str, offsets: np.ndarray) -> None:
-  """Writes `<shard>.idx` atomically (a temporary name in the same directory, then a rename)."""
-  final = epath.Path(index_path(shard))
-  tmp = final.parent / f"{final.name}.tmp-{threading.get_native_id()}-{time.time_ns()}"
-  tmp.write_bytes(np.asarray(offsets, "<u8").tobytes())
-  tmp.replace(final)
+  """Writes `<shard>.idx` atomically (paths.write_atomic: a local temporary file renamed, or
+  one object upload)."""
+  paths.write_atomic(index_path(shard), np.asarray(offsets, "<u8").tobytes())
 
 
 def scan_offsets(shard: str) -> np.ndarray:

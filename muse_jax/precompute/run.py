@@ -28,7 +28,9 @@ import time
 from typing import Callable, Sequence
 
 import jax
+from etils import epath
 
+from muse_jax import paths
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data import preprocess, raw_sources
 from muse_jax.data.manifest import MANIFEST, sha256_file, write_manifest
@@ -59,7 +61,7 @@ def ensure_spiece_model(config, workdir: str) -> str:
   if config.text_encoder.spiece_model or int(config.precompute.spiece_vocab_size) <= 0:
     return str(config.text_encoder.spiece_model)
   path = os.path.join(workdir, "spiece.model")
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     return path
   data = split_data(config, config.precompute.splits[0])
   raw = raw_sources.make_source(data).raw_examples(0, 1)
@@ -71,10 +73,7 @@ def ensure_spiece_model(config, workdir: str) -> str:
     except preprocess.SkipExample:
       pass
   blob = train_spiece_model(caps, int(config.precompute.spiece_vocab_size))
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, path)  # every process writes the same bytes
+  paths.write_atomic(path, blob)  # every process writes the same bytes
   return path
 
 
@@ -108,8 +107,8 @@ def run_precompute(config, workdir: str, *, stream=None,
   (on process 0; None elsewhere). `models_fn(config, mesh, spiece_model)` overrides the
   model construction (tests)."""
   stream = stream or sys.stdout
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = str(paths.resolve(workdir))
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   mesh = make_mesh(config.mesh)
   validate_config(config, jax.process_count(), data_parallel_size(mesh))
   t0 = time.perf_counter()

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from muse_jax import paths
 from muse_jax.data import preprocess, raw_sources, record_index, records
 from muse_jax.data.manifest import MANIFEST, read_json, shard_mismatch, write_json
 from muse_jax.data.preprocess import SkipCounter
@@ -67,7 +68,10 @@ class ShardWriter:
     p = epath.Path(path)
     for stale in p.parent.glob(glob.escape(p.name) + ".tmp-*"):  # left by a killed run
       stale.unlink()
-    self.path, self.tmp = path, epath.Path(f"{path}.tmp-{os.getpid()}")
+    # An object store has no rename (gcsfs copies, then deletes), but an object appears only
+    # when its upload completes: on a URL the shard is written under its own name.
+    self.path = path
+    self.tmp = p if paths.is_url(path) else epath.Path(f"{path}.tmp-{os.getpid()}")
     self.file = self.tmp.open("wb")
     self.sha = hashlib.sha256()
     self.count = self.size = 0
@@ -91,7 +95,8 @@ class ShardWriter:
     if fd is not None:  # local files: on disk before the rename
       os.fsync(fd)
     self.file.close()
-    self.tmp.replace(self.path)
+    if self.tmp != epath.Path(self.path):
+      self.tmp.replace(self.path)
     record_index.write_index(self.path, record_index.offsets_from_sizes(self.frame_sizes))
     return self.sha.hexdigest()
 
