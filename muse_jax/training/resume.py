@@ -96,17 +96,17 @@ def state_keys_changed(config, saved: dict) -> list[str]:
 
 def check_state_matches(config, workdir: str, abstract_state) -> None:
   """ConfigError when the newest checkpoint in `workdir` holds a state of another shape than
-  `config` builds, naming the config keys that differ from the saved config.json."""
+  `config` builds and the config keys that decide the state differ from the saved config.json
+  (named in the message). With those keys unchanged, a checkpoint that does not match is a
+  damaged one: the restore's integrity checks deal with it (they fall back to an older step)."""
   step = latest_step(workdir)
   if step is None:
     return
-  problem = state_mismatch(workdir, step, abstract_state)
-  if problem is None:
-    return
   saved = saved_config(workdir)
   changed = state_keys_changed(config, saved) if saved else []
-  what = (f"the config differs from {workdir}/{CONFIG_FILE} in {', '.join(changed)}"
-          if changed else f"({problem})")
+  if not changed or state_mismatch(workdir, step, abstract_state) is None:
+    return
   raise ConfigError(f"the checkpoint at step {step} in {workdir} holds another model than this "
-                    f"config builds: {what}; rerun with the saved values to resume, or use a "
+                    f"config builds: the config differs from {workdir}/{CONFIG_FILE} in "
+                    f"{', '.join(changed)}; rerun with the saved values to resume, or use a "
                     "new --workdir to start a new run")

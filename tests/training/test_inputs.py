@@ -40,7 +40,8 @@ def test_an_unreadable_record_mid_run_is_an_input_error(tmp_path):
     byte = f.read(1)
     f.seek(20)
     f.write(bytes([byte[0] ^ 1]))
-  src = open_input(_TokenStage(_config(tmp_path, batch=2)), "train", 0, 1)
+  # The tf reader stops at a record whose framing CRC fails (grain and numpy skip and count it).
+  src = open_input(_TokenStage(_config(tmp_path, batch=2, reader="tf")), "train", 0, 1)
   src.set_state({"position": 4})
   assert src.get_state()["positions"] == [4]
   with pytest.raises(InputError) as e:
