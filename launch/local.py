@@ -4,8 +4,9 @@ r"""Run N training processes on this machine, as a multi-host job would (jax.dis
       -m muse_jax.train --config=configs/tiny.py --workdir=/tmp/run
 
 Process i gets --coordinator_address=localhost:PORT --num_processes=N --process_id=i (and, on
-CPU, --cpu_collectives=gloo with XLA_FLAGS for the fake device count). Output of process i is
-prefixed with [i].
+CPU, --cpu_collectives=gloo with XLA_FLAGS for the fake device count; on GPU,
+--gpus_per_process=K gives process i its own K GPUs through CUDA_VISIBLE_DEVICES). Output of
+process i is prefixed with [i]. NVLink multicast stays off (NCCL_NVLS_ENABLE=0 unless set).
 
 Like a cluster scheduler: as soon as one process exits with a non-zero status, the others are
 stopped (SIGTERM, then SIGKILL after --grace seconds), since a multi-process job cannot go on
@@ -62,6 +63,9 @@ def main(argv=None):
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=0,
                       help="CPU only: fake devices per process (0 = leave XLA_FLAGS alone)")
+  parser.add_argument("--gpus_per_process", type=int, default=0,
+                      help="GPU only: process i sees GPUs i*K..i*K+K-1 of those visible "
+                      "(0 = every process sees every visible GPU)")
   parser.add_argument("--port", type=int, default=0, help="coordinator port (0 = any free)")
   parser.add_argument("--grace", type=float, default=60.0,
                       help="seconds the others get to exit after one failed, before SIGKILL")
@@ -73,6 +77,9 @@ def main(argv=None):
     parser.error("give the python command after --")
   port = args.port or free_port()
   env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast: off, as the other launchers
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  gpus = visible.split(",") if visible else [str(g) for g in range(1024)]
   extra = []
   if args.devices_per_process:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices_per_process}"
@@ -94,7 +101,11 @@ def main(argv=None):
               f"--num_processes={args.num_processes}", f"--process_id={i}", *extra]
       # Own process group: a Ctrl-C in the terminal reaches the processes once, through
       # `forward`, not twice (a second Ctrl-C means "stop without saving").
-      p = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      env_i = dict(env)
+      if args.gpus_per_process:
+        k = args.gpus_per_process
+        env_i["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * k:(i + 1) * k])
+      p = subprocess.Popen(full, env=env_i, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, start_new_session=True)
       pumps.append(threading.Thread(target=_pump, args=(i, p.stdout), daemon=True))
       pumps[-1].start()

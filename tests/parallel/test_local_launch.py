@@ -87,3 +87,14 @@ def test_all_succeeding_gives_zero():
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 0, out
   assert out.count("ready") == 2
+
+
+def test_each_process_gets_its_own_gpus_and_nvlink_multicast_stays_off():
+  code = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['NCCL_NVLS_ENABLE'])"
+  env = {k: v for k, v in os.environ.items() if k != "NCCL_NVLS_ENABLE"}
+  env["CUDA_VISIBLE_DEVICES"] = "3,5,6,7"
+  out = subprocess.run([sys.executable, "launch/local.py", "--num_processes=2",
+                        "--gpus_per_process=2", "--", "-c", code], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "[0] 3,5 0" in out.stdout and "[1] 6,7 0" in out.stdout, out.stdout
