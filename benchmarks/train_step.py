@@ -8,7 +8,12 @@ jitted train step of `muse_jax.training.loop.Trainer` (same shardings, donation,
 MFU = analytic model FLOPs (6*N*tokens-style count of every matmul incl. attention, see
 muse_jax/training/flops.py) / (step time x devices x peak). XLA's own FLOP count of the compiled
 step is printed beside it (it includes rematerialised recomputation).
+
+Multi-process (one process per GPU): run it under launch/local.py, which adds the
+jax.distributed flags; process 0 prints. --result_json=FILE also writes the figures as JSON
+(benchmarks/scaling.py reads them).
 """
+import json
 import os
 import sys
 import tempfile
@@ -22,11 +27,17 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+flags.DEFINE_string("result_json", None, "Also write the figures to this JSON file.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
+from muse_jax.parallel import distributed  # noqa: E402
+
+distributed.define_flags()
+
 
 def main(_):
+  distributed.initialize_from_flags()  # before anything touches the devices
   import jax
   import numpy as np
   from muse_jax.training.flops import peak_flops_per_device
@@ -60,7 +71,9 @@ def main(_):
   flops = t.stage.flops_per_example() * b
   peak = peak_flops_per_device(jax.devices()[0], cfg.train.peak_tflops_per_device)
   tokens = b * int(cfg.model.grid_size) ** 2
-  mem = jax.devices()[0].memory_stats() or {}
+  # peak over this process's devices (process 0's; the others' are alike by symmetry)
+  peak_mem = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0)
+                 for d in jax.local_devices())
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t.stage.fm.abstract_params()))
   m = cfg.model
   rows = [
@@ -78,9 +91,17 @@ def main(_):
       # cost_analysis() counts one SPMD partition: scale by the device count
       ("XLA FLOPs / model FLOPs",
        f"{xla_flops * n_dev / flops:.3f}" if flops and xla_flops else "n/a"),
-      ("peak memory per device", f"{mem.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB"),
+      ("peak memory per device", f"{peak_mem / 2**30:.1f} GiB"),
       ("final loss (finite?)", f"{loss:.3f}"),
   ]
+  if jax.process_index():
+    return
+  if FLAGS.result_json:
+    with open(FLAGS.result_json, "w") as f:
+      json.dump(dict(devices=n_dev, processes=jax.process_count(), batch=b,
+                     step_s=step_s, examples_per_s=b / step_s, compile_s=compile_s,
+                     mfu=flops / step_s / n_dev / peak if peak else None,
+                     peak_bytes_per_device=peak_mem, loss=loss), f)
   width = max(len(r[0]) for r in rows)
   print("== train_step")
   for k, v in rows:
