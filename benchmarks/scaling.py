@@ -4,6 +4,7 @@ r"""Weak scaling of a training step over 1..N devices, and sharded checkpoints a
   python benchmarks/scaling.py --config=configs/base_3b.py --meshes=fsdp --gpus=2,4 \
       --per_device_batch=16 --no_checkpoint
   python benchmarks/scaling.py --tiny --gpus=1,2      # configs/tiny.py on CPU fake devices
+  python benchmarks/scaling.py --layouts=            # the checkpoint check alone
 
 Every row is one run of benchmarks/train_step.py (fixed synthetic batch, real jitted step) at a
 global batch of --per_device_batch x N, in two layouts:
@@ -92,8 +93,7 @@ def step_row(args, gpu, layout, mesh, n) -> dict:
          f"--steps={args.steps}", f"--warmup={args.warmup}", f"--result_json={out}",
          *args.extra]
   if layout == "procs":
-    cmd, env = launch(n, gpu) + cmd, device_env(n, gpu)
-    env.pop("CUDA_VISIBLE_DEVICES" if not gpu else "XLA_FLAGS", None)
+    cmd, env = launch(n, gpu) + cmd, device_env(n, gpu)  # local.py splits the devices
   else:
     cmd, env = [sys.executable] + cmd, device_env(n, gpu)
   print(f"-- train step: {layout} {mesh} N={n}", flush=True)
@@ -156,8 +156,7 @@ def checkpoint_rows(args, gpu, ns) -> list[tuple[str, bool]]:
              f"--config.train.batch_size={args.per_device_batch * save_n}", *mesh_flags("fsdp"),
              "--config.train.num_steps=2", "--config.checkpoint.every_steps=2",
              "--config.train.eval_every=0"]
-    env = device_env(save_n, gpu)
-    env.pop("CUDA_VISIBLE_DEVICES" if not gpu else "XLA_FLAGS", None)
+    env = device_env(save_n, gpu)  # local.py splits the devices
     print(f"-- checkpoint: save with fsdp over {save_n} processes", flush=True)
     if run(launch(save_n, gpu) + train, env, wd + "_save.log"):
       results.append((f"save on {save_n}", False))
@@ -196,7 +195,8 @@ def main(argv=None) -> int:
                  "dropped)")
   p.add_argument("--meshes", default="data,fsdp", help="data and/or fsdp")
   p.add_argument("--layouts", default="proc,procs",
-                 help="proc: one process with N devices; procs: N processes of one")
+                 help="proc: one process with N devices; procs: N processes of one; "
+                 "empty: no step runs (the checkpoint check only)")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--no_checkpoint", action="store_true", help="skip the checkpoint check")
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
   if args.tiny:
     args.config, args.per_device_batch, args.steps, args.warmup = "configs/tiny.py", 8, 3, 1
   meshes = args.meshes.split(",")
-  layouts = args.layouts.split(",")
+  layouts = [x for x in args.layouts.split(",") if x]
   try:
     ns = sorted({int(n) for n in args.gpus.split(",")})
   except ValueError:
@@ -232,11 +232,12 @@ def main(argv=None) -> int:
   t0 = time.time()
   rows = []
   for n in ns:
-    for layout in layouts if n > 1 else ["proc"]:
+    for layout in layouts if n > 1 else ["proc"][:len(layouts)]:
       for mesh in meshes if n > 1 else [meshes[0]]:
         rows.append(step_row(args, gpu, layout, mesh, n))
   checks = [] if args.no_checkpoint else checkpoint_rows(args, gpu, ns)
-  print_table(rows)
+  if rows:
+    print_table(rows)
   if checks:
     print("== sharded checkpoints")
     for text, ok in checks:
