@@ -1,8 +1,7 @@
 r"""Weak scaling of a training step over 1..N devices, and sharded checkpoints across counts.
 
   python benchmarks/scaling.py                         # base_632m, 64 per device, 1,2,4 GPUs
-  python benchmarks/scaling.py --config=configs/base_3b.py --meshes=fsdp --gpus=2,4 \
-      --per_device_batch=16 --no_checkpoint
+  python benchmarks/scaling.py --config=configs/base_3b.py --meshes=fsdp --gpus=2,4 --no_checkpoint
   python benchmarks/scaling.py --tiny --gpus=1,2      # configs/tiny.py on CPU fake devices
   python benchmarks/scaling.py --layouts=            # the checkpoint check alone
 
