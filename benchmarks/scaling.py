@@ -18,8 +18,9 @@ that of the smallest N run (the N=1 row is shared by both meshes and layouts). A
 The checkpoint check (skip with --no_checkpoint) trains 2 steps with fsdp over the largest N as
 N processes (muse_jax.train under launch/local.py), restores that checkpoint through the
 Trainer in one process on every N of --gpus, and compares every leaf of the restored state bit
-for bit; then the same from the smallest N. Not covered here: a SIGKILL and resume of a
-multi-process run (tests/launch), and the sharded precompute rows of issue #22.
+for bit; then the same from the smallest N. Not run by this script: the sharded precompute
+(T5-XXL and the VQ encoders over 2 and 4 processes) and a SIGKILL-and-resume of a multi-process
+run (tests/training/test_multiprocess_stops.py stops and resumes 2 CPU processes with SIGTERM).
 
 On GPU it runs on the GPUs nvidia-smi lists; without --tiny and without GPUs it runs on CPU
 fake devices. Logs of every run are kept in --out. Exit status: 0 when every run succeeded and
