@@ -9,11 +9,8 @@ px, T5-XXL embeddings of 128 tokens), OUT/manifest.json and OUT/skipped.jsonl (e
 image by its path under the root, with its reason); rerunning resumes. Train with
 configs/base_632m.py --config.data.source=precomputed --config.data.path=OUT.
 
-Weights (otherwise the tokenizers are random, with a warning, and T5 fails for want of them):
-  --config.tokenizer.weights=VQ_F16_WORKDIR --config.sr_tokenizer.weights=VQ_F8_WORKDIR
-  --config.text_encoder.weights_path=T5_XXL_SAFETENSORS --config.text_encoder.spiece_model=SPM
-(a vqgan workdir trained with configs/vqgan_f16_256.py / vqgan_f8_512.py, or a diffusers VQModel;
-T5 v1.1 XXL encoder safetensors and its spiece.model).
+[weights below]: the tokenizer and T5 flags listed in muse_jax/configs/common_precompute.py
+(without them the tokenizers are random, with a warning, and T5 fails).
 """
 from muse_jax.configs.common_precompute import precompute_config
 

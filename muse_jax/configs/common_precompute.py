@@ -3,7 +3,14 @@
 `precompute_config(source)` is Muse's precompute at the paper's sizes (configs/precompute_*.py
 build on it, one per raw source): the f16 tokenizer at 256 px (16x16 tokens) for the base
 stage, the f8 tokenizer at 512 px (64x64 tokens) for super-resolution, and T5-XXL embeddings of
-128 tokens. Weights are given on the command line (see those configs' docstrings).
+128 tokens.
+
+Weights, given on the command line (otherwise the tokenizers are random, with a warning, and
+T5 fails for want of them):
+  --config.tokenizer.weights=VQ_F16_WORKDIR --config.sr_tokenizer.weights=VQ_F8_WORKDIR
+  --config.text_encoder.weights_path=T5_XXL_SAFETENSORS --config.text_encoder.spiece_model=SPM
+(a vqgan workdir trained with configs/vqgan_f16_256.py / vqgan_f8_512.py, or a diffusers VQModel;
+T5 v1.1 XXL encoder safetensors and its spiece.model).
 """
 import ml_collections
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import struct
 from typing import Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
 from etils import epath
+
+from muse_jax import paths
 
 FEATURES = ("caption", "id", "text_emb", "text_len", "tokens_hi", "tokens_lo")
 TOKEN_DTYPE = np.dtype("<u2")
@@ -259,10 +260,8 @@ def unframe(frame: bytes, where: str = "") -> bytes:
 
 
 def write_tfrecord(path: str, records: list[bytes]) -> None:
-  """Writes atomically: a temporary file in the same directory, then a rename."""
-  tmp = epath.Path(f"{path}.tmp-{os.getpid()}")
-  tmp.write_bytes(frame_records(records))
-  tmp.replace(path)
+  """Writes atomically (paths.write_atomic: a renamed local temporary file, or one upload)."""
+  paths.write_atomic(path, frame_records(records))
 
 
 def read_tfrecord(path: str, verify: bool = True) -> Iterator[bytes | CorruptRecord]:
