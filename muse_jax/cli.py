@@ -35,16 +35,20 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 class _DropOrbaxErrorLogs(logging.Filter):
-  """Orbax logs a traceback for each of its threads when a save fails; the failure reaches
-  the loop as one WorkdirWriteError, reported in one line."""
+  """Orbax logs a traceback for each of its threads when a save fails, and asyncio logs each
+  of its save tasks that ended with the error when their event loop shuts down; the failure
+  reaches the loop as one WorkdirWriteError, reported in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and "/orbax/" in record.pathname)
+    if record.levelno < logging.ERROR:
+      return True
+    return "/orbax/" not in record.pathname and "/orbax/" not in record.getMessage()
 
 
 def run_or_exit(fn: Callable[[], object], user_errors: tuple[type[BaseException], ...] = ()):
   """Runs `fn`; maps the project's stop conditions to a message on stderr and an exit status."""
-  logging.getLogger("absl").addFilter(_DropOrbaxErrorLogs())
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_DropOrbaxErrorLogs())
   try:
     return fn()
   except (ConfigError, MeshError, WeightsError, UnwritableWorkdir, NoIntactCheckpoint,

@@ -1,5 +1,6 @@
 """How `python -m muse_jax.train` ends when it cannot go on: one line on stderr, no
 traceback, and the exit status that cli.py documents."""
+import logging
 import os
 import signal
 import struct
@@ -38,6 +39,33 @@ def test_each_stop_maps_to_one_line_and_its_status(capsys, error, status):
   assert e.value.code == status
   lines = stderr_lines(capsys.readouterr().err)
   assert len(lines) == 1 and (str(error) in lines[0] or not str(error)), lines
+
+
+def test_orbax_save_errors_logged_by_asyncio_are_dropped_and_others_kept():
+  """When a save fails, asyncio logs each Orbax task that ended with the error as its event
+  loop shuts down, racing the one-line report; only those records are dropped."""
+  seen = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      seen.append(record.getMessage())
+
+  logger = logging.getLogger("asyncio")
+  handler = Keep()
+  logger.addHandler(handler)
+  try:
+    def fail():
+      logger.error("unhandled exception during asyncio.run() shutdown\ntask: <Task finished "
+                   "coro=<async_serialize_from_host() defined at /venv/lib/python3.12/"
+                   "site-packages/orbax/checkpoint/_src/serialization/serialization.py:126>>")
+      logger.error("an asyncio error of another library")
+      raise WorkdirWriteError("could not write checkpoint step 9 to /w")
+    with pytest.raises(SystemExit):
+      cli.run_or_exit(fail)
+  finally:
+    logger.removeHandler(handler)
+    logger.filters.clear()
+  assert seen == ["an asyncio error of another library"]
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
