@@ -45,9 +45,11 @@ install:
 	@echo "error: ACCEL=$(ACCEL); use ACCEL=cpu, cuda or tpu"; exit 2
 endif
 
-# pytest includes the layering contract of pyproject.toml (tests/test_layering.py).
+# pytest includes the layering contract of pyproject.toml (tests/test_layering.py). Most tests
+# are single-threaded XLA compiles and subprocess start-ups, so one worker per core (xdist)
+# shortens the run; --durations lists the slowest tests.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --dist=loadfile --durations=30
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m muse_jax.demo --config=configs/demo_cpu.py --workdir=demo_out
