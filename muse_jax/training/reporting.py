@@ -35,6 +35,16 @@ def _record(line: bytes) -> dict | None:
   return rec
 
 
+def read_records(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, oldest first; [] before the run's first record.
+  Lines that are not whole records (the last line of a run that is still writing it, or one
+  torn by a crash) are left out."""
+  path = paths.resolve(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [r for r in map(_record, path.read_bytes().split(b"\n")) if r is not None]
+
+
 class Reporter:
   def __init__(self, workdir: str, *, total_steps: int, start_step: int, enabled: bool,
                tensorboard: bool, stream=None):
