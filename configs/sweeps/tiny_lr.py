@@ -1,7 +1,11 @@
-"""A learning-rate x warmup sweep of configs/tiny.py.
+"""A learning-rate x warmup sweep of configs/tiny.py: 4 points.
 
 COMMAND: python launch/sweep.py --config=configs/tiny.py --sweep=configs/sweeps/tiny_lr.py \
-           --workdir_root=/tmp/sweep --run -- --config.train.num_steps=50
+           --workdir_root=/tmp/sweep --submit -- --config.train.num_steps=50
+         python launch/sweep.py --summarize --workdir_root=/tmp/sweep
+Trains the points here, one after another, into /tmp/sweep/<keys=values>-<hash>/, then prints
+their final and best losses. --launcher=slurm or --launcher=jobset submits them to a cluster
+instead (docs/cluster.md, "Sweeps").
 """
 
 

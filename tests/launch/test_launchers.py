@@ -1,9 +1,9 @@
-"""Launchers (launch/): sweeps, and the dry runs, control flow and lint of the cluster launchers.
+"""Launchers (launch/): the dry runs, control flow and lint of the cluster launchers.
 
 No cluster runs here. The SLURM and TPU launchers run for real against stand-ins for `srun`,
 `scancel`, `scontrol` and `gcloud` (small shell scripts on PATH that start local processes the
 way the real tools start them on nodes and workers), so what is tested is the launchers' own
-logic: commands, signals, detachment, pid files and requeueing.
+logic: commands, signals, detachment, pid files and requeueing. Sweeps: test_sweep.py.
 """
 import importlib.metadata
 import os
@@ -19,29 +19,8 @@ import yaml
 
 from tests.training.helpers import REPO
 
-sys.path.insert(0, os.path.join(REPO, "launch"))
-import sweep  # noqa: E402
-
 LAUNCH = os.path.join(REPO, "launch")
 BIN = os.path.join(os.path.dirname(sys.executable))  # hadolint, shellcheck (requirements-test)
-
-
-def test_sweep_expands_one_command_per_point_with_its_own_workdir():
-  cmds = sweep.expand(os.path.join(REPO, "configs/tiny.py"),
-                      os.path.join(REPO, "configs/sweeps/tiny_lr.py"), "/runs", ["--x=1"])
-  assert len(cmds) == 4
-  workdirs = {c[4] for c in cmds}
-  assert len(workdirs) == 4
-  assert "--workdir=/runs/learning_rate=0.001,warmup_steps=0" in workdirs
-  assert all(c[-1] == "--x=1" for c in cmds)
-  assert any("--config.optimizer.learning_rate=0.003" in c for c in cmds)
-
-
-def test_sweep_rejects_unknown_keys(tmp_path):
-  bad = tmp_path / "bad.py"
-  bad.write_text("def get_sweep():\n  return [{'optimizer.learning_rat': 1.0}]\n")
-  with pytest.raises(SystemExit, match="'optimizer.learning_rat' is not in the config"):
-    sweep.expand(os.path.join(REPO, "configs/tiny.py"), str(bad), "/runs")
 
 
 def test_launch_scripts_pass_shellcheck_and_the_dockerfile_passes_hadolint():
