@@ -33,7 +33,7 @@ SHELLCHECK = os.path.join(os.path.dirname(sys.executable), "shellcheck")
 
 def _sweep_file(tmp_path, points, name="s.py") -> str:
   path = tmp_path / name
-  path.write_text(f"def get_sweep():\n  return {points!r}\n")
+  path.write_text(f"inf = float('inf')\n\n\ndef get_sweep():\n  return {points!r}\n")
   return str(path)
 
 
@@ -93,6 +93,7 @@ def test_workdir_names_are_readable_hashed_stable_and_never_collide(tmp_path):
     ({"optimizer.learning_rat": 1e-3}, [], "no config key 'optimizer.learning_rat'"),
     ({"model": {"hidden_size": 8}}, [], "'model' is a config section"),
     ({"data.path": "a\nb"}, [], "data.path: a value must be one line"),
+    ({"mesh.rules": (float("inf"),)}, [], "mesh.rules=(inf,) does not survive the command line"),
     ({"seed": 1}, ["--config.seed=2"], "seed is also set after --"),
     ({"seed": 1}, ["--config.train.num_steps=ten"], "a flag after --: "),
 ])
@@ -113,12 +114,17 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path, capsys):
                         (["--workdir_root=r"], "give --config and --sweep"),
                         (["--summarize", f"--workdir_root={tmp_path}"], "sweep.json: launch/"),
                         ([f"--config={TINY}", "--sweep=nope.py", "--workdir_root=r"],
-                         "--sweep=nope.py: no such file")]:
+                         "--sweep=nope.py: no such file"),
+                        ([f"--config={TINY}", f"--sweep={_sweep_file(tmp_path, [])}",
+                          "--workdir_root=r"], "get_sweep() returned no points")]:
     try:
       rc, _, err = _main(capsys, *argv)
     except SystemExit as e:  # argparse
       rc, err = e.code, capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and message in err, (argv, err)
+  with pytest.raises(SystemExit) as e:
+    sweep.main(["--help"])
+  assert e.value.code == 0 and "--launcher" in capsys.readouterr().out
 
 
 # --- SLURM -----------------------------------------------------------------------------------
