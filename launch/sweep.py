@@ -141,7 +141,10 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.max_parallel < 0:
+    parser.error(f"--max_parallel={args.max_parallel}: give 0 (no limit) or more")
   # gcsfs logs a traceback for a storage error that the one-line error below reports.
   logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
   try:

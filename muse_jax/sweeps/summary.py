@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 import io
 
-from muse_jax.sweeps.points import Point
+from muse_jax.sweeps.points import Point, SweepError
 from muse_jax.training.reporting import read_records
+from muse_jax.workdir.access import describe
 
 FORMATS = ("text", "csv", "markdown")
 
@@ -26,7 +27,10 @@ def _direction(metric: str) -> int:
 
 
 def point_row(point: Point) -> dict:
-  records = read_records(point.workdir)
+  try:
+    records = read_records(point.workdir)
+  except Exception as e:  # noqa: BLE001 - OSError, or gcsfs' and google-auth's own types
+    raise SweepError(f"cannot read {point.workdir}/metrics.jsonl: {describe(e)}") from None
   row = {"#": point.index, "point": point.label, "workdir": point.workdir}
   last = max((r["step"] for r in records), default=0)
   row["status"] = ("not started" if not records else
