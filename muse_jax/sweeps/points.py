@@ -194,10 +194,10 @@ def expand(config_path: str, sweep_path: str, root: str, extra=()) -> tuple[str,
         raise SweepError(f"{where}: {k}={v!r} does not survive the command line (the trainer "
                          f"would read {_get(parsed, k)!r})")
     name = point_name(overrides)
-    if name.rsplit("-", 1)[1] in seen:
-      raise SweepError(f"sweep points {seen[name.rsplit('-', 1)[1]]} and {i} are the same "
-                       f"point: {overrides!r}")
-    seen[name.rsplit("-", 1)[1]] = i
+    digest = name.rsplit("-", 1)[1]
+    if digest in seen:
+      raise SweepError(f"sweep points {seen[digest]} and {i} are the same point: {overrides!r}")
+    seen[digest] = i
     workdir = f"{root}/{name}" if paths.is_url(root) else os.path.join(root, name)
     points.append(Point(i, overrides, name, workdir, tuple(override_flags + extra),
                         int(parsed.train.num_steps)))
