@@ -1,6 +1,7 @@
 r"""Sample or edit images with a trained Muse cascade (base -> SR -> VQ decode).
 
   python -m muse_jax.sample --base=RUNS/base [--sr=RUNS/sr] --prompt "a red cube" --out cube.png
+  python -m muse_jax.sample --bundle=BUNDLE --prompt "a red cube" --out cube.png
   python -m muse_jax.sample --config=muse_jax/configs/common_pipeline.py --workdir=RUNS \
       --prompt "a red cube on a blue sphere" [--negative_prompt "blurry"] --out cube.png \
       [--seed=0 --num_images=4 --guidance=4 --steps=24 --sr_steps=8 --config.a.b=value ...]
@@ -9,6 +10,9 @@ With --base (no config file): each stage is read from its training workdir's con
 text encoder, its sentencepiece model and the VQ tokenizers are the ones the base stage's
 precompute used (its manifest.json), unless --vq_lo, --vq_hi or --spiece_model give others
 (muse_jax/sampling/chain.py). The sampling settings are muse_jax/configs/common_sampling.py's.
+
+With --bundle: a pipeline bundle (`python -m muse_jax.export --pipeline=BUNDLE ...`), with its
+sampling defaults; every file's sha256 and every stage's keys and shapes are checked first.
 
 With --config, the config's `pipeline` section names each stage's training config and workdir
 (muse_jax/configs/common_pipeline.py); a stage with an empty workdir is read from RUNS/<stage>
@@ -26,7 +30,8 @@ Editing (Muse Sec. 3.3), from --image (cropped to a square and resized to the ou
 Several --prompt flags give one image each; --num_images repeats every prompt. One output image
 is written to --out; several to OUT_0.png, OUT_1.png, ...
 
-Exit status: 0 done; 2 bad flags or config; 4 missing checkpoint (train that stage first).
+Exit status: 0 done; 2 bad flags or config, a path that does not exist, a bundle file or key
+that does not match its manifest; 4 missing checkpoint (train that stage first).
 """
 import logging
 import sys
@@ -69,6 +74,8 @@ flags.DEFINE_string("vq_hi", "", "With --base and --sr: the high-res tokenizer's
                     "(default: the one the precompute used for the SR tokens).")
 flags.DEFINE_string("spiece_model", "", "With --base: the text tokenizer (default: the "
                     "precompute's).")
+flags.DEFINE_string("bundle", None, "A pipeline bundle (python -m muse_jax.export "
+                    "--pipeline=DIR): sample from it, instead of --config or --base.")
 FLAGS = flags.FLAGS
 
 EXIT_USAGE = 2
@@ -116,9 +123,8 @@ def outpaint_canvas(image, box):
   return canvas
 
 
-def apply_flags(config):
-  """Copies the sampling flags into the config (a locked ConfigDict: values only)."""
-  s = config.sampling
+def apply_flags(s):
+  """Copies the sampling flags into the `sampling` section (a locked ConfigDict: values only)."""
   if FLAGS.guidance is not None:
     s.guidance_scale = float(FLAGS.guidance)
     s.sr_guidance_scale = float(FLAGS.guidance)
@@ -154,30 +160,45 @@ def check_flags():
       raise UsageError(f"--{name}={path}: no such file")
 
 
-def pipeline_config():
-  """The sampling config: --config's, or one built from the --base chain of workdirs."""
+def load_pipeline():
+  """The pipeline of --config (with --workdir), of the --base chain of workdirs, or of
+  --bundle."""
   from muse_jax.sampling import chain
-  if (FLAGS.config is None) == (FLAGS.base is None):
-    raise UsageError("give either --config=FILE (with --workdir) or --base=WORKDIR")
-  if FLAGS.config is not None:
-    return FLAGS.config
-  return chain.pipeline_config(FLAGS.base, sr=FLAGS.sr, vq_lo=FLAGS.vq_lo, vq_hi=FLAGS.vq_hi,
-                               spiece_model=FLAGS.spiece_model)
+  given = [f"--{n}" for n in ("config", "base", "bundle") if getattr(FLAGS, n) is not None]
+  if len(given) != 1:
+    raise UsageError("give one of --config=FILE (with --workdir), --base=WORKDIR or "
+                     f"--bundle=DIR{f' (not {given[0]} and {given[1]})' if given else ''}")
+  if FLAGS.bundle is None:
+    for name in ("sr", "vq_lo", "vq_hi", "spiece_model"):
+      if getattr(FLAGS, name) and FLAGS.base is None:
+        raise UsageError(f"--{name} goes with --base=WORKDIR")
+  elif any(getattr(FLAGS, n) for n in ("sr", "vq_lo", "vq_hi", "spiece_model")):
+    raise UsageError("a --bundle holds its stages: drop --sr, --vq_lo, --vq_hi, --spiece_model")
+  chain.check_paths(base=FLAGS.base, sr=FLAGS.sr, vq_lo=FLAGS.vq_lo, vq_hi=FLAGS.vq_hi,
+                    spiece_model=FLAGS.spiece_model, bundle=FLAGS.bundle)
+  from muse_jax.sampling.pipeline import Pipeline  # imports JAX: after the quick checks
+  if FLAGS.bundle is not None:
+    pipe = Pipeline.from_bundle(FLAGS.bundle)
+  else:
+    config = FLAGS.config
+    if FLAGS.base is not None:
+      config = chain.pipeline_config(FLAGS.base, sr=FLAGS.sr, vq_lo=FLAGS.vq_lo,
+                                     vq_hi=FLAGS.vq_hi, spiece_model=FLAGS.spiece_model)
+    pipe = Pipeline.from_config(config, FLAGS.workdir)
+  apply_flags(pipe.sampling)
+  return pipe
 
 
 def run():
   import numpy as np
 
   from muse_jax.sampling.image_io import load_image, load_mask, save_images
-  from muse_jax.sampling.pipeline import Pipeline
   check_flags()
-  config = pipeline_config()
-  apply_flags(config)
-  seed = int(config.seed if FLAGS.seed is None else FLAGS.seed)
   prompts = [p for p in FLAGS.prompt for _ in range(FLAGS.num_images)]
   t0 = time.perf_counter()
-  pipe = Pipeline.from_config(config, FLAGS.workdir)
+  pipe = load_pipeline()
   t_load = time.perf_counter() - t0
+  seed = int(pipe.config.seed if FLAGS.seed is None else FLAGS.seed)
   size = pipe.image_size
   t0 = time.perf_counter()
   if FLAGS.edit is None:
@@ -213,15 +234,13 @@ def main(argv):
     sys.exit(EXIT_USAGE)
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
-  from muse_jax.workdir.checkpoints import MissingCheckpoint
   try:
     run()
-  except MissingCheckpoint as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_MISSING_CHECKPOINT)
   except (UsageError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    # Imported here: checkpoints imports JAX, which a bad flag need not wait for.
+    from muse_jax.workdir.checkpoints import MissingCheckpoint
+    sys.exit(EXIT_MISSING_CHECKPOINT if isinstance(e, MissingCheckpoint) else EXIT_USAGE)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -58,6 +59,11 @@ def test_export_holds_the_ema_params_exactly_and_the_same_logits(run, exported):
   assert {"muse_jax_version", "git_commit", "source_workdir"} <= set(info)
   with open(os.path.join(out, "export.json")) as f:
     assert json.load(f) == info
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in [""] + _files(out):  # ordinary modes, not a temporary file's 0600
+    want = (0o755 if name == "" else 0o644) & ~umask
+    assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == want, name
   export_io.verify_files(out)
   # Flat, framework-neutral keys.
   assert "stack.blocks.self_attn.qkv.kernel" in SafetensorsReader(out)

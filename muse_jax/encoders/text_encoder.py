@@ -107,8 +107,13 @@ class TextEncoder:
                             out_shardings=(out_sharding, self.batch_sharding))
 
   @classmethod
-  def from_config(cls, cfg, mesh: Mesh | None = None, rules=None) -> "TextEncoder":
-    """Builds the encoder from `muse_jax/configs/common_t5.text_encoder_config` settings."""
+  def from_config(cls, cfg, mesh: Mesh | None = None, rules=None,
+                  params=None) -> "TextEncoder":
+    """Builds the encoder from `muse_jax/configs/common_t5.text_encoder_config` settings.
+
+    `params` (as the constructor takes them) replace the weights the config names, e.g. the
+    copy a pipeline bundle holds (muse_jax/sampling/bundle.py).
+    """
     config = t5.get_config(cfg.size)
     fmt = cfg.weights_format
     if fmt not in _FORMATS:
@@ -118,10 +123,9 @@ class TextEncoder:
     param_dtype = _dtype(cfg.param_dtype, "param_dtype")
     tokenizer = (T5Tokenizer(cfg.spiece_model, cfg.max_length, cfg.get("tokenizer_threads", 0))
                  if cfg.spiece_model else None)
-    params = None
-    if fmt == "hf":
+    if params is None and fmt == "hf":
       params = iter_hf_params(cfg.weights_path, config, param_dtype)
-    elif fmt == "t5x":
+    elif params is None and fmt == "t5x":
       params = iter_t5x_params(cfg.weights_path, config, param_dtype)
     return cls(config, params, mesh=mesh, rules=rules, dtype=_dtype(cfg.dtype, "dtype"),
                param_dtype=param_dtype,

@@ -48,6 +48,14 @@ def _tokenizer(manifest: dict, key: str, flag: str, pre_dir: str) -> str:
   return str(weights)
 
 
+def check_paths(**flags: str) -> None:
+  """FileNotFoundError naming the first flag (--name=path) whose path does not exist; empty
+  values are skipped."""
+  for flag, path in flags.items():
+    if path and not paths.resolve(path).exists():
+      raise FileNotFoundError(f"--{flag}={path}: no such directory")
+
+
 def pipeline_config(base: str, *, sr: str = "", vq_lo: str = "", vq_hi: str = "",
                     spiece_model: str = "") -> ml_collections.ConfigDict:
   """A sampling config (muse_jax/configs/common_pipeline.py) whose stages are these workdirs.

@@ -153,7 +153,8 @@ def load_exported_stage(section, name: str, path: str):
   return config, params, int(info["step"])
 
 
-def _is_diffusers(path: str) -> bool:
+def is_diffusers(path: str) -> bool:
+  """Whether `path` is a diffusers VQModel (a .safetensors file or a directory holding one)."""
   return path.endswith(".safetensors") or (
       paths.resolve(path) / "diffusion_pytorch_model.safetensors").is_file()
 
@@ -162,7 +163,7 @@ def load_vq(section, name: str, root: Optional[str], mesh: Mesh):
   """The VQTokenizer a pipeline section names: a vqgan workdir or export, or a diffusers
   VQModel."""
   workdir = stage_workdir(section, name, root)
-  if workdir and _is_diffusers(workdir):
+  if workdir and is_diffusers(workdir):
     return VQTokenizer.from_diffusers(workdir, mesh, dtype=section.model.get("dtype"))
   if export_io.is_export(workdir):
     config, params, _ = load_exported_stage(section, name, workdir)

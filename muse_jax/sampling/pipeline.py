@@ -1,6 +1,8 @@
 """The cascaded Muse sampler: text -> T5 -> base tokens -> SR tokens -> VQ decode -> images.
 
   pipe = Pipeline.from_config(config, workdir)        # config: muse_jax/configs/common_pipeline.py
+  pipe = Pipeline.from_workdirs(base=DIR, sr=DIR)     # trained workdirs, no config file
+  pipe = Pipeline.from_bundle(DIR)                    # python -m muse_jax.export --pipeline=DIR
   out = pipe.generate(["a red cube on a blue sphere"], negative_prompt="blurry", seed=0)
   out.images                                           # float32 [B, H, W, 3] in [0, 1]
 
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from muse_jax.encoders.text_encoder import TextEncoder
-from muse_jax.sampling import chain, editing, parallel_decode
+from muse_jax.sampling import bundle, chain, editing, parallel_decode
 from muse_jax.sampling.image_io import as_bool_masks, as_float_images, resize_images
 from muse_jax.sampling.loading import LoadedStage, load_transformer, load_vq, single_device_mesh
 
@@ -84,12 +86,17 @@ class Pipeline:
     self.text_encoder = text_encoder
     self.vq_lo, self.vq_hi = vq_lo, vq_hi
     self.base, self.sr = base, sr
+    self.config = None  # the sampling config, when built from one
     self._check()
 
   @classmethod
   def from_config(cls, config, workdir: Optional[str] = None, *,
-                  rng_impl: Optional[str] = None) -> "Pipeline":
-    """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>."""
+                  rng_impl: Optional[str] = None, text_encoder_params=None) -> "Pipeline":
+    """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>.
+
+    `text_encoder_params` replace the weights `pipeline.text_encoder` names (a bundle's copy).
+    The pipeline keeps `config` (its `sampling` section is `pipe.sampling`).
+    """
     p = config.pipeline
     mesh = single_device_mesh()
     use_sr = bool(p.sr.config)
@@ -103,11 +110,14 @@ class Pipeline:
         raise ValueError("pipeline.sr is set but pipeline.vq_hi is empty: give the tokenizer "
                          "of the SR tokens, or disable SR with --config.pipeline.sr.config=''")
       vq_hi = load_vq(p.vq_hi, "vq_hi", workdir, mesh)
-    text_encoder = TextEncoder.from_config(p.text_encoder, mesh=mesh)
+    text_encoder = TextEncoder.from_config(p.text_encoder, mesh=mesh,
+                                           params=text_encoder_params)
     if text_encoder.tokenizer is None:
       raise ValueError("pipeline.text_encoder.spiece_model is empty: give the sentencepiece "
                        "model the training shards were precomputed with (T5's spiece.model)")
-    return cls(config.sampling, text_encoder, vq_lo, base, sr, vq_hi, rng_impl=rng_impl)
+    pipe = cls(config.sampling, text_encoder, vq_lo, base, sr, vq_hi, rng_impl=rng_impl)
+    pipe.config = config
+    return pipe
 
   @classmethod
   def from_workdirs(cls, base: str, *, sr: str = "", vq_lo: str = "", vq_hi: str = "",
@@ -117,6 +127,14 @@ class Pipeline:
     config = chain.pipeline_config(base, sr=sr, vq_lo=vq_lo, vq_hi=vq_hi,
                                    spiece_model=spiece_model)
     return cls.from_config(config, rng_impl=rng_impl)
+
+  @classmethod
+  def from_bundle(cls, path: str, *, rng_impl: Optional[str] = None) -> "Pipeline":
+    """The cascade of a pipeline bundle (`python -m muse_jax.export --pipeline=DIR`), with its
+    sampling defaults; every file's sha256 and every stage's keys and shapes are checked
+    against its manifest first (muse_jax/sampling/bundle.py)."""
+    config, text_encoder_params, _ = bundle.read_bundle(path)
+    return cls.from_config(config, rng_impl=rng_impl, text_encoder_params=text_encoder_params)
 
   # --- shapes ------------------------------------------------------------------------------
 

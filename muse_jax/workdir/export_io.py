@@ -147,10 +147,10 @@ def check_target(out: paths.PathLike, overwrite: bool) -> None:
                      "--overwrite to replace it")
 
 
-def _staging(out: paths.PathLike) -> Any:
-  """Where the files are written before they become the export: a fresh sibling directory
-  that is renamed to `out` locally; `out` itself on a URL, emptied and without export.json
-  (deleted first, so a half-written overwrite is no export)."""
+def staging_dir(out: paths.PathLike, marker: str = INFO_FILE) -> Any:
+  """Where the files are written before they become the export (or bundle): a fresh sibling
+  directory that is renamed to `out` locally; `out` itself on a URL, emptied and without its
+  `marker` file (deleted first, so a half-written overwrite is no export)."""
   out = paths.resolve(out)
   if not paths.is_url(out):
     tmp = paths.resolve(f"{out}.tmp-{os.getpid()}")
@@ -158,15 +158,15 @@ def _staging(out: paths.PathLike) -> Any:
       tmp.rmtree()
     tmp.mkdir(parents=True)
     return tmp
-  if (out / INFO_FILE).exists():
-    (out / INFO_FILE).unlink()
+  if (out / marker).exists():
+    (out / marker).unlink()
   if out.exists():
     out.rmtree()
   out.mkdir(parents=True, exist_ok=True)
   return out
 
 
-def _move_into_place(tmp, out) -> None:
+def move_into_place(tmp, out) -> None:
   """Renames tmp to out (local only); a previous out is moved aside first and deleted after
   the rename."""
   old = None
@@ -200,7 +200,7 @@ def write_export(out: str, params, config: dict, info: dict, *, dtype: str = "fl
   out = paths.resolve(out)
   check_target(out, overwrite)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _staging(out)
+  tmp = staging_dir(out)
   try:
     flat = flatten(params)
     files = write_weights(flat, tmp, dtype, max_shard_bytes)
@@ -213,7 +213,7 @@ def write_export(out: str, params, config: dict, info: dict, *, dtype: str = "fl
                              "sha256": sha256(tmp / name)} for name in files}}
     _write_json(tmp / INFO_FILE, info)  # last: the export exists once this file does
     if tmp != out:
-      _move_into_place(tmp, out)
+      move_into_place(tmp, out)
   except BaseException:
     if tmp != out:
       tmp.rmtree(missing_ok=True)
