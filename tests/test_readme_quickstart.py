@@ -1,8 +1,8 @@
 """README's quick start as written: every `python -m muse_jax.<tool>` command's flags and config
 overrides parse (absl's --only_check_args stops before any work), and the Python block compiles.
 
-Running the commands themselves takes minutes on CPU (three trainings and a precompute), too
-long for `make test`: tools/readme_quickstart.py runs them all. The flag checks run
+Running the commands themselves takes minutes on CPU (five trainings, a precompute, a bundle
+export), too long for `make test`: tools/readme_quickstart.py runs them all. The flag checks run
 concurrently; each is mostly interpreter start-up."""
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def test_every_quickstart_command_parses_as_written(tmp_path):
   with open(os.path.join(REPO, "README.md")) as f:
     commands = tool.quickstart_commands(f.read())
   modules = [c.split()[2] for c in commands if c.startswith("python -m muse_jax.")]
-  assert {"muse_jax.train", "muse_jax.precompute", "muse_jax.sample"} <= set(modules), commands
+  assert {"muse_jax.train", "muse_jax.precompute", "muse_jax.sample", "muse_jax.export"} <= set(
+      modules), commands
   procs = {}
   for command in commands:
     argv = tool.localize(command, str(tmp_path))

@@ -9,8 +9,9 @@ repository root with this interpreter as `python`. It stops at the first command
 and prints it with its exit status (`--help` exits 1, absl's convention); on success it checks
 that the sampled image exists and prints each command's wall time.
 
-It takes minutes on CPU (four trainings, a precompute, a two-process run), too long for
-`make test`; run it after changing the README's commands or what they call.
+It takes minutes on CPU (five trainings, a precompute, a bundle export, three samplings, a
+two-process run), too long for `make test` (tests/test_readme_quickstart.py checks that every
+command's flags parse); run it after changing the README's commands or what they call.
 """
 from __future__ import annotations
 
