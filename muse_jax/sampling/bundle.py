@@ -96,7 +96,6 @@ def _stage_params(section, name: str, root: Optional[str], which: str):
 
 
 def _copy_files(src_dir, names, dst_dir) -> list[str]:
-  dst_dir.mkdir(parents=True, exist_ok=True)
   for name in names:
     (dst_dir / name).write_bytes((src_dir / name).read_bytes())
   return list(names)
@@ -108,13 +107,14 @@ def _write_stage(section, name: str, root, tmp, *, which: str, dtype: str,
   workdir = loading.stage_workdir(section, name, root)
   out = tmp / name
   if workdir and loading.is_diffusers(workdir):
+    # A VQModel's weights and the config.json beside them (its architecture) are copied.
     src = paths.resolve(workdir)
-    if workdir.endswith(".safetensors"):
-      out.mkdir(parents=True, exist_ok=True)
-      (out / _DIFFUSERS_FILES[0]).write_bytes(src.read_bytes())
-      files = [_DIFFUSERS_FILES[0]]
-    else:
-      files = _copy_files(src, [f for f in _DIFFUSERS_FILES if (src / f).is_file()], out)
+    weights = src if workdir.endswith(".safetensors") else src / _DIFFUSERS_FILES[0]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _DIFFUSERS_FILES[0]).write_bytes(weights.read_bytes())
+    files = [_DIFFUSERS_FILES[0]]
+    if (weights.parent / _DIFFUSERS_FILES[1]).is_file():
+      files += _copy_files(weights.parent, [_DIFFUSERS_FILES[1]], out)
     reader = SafetensorsReader(str(out / _DIFFUSERS_FILES[0]))
     tensors = {k: list(reader.shape(k)) for k in reader}
     entry = {"kind": "diffusers_vq", "source": str(src)}

@@ -153,7 +153,8 @@ def test_bundle_layout_modes_and_manifest(bundled):
   assert not [n for n in os.listdir(os.path.dirname(bundled)) if ".tmp-" in n]
 
 
-def test_text_encoder_weights_and_every_damage_is_named(chained_run, bundled, tmp_path):
+def test_text_encoder_weights_and_every_damage_is_named(chained_run, workdirs_pipe, bundled,
+                                                        tmp_path):
   from muse_jax.encoders.text_encoder import TextEncoder
   root, _ = chained_run
   own = str(tmp_path / "own")  # base only, with the text encoder's parameters
@@ -163,9 +164,8 @@ def test_text_encoder_weights_and_every_damage_is_named(chained_run, bundled, tm
   assert "sr" not in manifest["stages"] and os.path.isdir(f"{own}/text_encoder")
   config, params, _ = bundle.read_bundle(own)
   assert config.pipeline.sr.config == ""
-  reference = TextEncoder.from_config(bundle.read_bundle(bundled)[0].pipeline.text_encoder)
   included = TextEncoder.from_config(config.pipeline.text_encoder, params=params)
-  for k, v in flat(reference.params).items():
+  for k, v in flat(workdirs_pipe.text_encoder.params).items():
     np.testing.assert_array_equal(flat(included.params)[k], v, err_msg=k)
 
   def damaged(name):
@@ -233,3 +233,33 @@ def test_sample_names_a_flag_whose_path_does_not_exist(flag, chained_run, tmp_pa
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines() == [
       f"error: --{flag}={tmp_path}/nope: no such directory"]
+
+
+def test_a_diffusers_tokenizer_is_copied_and_loads_the_same(chained_run, tmp_path):
+  from safetensors.numpy import save_file
+
+  from muse_jax.weights import diffusers_vq
+  from tests.weights.test_diffusers_vq import DIFFUSERS_CFG
+  root, _ = chained_run
+  vq = tmp_path / "vq"  # a VQModel directory with random weights (64 codes, as the base's)
+  vq.mkdir()
+  (vq / "config.json").write_text(json.dumps(DIFFUSERS_CFG))
+  cfg = diffusers_vq.vqgan_config_from_diffusers(DIFFUSERS_CFG)
+  rng, tree = np.random.default_rng(0), {}
+  for parts, shape in diffusers_vq.expected_keys(cfg).values():
+    node = tree
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    node[parts[-1]] = rng.standard_normal(shape).astype(np.float32)
+  save_file(diffusers_vq.to_diffusers_state(tree),
+            str(vq / "diffusion_pytorch_model.safetensors"))
+  out = str(tmp_path / "b")
+  manifest = export.export_pipeline(out, f"{root}/base", vq_lo=str(vq))
+  assert manifest["stages"]["vq_lo"]["kind"] == "diffusers_vq"
+  assert sorted(os.listdir(f"{out}/vq_lo")) == ["config.json",
+                                                "diffusion_pytorch_model.safetensors"]
+  config, _, _ = bundle.read_bundle(out)
+  got = loading.load_vq(config.pipeline.vq_lo, "vq_lo", None, loading.single_device_mesh())
+  want = diffusers_vq.load_diffusers_vq(str(vq))[1]
+  for k, v in flat(want).items():
+    np.testing.assert_array_equal(flat(got.params)[k], v, err_msg=k)

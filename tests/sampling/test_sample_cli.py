@@ -46,7 +46,7 @@ def test_help_documents_the_flags(sample):
   assert proc.returncode in (0, 1), proc.stderr  # absl's --help exits with 1
   assert "Sample or edit images" in proc.stdout and "Traceback" not in proc.stderr
   for flag in ("--prompt", "--negative_prompt", "--out", "--edit", "--image", "--mask",
-               "--outpaint_pad", "--guidance", "--steps"):
+               "--outpaint_pad", "--guidance", "--steps", "--bundle", "--base", "--sr"):
     assert flag in proc.stdout
 
 
