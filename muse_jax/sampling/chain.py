@@ -53,7 +53,8 @@ def check_paths(**flags: str) -> None:
   values are skipped."""
   for flag, path in flags.items():
     if path and not paths.resolve(path).exists():
-      raise FileNotFoundError(f"--{flag}={path}: no such directory")
+      what = "file" if flag == "spiece_model" else "directory"
+      raise FileNotFoundError(f"--{flag}={path}: no such {what}")
 
 
 def pipeline_config(base: str, *, sr: str = "", vq_lo: str = "", vq_hi: str = "",
