@@ -84,22 +84,30 @@ def bundled(chained_run, tmp_path_factory):
 
 def test_the_cli_samples_from_workdirs_and_from_their_bundle_alike(chained_run, bundled,
                                                                    tmp_path):
-  """Two sampling processes (workdirs, bundle) with the same seed: the same pixels."""
+  """Two sampling processes (workdirs, then bundle) with the same seed: the same pixels. The
+  second reads the first's compiled functions from a shared JAX cache (the same programs)."""
   root, _ = chained_run
+  env = cli_env(1)
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   common = [sys.executable, "-m", "muse_jax.sample", "--prompt=a red cube", "--steps=2",
             "--sr_steps=2"]
-  runs = {name: subprocess.Popen(common + [f"--out={tmp_path}/{name}.png", *args], cwd=REPO,
-                                 env=cli_env(1), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-          for name, args in (("workdirs", [f"--base={root}/base", f"--sr={root}/sr"]),
-                             ("bundle", [f"--bundle={bundled}"]))}
+
+  def sample(name, *args):
+    return subprocess.Popen(common + [f"--out={tmp_path}/{name}.png", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  first = sample("workdirs", f"--base={root}/base", f"--sr={root}/sr")
   bad = subprocess.run(common + [f"--base={root}/sr"], cwd=REPO, env=cli_env(1),
                        capture_output=True, text=True, timeout=300)
-  for proc in runs.values():
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+  _, stderr = first.communicate(timeout=300)
+  assert first.returncode == 0, stderr[-3000:]
+  second = sample("bundle", f"--bundle={bundled}")  # the cache holds the first's programs now
+  _, stderr = second.communicate(timeout=300)
+  assert second.returncode == 0, stderr[-3000:]
   from PIL import Image
-  images = [np.asarray(Image.open(tmp_path / f"{name}.png")) for name in runs]
+  images = [np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("workdirs", "bundle")]
   assert images[0].shape == (32, 32, 3)
   np.testing.assert_array_equal(images[1], images[0])
   assert bad.returncode == 2
