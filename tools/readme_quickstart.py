@@ -31,8 +31,10 @@ SECTION = "## A short run that ends in a sampled image"
 def quickstart_commands(readme: str) -> list[str]:
   """The quick start's commands in order, one string each (continuations joined)."""
   section = readme[readme.index(SECTION):]
-  end = section.find("\n## ", len(SECTION))
-  section = section if end < 0 else section[:end]
+  # It ends at the next heading: its subsections (a TPU compile check needing libtpu) are not
+  # part of the CPU run.
+  ends = [i for i in (section.find(h, len(SECTION)) for h in ("\n## ", "\n### ")) if i >= 0]
+  section = section[:min(ends)] if ends else section
   commands = []
   for kind, block in re.findall(r"```(bash|python)\n(.*?)```", section, re.S):
     if kind == "python":
