@@ -8,8 +8,12 @@ r"""Evaluate text-to-image samples: FID, CLIP score and compositional accuracy (
   python -m muse_jax.evaluate --images=DIR_OR_NPZ --captions=... --out=... --metrics=...
   python -m muse_jax.evaluate --save_stats=REF.npz --reference_images=DIR [--reference_size=256]
 
-Captions: one per line (blank lines skipped); caption i is the i-th non-blank line, counting
-from 0; --num takes the first N. Images come from one of:
+Captions (--captions, in a fixed order; caption i counts from 0; --num takes the first N):
+  a text file, one per line (blank lines skipped); COCO captions JSON (captions_val2014.json:
+  the annotation with the smallest id of each image, images by increasing image_id); TFRecord
+  files with a `caption` bytes feature (precompute shards); a folder of images with sidecar
+  .txt captions; webdataset tar shards or parquet files (the training readers). The format is
+  chosen from the name (--captions_format overrides it). Images come from one of:
   --base/--sr (each stage's workdir; text encoder and tokenizers from the base stage's
     precompute, as `muse_jax.sample --base`), or --config (a sampling config; stages with an
     empty workdir are read from --workdir/<stage>): caption i is sampled with the key
@@ -35,7 +39,15 @@ Metrics (docs/evaluation.md):
 Resumable: images are processed in chunks of --chunk_size; after each chunk the statistics are
 saved to OUT/state.npz, and rerunning the same command continues after the last saved chunk
 (the result equals an uninterrupted run's). Writes OUT/eval.json (each metric with its counts
-and networks), OUT/grid.png (the first --grid images) and, with --save_images, OUT/images/.
+and networks), OUT/grid.png (the first --grid images), TensorBoard scalars and the grid in
+OUT/tensorboard (and OUT/metrics.jsonl) at --step, and, with --save_images, OUT/images/.
+
+Devices and processes: every batch is split over all devices of all processes (--batch_size
+must be a multiple of their number); each process samples and scores its part, process 0
+gathers the results and writes OUT. Multi-process runs take the flags of muse_jax.train
+(--coordinator_address, --num_processes, --process_id; launch/local.py on one machine). Image
+i and the figures do not depend on the number of devices or processes, and a run can resume
+with another number of them.
 
 Exit status: 0 done (or stopped by --max_chunks; rerun to continue); 2 bad flags, captions,
 images or weight files, or OUT holding another evaluation; 4 a stage has no checkpoint.
@@ -50,6 +62,7 @@ from ml_collections import config_flags
 
 from muse_jax import paths
 from muse_jax.configs.cli_flags import parse_flags
+from muse_jax.parallel import distributed
 
 config_flags.DEFINE_config_file("config", None, "Sampling config (e.g. configs/pipeline_tiny.py)"
                                 "; or use --base, or score --images.", lock_config=True)
@@ -66,8 +79,19 @@ flags.DEFINE_string("spiece_model", "", "With --base: the text tokenizer (defaul
 flags.DEFINE_string("images", None, "Score these images instead of sampling: a folder with "
                     "caption i's image named i.png / 000i.png (.jpg, .jpeg, .webp, .bmp), or a "
                     ".npz with `images` [N, H, W, 3].")
-flags.DEFINE_string("captions", None, "Text file, one caption per line (blank lines skipped).")
-flags.DEFINE_string("out", None, "Output directory (eval.json, grid.png, state.npz).")
+flags.DEFINE_string("captions", None, "Captions: a text file (one per line), COCO captions "
+                    ".json, TFRecord files, an image folder with .txt captions, webdataset "
+                    ".tar shards or .parquet files (paths, globs or brace patterns).")
+flags.DEFINE_enum("captions_format", "auto", ["auto", "text", "coco", "tfrecord", "folder",
+                                              "webdataset", "parquet"],
+                  "Format of --captions (auto: from its name).")
+flags.DEFINE_string("caption_key", "caption", "The caption feature / JSON field / column of "
+                    "TFRecord, webdataset and parquet captions.")
+flags.DEFINE_string("out", None, "Output directory (eval.json, grid.png, state.npz, "
+                    "tensorboard/).")
+flags.DEFINE_integer("step", None, "Step of the TensorBoard scalars and metrics.jsonl record "
+                     "(default: the base stage's checkpoint step; 0 with --images).")
+flags.DEFINE_boolean("tensorboard", True, "Write the metrics and the grid to OUT/tensorboard.")
 flags.DEFINE_string("metrics", "fid,clip", "Comma-separated: fid, clip, compositional.")
 flags.DEFINE_string("reference_stats", None, "FID reference statistics (.npz).")
 flags.DEFINE_string("reference_images", None, "FID reference image folder (every image file, "
@@ -86,7 +110,8 @@ flags.DEFINE_string("clip_weights", None, "Hugging Face CLIP directory or its .s
                     "file (config.json, vocab.json, merges.txt next to it). Unset: random.")
 flags.DEFINE_enum("clip_model", "vit_b32", ["vit_b32", "vit_l14", "tiny"], "Architecture of "
                   "the random CLIP when --clip_weights is unset.")
-flags.DEFINE_integer("batch_size", 32, "Images per sampling and scoring call.")
+flags.DEFINE_integer("batch_size", 32, "Images per batch, over all devices and processes (a "
+                     "multiple of their number).")
 flags.DEFINE_integer("chunk_size", 0, "Images per saved chunk, a multiple of --batch_size "
                      "(0: 8 batches).")
 flags.DEFINE_integer("seed", None, "Sampling seed (default: the config's seed).")
@@ -100,6 +125,8 @@ flags.DEFINE_boolean("save_images", False, "Also write every image to OUT/images
 flags.DEFINE_integer("max_chunks", None, "Stop after this many chunks (state saved; rerun the "
                      "same command to continue).")
 flags.DEFINE_boolean("overwrite", False, "Discard OUT's saved progress and start over.")
+distributed.define_flags()
+flags.adopt_module_key_flags(distributed)
 FLAGS = flags.FLAGS
 
 
@@ -169,7 +196,7 @@ def sampling_config():
   return config
 
 
-def sampling_source(captions):
+def sampling_source(captions, mesh):
   """(images_fn, identity entries, image size) of the cascade's samples."""
   import hashlib
 
@@ -177,7 +204,7 @@ def sampling_source(captions):
   from muse_jax.sampling.pipeline import Pipeline
   config = sampling_config()
   seed = int(config.seed if FLAGS.seed is None else FLAGS.seed)
-  pipe = Pipeline.from_config(config, FLAGS.workdir)
+  pipe = Pipeline.from_config(config, FLAGS.workdir, mesh=mesh)
   text = config.to_json_best_effort(sort_keys=True)
   s = config.sampling
   identity = {"source": "cascade", "seed": seed,
@@ -189,37 +216,39 @@ def sampling_source(captions):
   return cascade_images(pipe, captions, seed), identity, (pipe.image_size,) * 2
 
 
-def save_stats_only():
+def save_stats_only(mesh):
   """--save_stats: the FID statistics of --reference_images, written to a .npz."""
-  from muse_jax.evaluation import inputs, reference, runner, scorers
+  from muse_jax.evaluation import devices, inputs, reference, runner, scorers
   if not FLAGS.reference_images:
     raise UsageError("--save_stats needs --reference_images=DIR")
   images = inputs.ImageSet.all_files(FLAGS.reference_images, FLAGS.reference_size)
   inception = scorers.load_inception(FLAGS.inception_weights, FLAGS.inception_variant,
-                                     FLAGS.inception_size)
+                                     FLAGS.inception_size, mesh=mesh)
   stats = runner.image_stats(images, inception, FLAGS.batch_size)
+  if not devices.is_main():
+    return
   reference.save(FLAGS.save_stats, stats, reference.describe(images, inception))
   print(f"wrote FID statistics of {stats.count} images to {FLAGS.save_stats}"
         + (f" ({scorers.FID_RANDOM_NOTE})" if inception.info["random_weights"] else ""))
 
 
-def image_source(captions):
+def image_source(captions, mesh):
   """(images_fn, identity entries, (height, width)) of --images or of the cascade."""
   from muse_jax.evaluation import inputs
   if FLAGS.images is None:
-    return sampling_source(captions)
+    return sampling_source(captions, mesh)
   images = inputs.ImageSet.for_captions(FLAGS.images, len(captions))
   return images.load, {"source": "images", "images": os.path.abspath(FLAGS.images),
                        "images_digest": images.digest()}, images.size
 
 
-def networks(metrics, out):
+def networks(metrics, out, mesh):
   """(Inception scorer, CLIP scorer, FID reference statistics, their report entry)."""
   from muse_jax.evaluation import reference, scorers
   inception = clip = ref = ref_info = None
   if "fid" in metrics:
     inception = scorers.load_inception(FLAGS.inception_weights, FLAGS.inception_variant,
-                                       FLAGS.inception_size)
+                                       FLAGS.inception_size, mesh=mesh)
     if FLAGS.reference_stats:
       ref, ref_info = reference.load(FLAGS.reference_stats, inception)
     else:
@@ -227,27 +256,58 @@ def networks(metrics, out):
           FLAGS.reference_images, FLAGS.reference_size, inception, FLAGS.batch_size,
           f"{out}/reference_stats.npz", log=lambda s: print(s, flush=True))
   if "clip" in metrics:
-    clip = scorers.load_clip(FLAGS.clip_weights, FLAGS.clip_model)
+    clip = scorers.load_clip(FLAGS.clip_weights, FLAGS.clip_model, mesh=mesh)
   return inception, clip, ref, ref_info
 
 
+def write_tensorboard(out, results, step):
+  """The metrics as scalars and the grid as an image at `step` (OUT/tensorboard, through the
+  training reporter, which also appends them to OUT/metrics.jsonl)."""
+  import numpy as np
+  from PIL import Image
+
+  from muse_jax.evaluation import runner
+  from muse_jax.training.reporting import Reporter
+  scalars = runner.scalars(results)
+  reporter = Reporter(out, total_steps=step, start_step=step, enabled=True,
+                      tensorboard=FLAGS.tensorboard)
+  try:
+    reporter.record(step, scalars, prefix="eval/")
+    reporter.scalars(step, scalars, prefix="eval/")
+    grid = paths.resolve(out) / runner.GRID_FILE
+    if FLAGS.grid and grid.exists():
+      with Image.open(grid) as im:
+        reporter.images(step, "eval/samples", np.asarray(im.convert("RGB"), np.float32) / 255)
+  finally:
+    reporter.close()
+
+
 def run():
-  from muse_jax.evaluation import inputs, runner, scorers
+  import jax
+
+  from muse_jax.evaluation import captions as caption_sets
+  from muse_jax.evaluation import devices, inputs, runner, scorers
+  distributed.initialize_from_flags()
+  main = devices.is_main()
+  say = (lambda s: print(s, flush=True)) if main else (lambda s: None)
   metrics = parse_metrics(FLAGS.metrics)
+  devices.check_batch(FLAGS.batch_size)
+  mesh = devices.local_mesh()
   if FLAGS.save_stats:
-    return save_stats_only()
+    return save_stats_only(mesh)
   check_flags(metrics)
-  all_captions = inputs.read_captions(FLAGS.captions)
+  all_captions = caption_sets.read(FLAGS.captions, FLAGS.captions_format, FLAGS.caption_key)
   captions = inputs.first(all_captions, FLAGS.num, FLAGS.captions)
   check_captions(captions, metrics)
   out, chunk = FLAGS.out, FLAGS.chunk_size or 8 * FLAGS.batch_size
   t0 = time.perf_counter()
-  images_fn, source, size = image_source(captions)   # cheap checks and checkpoints first
-  paths.resolve(out).mkdir(parents=True, exist_ok=True)
-  if FLAGS.overwrite:
-    for name in (runner.STATE_FILE, "eval.json"):
-      (paths.resolve(out) / name).unlink(missing_ok=True)
-  inception, clip, ref, ref_info = networks(metrics, out)
+  images_fn, source, size = image_source(captions, mesh)   # cheap checks, checkpoints first
+  if main:
+    paths.resolve(out).mkdir(parents=True, exist_ok=True)
+    if FLAGS.overwrite:
+      for name in (runner.STATE_FILE, "eval.json"):
+        (paths.resolve(out) / name).unlink(missing_ok=True)
+  inception, clip, ref, ref_info = networks(metrics, out, mesh)
   identity = {**source, "captions_sha256": inputs.captions_digest(all_captions),
               "inception": None if inception is None else scorers.fingerprint(inception.info),
               "clip": None if clip is None else scorers.fingerprint(clip.info)}
@@ -255,25 +315,33 @@ def run():
                          batch_size=FLAGS.batch_size, chunk_size=chunk, identity=identity,
                          inception=inception, clip=clip, grid=FLAGS.grid,
                          save_images=FLAGS.save_images)
-  print(f"evaluating {', '.join(metrics)} on {len(captions)} captions ({size[0]}x{size[1]} "
-        f"images, batches of {FLAGS.batch_size}, chunks of {chunk}); set-up took "
-        f"{time.perf_counter() - t0:.1f} s", flush=True)
-  acc = runner.run(ev, images_fn, log=lambda s: print(s, flush=True),
-                   max_chunks=FLAGS.max_chunks)
+  say(f"evaluating {', '.join(metrics)} on {len(captions)} captions ({size[0]}x{size[1]} "
+      f"images, batches of {FLAGS.batch_size} over {jax.device_count()} device(s) of "
+      f"{jax.process_count()} process(es), chunks of {chunk}); set-up took "
+      f"{time.perf_counter() - t0:.1f} s")
+  acc = runner.run(ev, images_fn, log=say, max_chunks=FLAGS.max_chunks)
   if acc is None:
-    print(f"stopped after --max_chunks={FLAGS.max_chunks} chunks; rerun the same command "
-          "to continue")
+    say(f"stopped after --max_chunks={FLAGS.max_chunks} chunks; rerun the same command to "
+        "continue")
+    return
+  if not main:
     return
   results = runner.summarize(ev, acc, ref, ref_info)
+  step = FLAGS.step
+  if step is None:
+    step = (source.get("stage_steps") or {}).get("base", 0)
   report = {"metrics": results, "num_images": len(captions), "image_size": list(size),
-            "captions": {"path": str(paths.resolve(FLAGS.captions)), "count": len(captions)},
+            "step": int(step),
+            "captions": {"path": FLAGS.captions, "count": len(captions)},
             "grid": {"path": runner.GRID_FILE if FLAGS.grid else None,
                      "captions": captions[:min(FLAGS.grid, chunk)]},
             "setup": runner.identity(ev)}
   path = runner.write_report(out, report)
+  write_tensorboard(out, results, int(step))
   for line in runner.summary_lines(results):
     print(line)
-  print(f"wrote {path}")
+  print(f"wrote {path}" + (f" and TensorBoard scalars at step {step} to {out}/tensorboard"
+                           if FLAGS.tensorboard else ""))
 
 
 def main(argv):

@@ -1,9 +1,7 @@
-"""What an evaluation reads: captions from a text file and images from a folder or a .npz.
+"""What an evaluation reads: images from a folder or a .npz (captions: `captions.py`).
 
 Everything is checked before any work starts, so that a bad input fails in one line at once
 rather than hours into a run:
-- captions: one per line (UTF-8), surrounding whitespace stripped, blank lines skipped;
-  caption i is the i-th non-blank line (0-based).
 - an image folder scored against captions (`ImageSet.for_captions`): the image of caption i is
   the file whose name, without its extension (.png, .jpg, .jpeg, .webp, .bmp), is the integer
   i (leading zeros allowed: 7.png, 000007.png). Every caption needs exactly one; other files
@@ -28,18 +26,6 @@ from muse_jax import paths
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CONVERTED_MODES = ("L", "P", "CMYK")
-
-
-def read_captions(path: str) -> list[str]:
-  """The non-blank lines of `path`, stripped; refuses a file without any."""
-  if not paths.resolve(path).is_file():
-    raise FileNotFoundError(f"--captions={path}: no such file")
-  text = paths.resolve(path).read_bytes().decode("utf-8")
-  captions = [line.strip() for line in text.splitlines() if line.strip()]
-  if not captions:
-    raise ValueError(f"--captions={path} holds no captions (one per line; blank lines are "
-                     "skipped)")
-  return captions
 
 
 def first(captions: list[str], num: Optional[int], path: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The resumable evaluation loop: images in chunks, streaming statistics saved after each chunk.
 
   acc = run(Evaluation(...), images_fn, log=print)       # None if stopped early (max_chunks)
-  report = summarize(evaluation, acc, reference)          # the eval.json dict
+  report = summarize(evaluation, acc, reference)          # the eval.json dict (process 0)
 
 Images 0..n-1 are processed in chunks of `chunk_size` (a multiple of `batch_size`); every batch
 has `batch_size` rows (the last one padded with copies of its last image, whose results are
@@ -12,6 +12,16 @@ renamed, so the file always holds a finished chunk. A rerun with the same `ident
 source, networks, batch and chunk size...) continues after the last saved chunk; since batches
 and their order are the same, the float64 sums are the same as in an uninterrupted run, bit
 for bit. A different identity is refused (OUT belongs to another evaluation).
+
+Several devices and processes (`devices`): each process takes its equal, contiguous part of
+every batch (`devices.process_rows`), makes its images (`images_fn` gets only those indices)
+and runs the networks on them, split over its devices; the per-image results (`batch_rows`:
+Inception features, CLIP embeddings, compositional hits) of the whole batch are gathered on
+every process and process 0 adds them to the statistics in caption order, as one process
+would. Since caption i's image and results do not depend on where they are computed, the
+statistics equal a one-device run's, and the saved state holds nothing per process: a run can
+resume with another number of processes or devices. Process 0 alone reads and writes OUT's
+state, grid and report (`--save_images`: each process writes its own images).
 """
 from __future__ import annotations
 
@@ -21,10 +31,11 @@ import json
 import time
 from typing import Callable, Optional
 
+import jax
 import numpy as np
 
 from muse_jax import paths
-from muse_jax.evaluation import compositional
+from muse_jax.evaluation import compositional, devices
 from muse_jax.evaluation.clip_score import ClipScoreStats
 from muse_jax.evaluation.fid import FeatureStats, Gaussian, fid
 from muse_jax.evaluation.inputs import to_uint8
@@ -88,16 +99,35 @@ class Accumulators:
       acc.comp = {k: int(z[f"comp_{k}"]) for k in acc.comp}
     return acc
 
-  def update(self, ev: Evaluation, images: np.ndarray, captions: list[str], valid: int):
-    """Adds the first `valid` rows of a full batch (the networks see the whole batch)."""
+  def add(self, rows: dict[str, np.ndarray], valid: int):
+    """Adds the first `valid` rows of a whole batch's `batch_rows`, in order."""
     if self.fid is not None:
-      self.fid.update(ev.inception.features(images)[:valid])
+      self.fid.update(rows["fid"][:valid])
     if self.clip is not None:
-      ev.clip.update(self.clip, images, captions, valid)
+      self.clip.update(rows["clip_image"][:valid], rows["clip_text"][:valid])
     if self.comp is not None:
-      counts = compositional.count_correct(images[:valid], captions[:valid])
-      for k in self.comp:
-        self.comp[k] += counts[k]
+      hits = rows["comp"][:valid].sum(axis=0)
+      for k, h in zip(COMP_KEYS, hits):
+        self.comp[k] += int(h)
+
+
+COMP_KEYS = compositional.METRICS + ("num_examples",)
+
+
+def batch_rows(ev: Evaluation, images: np.ndarray, captions: list[str]) -> dict:
+  """The per-image results that `Accumulators.add` sums, of every row of `images` (the
+  networks always see a whole batch part, so they compile once): Inception features, CLIP
+  image and caption embeddings (float32), compositional hits per attribute (int32, 0/1)."""
+  rows = {}
+  if "fid" in ev.metrics:
+    rows["fid"] = np.asarray(ev.inception.features(images), np.float32)
+  if "clip" in ev.metrics:
+    img, txt = ev.clip.embed(images, captions)
+    rows["clip_image"], rows["clip_text"] = (np.asarray(x, np.float32) for x in (img, txt))
+  if "compositional" in ev.metrics:
+    rows["comp"] = np.array([[compositional.count_correct([im], [c])[k] for k in COMP_KEYS]
+                             for im, c in zip(images, captions)], np.int32)
+  return rows
 
 
 def _atomic_write(path: str, write: Callable) -> None:
@@ -140,26 +170,46 @@ def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
   return done, acc
 
 
-def _save_images(ev: Evaluation, images: np.ndarray, start: int) -> None:
+def _save_images(ev: Evaluation, images: np.ndarray, indices: list[int]) -> None:
   from PIL import Image
   d = paths.resolve(ev.out) / "images"
   d.mkdir(parents=True, exist_ok=True)
-  for i, img in enumerate(images):
+  for i, img in zip(indices, images):
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
-    (d / f"{start + i:06d}.png").write_bytes(buf.getvalue())
+    (d / f"{i:06d}.png").write_bytes(buf.getvalue())
+
+
+def _start(ev: Evaluation) -> tuple[int, Optional[Accumulators]]:
+  """(images done, statistics): read by process 0, the count broadcast to the others (whose
+  statistics are None); a refused state fails every process."""
+  done, acc, error = -1, None, ""
+  if devices.is_main():
+    try:
+      done, acc = load_state(ev)
+    except ValueError as e:
+      error = str(e)
+  done = devices.broadcast(done)
+  if done < 0:
+    raise ValueError(error or f"process 0 refused {ev.out}'s saved state (see its error)")
+  return done, acc
 
 
 def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
         log: Callable[[str], None] = print, max_chunks: Optional[int] = None):
   """Evaluates the images `images_fn(indices)` (uint8 [len(indices), H, W, 3]) of captions
-  0..n-1, continuing from OUT's saved state. Returns the `Accumulators`, or None when it
-  stopped after `max_chunks` chunks of this call (the state is saved)."""
+  0..n-1, continuing from OUT's saved state; `indices` are this process's part of a batch.
+  Returns the `Accumulators` (on processes other than 0: None), or None on every process
+  when it stopped after `max_chunks` chunks of this call (the state is saved)."""
   n, bs, cs = len(ev.captions), ev.batch_size, ev.chunk_size
   if bs < 1 or cs < bs or cs % bs:
     raise ValueError(f"--chunk_size={cs} must be a positive multiple of --batch_size={bs}")
-  paths.resolve(ev.out).mkdir(parents=True, exist_ok=True)
-  done, acc = load_state(ev)
+  main = devices.is_main()
+  if main:
+    paths.resolve(ev.out).mkdir(parents=True, exist_ok=True)
+  else:
+    log = lambda s: None  # noqa: E731 (process 0 reports)
+  done, acc = _start(ev)
   chunks = -(-n // cs)
   if done:
     log(f"resuming at chunk {done // cs + 1}/{chunks} ({done}/{n} images done, saved in "
@@ -170,18 +220,24 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
       return None
     for idx, valid in padded_batches(min((c + 1) * cs, n) - c * cs, bs):
       idx = [c * cs + i for i in idx]
-      images = images_fn(idx)
-      if images.shape[0] != bs:
-        raise ValueError(f"images_fn returned {images.shape[0]} images for {bs} indices")
-      acc.update(ev, images, [ev.captions[i] for i in idx], valid)
-      if ev.save_images:
-        _save_images(ev, images[:valid], idx[0])
-      if c == 0 and ev.grid:
-        grid.extend(images[:valid][:ev.grid - len(grid)])
-    if c == 0 and grid:   # before the state: a run past chunk 0 always has its grid
+      mine = devices.process_rows(idx)
+      images = images_fn(mine)
+      if images.shape[0] != len(mine):
+        raise ValueError(f"images_fn returned {images.shape[0]} images for {len(mine)} "
+                         "indices")
+      rows = devices.gather(batch_rows(ev, images, [ev.captions[i] for i in mine]))
+      first = jax.process_index() * len(mine)   # this part's position in the batch
+      if ev.save_images and first < valid:
+        _save_images(ev, images[:valid - first], mine[:valid - first])
+      if c == 0 and len(grid) < ev.grid:
+        grid.extend(devices.gather({"x": images})["x"][:valid][:ev.grid - len(grid)])
+      if main:
+        acc.add(rows, valid)
+    if main and c == 0 and grid:   # before the state: a run past chunk 0 always has its grid
       save_grid(np.stack(grid), f"{ev.out}/{GRID_FILE}", columns=4)
     done = min((c + 1) * cs, n)
-    save_state(ev, acc, done)
+    if main:
+      save_state(ev, acc, done)
     rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
     log(f"chunk {c + 1}/{chunks}: {done}/{n} images, {rate:.2f} images/s, ETA "
         f"{format_duration((n - done) / rate)}")
@@ -221,7 +277,7 @@ def padded_batches(n: int, batch_size: int):
 
 def image_stats(images, inception, batch_size: int, log: Callable[[str], None] = print):
   """FID statistics (FeatureStats) of every image of an `inputs.ImageSet` (a reference set)."""
-  stats = FeatureStats(FEATURE_DIM)
+  stats = FeatureStats(FEATURE_DIM)   # every process computes all of them
   t0, n = time.perf_counter(), len(images)
   for i, (idx, valid) in enumerate(padded_batches(n, batch_size)):
     stats.update(inception.features(images.load(idx))[:valid])
@@ -251,6 +307,20 @@ def write_report(out: str, report: dict) -> str:
   text = json.dumps(report, indent=1, sort_keys=True) + "\n"
   _atomic_write(path, lambda f: f.write(text.encode()))
   return path
+
+
+def scalars(results: dict) -> dict[str, float]:
+  """The headline figures of `summarize`'s results, by TensorBoard tag (fid/fid, ...)."""
+  out = {}
+  if "fid" in results:
+    out["fid/fid"] = results["fid"]["fid"]
+  if "clip" in results:
+    out["clip/clip_score"] = results["clip"]["clip_score"]
+    out["clip/mean_cosine"] = results["clip"]["mean_cosine"]
+  if "compositional" in results:
+    out.update({f"compositional/{m}": results["compositional"][m]
+                for m in compositional.METRICS})
+  return out
 
 
 def summary_lines(results: dict) -> list[str]:

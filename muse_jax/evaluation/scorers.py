@@ -11,6 +11,9 @@ so two runs (and a resumed run) score with the same network:
 
 `info` dicts name what was used; `fingerprint(info)` is the part that must match for two sets
 of features to be comparable (weights digest, variant, input size).
+
+With a `mesh` (`devices.local_mesh()`), the parameters are replicated on its devices once and
+each batch's rows are split over them (padded to a multiple of the device count).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from muse_jax import paths
 from muse_jax.encoders.clip_tokenizer import BOS, EOS, CLIPTokenizer, byte_alphabet
+from muse_jax.evaluation import devices
 from muse_jax.evaluation.clip_score import SCALE, ClipScoreStats
 from muse_jax.models import clip as C
 from muse_jax.models import inception as I
@@ -84,7 +88,7 @@ class InceptionScorer:
 
 
 def load_inception(weights: Optional[str], variant: str = "fid",
-                   input_size: int = I.INPUT_SIZE) -> InceptionScorer:
+                   input_size: int = I.INPUT_SIZE, mesh=None) -> InceptionScorer:
   """Inception-v3 pool features from `weights` (safetensors, torchvision's key layout), or
   random weights when `weights` is None or ''."""
   if input_size < I.MIN_SIZE:
@@ -104,7 +108,11 @@ def load_inception(weights: Optional[str], variant: str = "fid",
   if input_size != I.INPUT_SIZE:
     info["input_size_note"] = (f"images resized to {input_size} px, not {I.INPUT_SIZE}: "
                                "not comparable with any published FID")
-  return InceptionScorer(inception_weights.feature_fn(params, variant, input_size), info)
+  if mesh is None:
+    return InceptionScorer(inception_weights.feature_fn(params, variant, input_size), info)
+  fn = inception_weights.feature_fn(devices.replicate(params, mesh), variant, input_size,
+                                    shard=devices.rows_on(mesh))
+  return InceptionScorer(devices.padded_rows(fn, mesh.size), info)
 
 
 def bytes_tokenizer(max_length: int) -> CLIPTokenizer:
@@ -130,19 +138,29 @@ class ClipScorer:
   one shape and compiles once, and adds the first `valid` pairs to `stats`.
   """
 
-  def __init__(self, params: dict, cfg: C.CLIPConfig, tokenizer: CLIPTokenizer, info: dict):
-    self.image_embeds, self.text_embeds = clip_weights.embed_fns(params, cfg)
+  def __init__(self, params: dict, cfg: C.CLIPConfig, tokenizer: CLIPTokenizer, info: dict,
+               mesh=None):
+    if mesh is None:
+      self.image_embeds, self.text_embeds = clip_weights.embed_fns(params, cfg)
+    else:
+      image, text = clip_weights.embed_fns(devices.replicate(params, mesh), cfg,
+                                           shard=devices.rows_on(mesh))
+      self.image_embeds = devices.padded_rows(image, mesh.size)
+      self.text_embeds = devices.padded_rows(text, mesh.size)
     self.tokenizer, self.info = tokenizer, info
+
+  def embed(self, images: np.ndarray, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(image embeddings, caption embeddings), float32 [B, projection_dim] each."""
+    tokens = self.tokenizer(captions)
+    return self.image_embeds(images), self.text_embeds(tokens.ids, tokens.mask)
 
   def update(self, stats: ClipScoreStats, images: np.ndarray, captions: list[str],
              valid: int) -> None:
-    tokens = self.tokenizer(captions)
-    img = self.image_embeds(images)[:valid]
-    txt = self.text_embeds(tokens.ids, tokens.mask)[:valid]
-    stats.update(img, txt)
+    img, txt = self.embed(images, captions)
+    stats.update(img[:valid], txt[:valid])
 
 
-def load_clip(weights: Optional[str], model: str = "vit_b32") -> ClipScorer:
+def load_clip(weights: Optional[str], model: str = "vit_b32", mesh=None) -> ClipScorer:
   """CLIP from a Hugging Face checkpoint (a directory with model.safetensors, config.json,
   vocab.json and merges.txt, or its .safetensors file with those files next to it), or the
   random-weight `model` (muse_jax.models.clip.CONFIGS) with `bytes_tokenizer` when `weights` is
@@ -169,4 +187,4 @@ def load_clip(weights: Optional[str], model: str = "vit_b32") -> ClipScorer:
             "note": CLIP_RANDOM_NOTE}
   info.update(image_size=cfg.vision.image_size, projection_dim=cfg.projection_dim,
               scale=SCALE)
-  return ClipScorer(params, cfg, tokenizer, info)
+  return ClipScorer(params, cfg, tokenizer, info, mesh)

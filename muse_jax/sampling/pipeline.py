@@ -32,9 +32,11 @@ regenerate):
     default; `sampling.editing`) on the low-res tokens with the base model, then on the
     high-res tokens with the SR model conditioned on the edited low-res tokens.
 
-Everything runs on one device (the first local one); T5-XXL in bf16 plus the 632M/268M stages
-fit one 80 GB accelerator. Transformer stages whose model dtype is bfloat16 keep their
-parameters in bfloat16 (cast once at load). No TensorFlow is imported.
+Everything runs on one device (the first local one) unless `from_config` is given a mesh of
+this process's devices: then every parameter is replicated on them and each batch's rows are
+split over its `data` axis. T5-XXL in bf16 plus the 632M/268M stages fit one 80 GB
+accelerator. Transformer stages whose model dtype is bfloat16 keep their parameters in bfloat16
+(cast once at load). No TensorFlow is imported.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from muse_jax.encoders.text_encoder import TextEncoder
 from muse_jax.sampling import bundle, chain, editing, parallel_decode
@@ -91,18 +94,21 @@ class Pipeline:
 
   @classmethod
   def from_config(cls, config, workdir: Optional[str] = None, *,
-                  rng_impl: Optional[str] = None, text_encoder_params=None) -> "Pipeline":
+                  rng_impl: Optional[str] = None, text_encoder_params=None,
+                  mesh: Optional[Mesh] = None) -> "Pipeline":
     """Loads every stage `config.pipeline` names; empty stage workdirs use WORKDIR/<stage>.
 
     `text_encoder_params` replace the weights `pipeline.text_encoder` names (a bundle's copy).
+    `mesh`: this process's devices to run on (parameters replicated, batches split over the
+    `data` axis; batch sizes must then divide by its size); default: the first local device.
     The pipeline keeps `config` (its `sampling` section is `pipe.sampling`).
     """
     p = config.pipeline
-    mesh = single_device_mesh()
+    mesh = single_device_mesh() if mesh is None else mesh
     use_sr = bool(p.sr.config)
     # Checkpoints first: a missing one should fail before T5 is loaded.
-    base = load_transformer(p.base, "base", workdir)
-    sr = load_transformer(p.sr, "sr", workdir) if use_sr else None
+    base = _replicated(load_transformer(p.base, "base", workdir), mesh)
+    sr = _replicated(load_transformer(p.sr, "sr", workdir), mesh) if use_sr else None
     vq_lo = load_vq(p.vq_lo, "vq_lo", workdir, mesh)
     vq_hi = None
     if use_sr:
@@ -367,6 +373,13 @@ class Pipeline:
     images = self.decode_tokens(lo, hi)
     return Result(images=images, tokens_lo=np.asarray(lo),
                   tokens_hi=None if hi is None else np.asarray(hi))
+
+
+def _replicated(stage: LoadedStage, mesh: Mesh) -> LoadedStage:
+  if mesh.size == 1:
+    return stage
+  return dataclasses.replace(stage, params=jax.device_put(stage.params,
+                                                          NamedSharding(mesh, P())))
 
 
 def _pad_text(text_and_len, length: int):

@@ -165,7 +165,7 @@ def validate_tokens(ids, mask, cfg: C.TextConfig) -> tuple[np.ndarray, np.ndarra
   return ids.astype(np.int32), mask.astype(np.int32)
 
 
-def embed_fns(params: dict, cfg: C.CLIPConfig):
+def embed_fns(params: dict, cfg: C.CLIPConfig, shard=None):
   """(image_embeds, text_embeds): host functions -> float32 numpy [B, projection_dim]
   (projected, not normalised).
 
@@ -175,8 +175,11 @@ def embed_fns(params: dict, cfg: C.CLIPConfig):
       `muse_jax.encoders.clip_tokenizer`), mask 1 on tokens and 0 on padding.
 
   Both validate on the host, then run under `jax.default_matmul_precision("highest")` (float32
-  matmuls on GPUs, not TF32). One compilation per input shape and dtype.
+  matmuls on GPUs, not TF32). One compilation per input shape and dtype. `shard(array)` (e.g. a
+  `jax.device_put` that splits the rows over devices, with `params` replicated on them) places
+  each input after the checks.
   """
+  put = (lambda x: x) if shard is None else shard
   fm = model_def(cfg)
   run_image = jax.jit(lambda p, x: fm.bind(p).encode_image(preprocess(x, cfg.vision.image_size)))
   run_text = jax.jit(lambda p, i, m: fm.bind(p).encode_text(i, m))
@@ -184,11 +187,11 @@ def embed_fns(params: dict, cfg: C.CLIPConfig):
   def image_embeds(images) -> np.ndarray:
     validate_images(images)
     with jax.default_matmul_precision("highest"):
-      return np.asarray(run_image(params, images))
+      return np.asarray(run_image(params, put(images)))
 
   def text_embeds(ids, mask=None) -> np.ndarray:
     ids, mask = validate_tokens(ids, mask, cfg.text)
     with jax.default_matmul_precision("highest"):
-      return np.asarray(run_text(params, ids, mask))
+      return np.asarray(run_text(params, put(ids), put(mask)))
 
   return image_embeds, text_embeds

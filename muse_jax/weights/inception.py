@@ -92,13 +92,14 @@ def load_inception(path: str) -> dict:
   return params
 
 
-def feature_fn(params: dict, variant: str = "fid",
-               size: int = I.INPUT_SIZE) -> Callable[[np.ndarray], np.ndarray]:
+def feature_fn(params: dict, variant: str = "fid", size: int = I.INPUT_SIZE,
+               shard: Callable | None = None) -> Callable[[np.ndarray], np.ndarray]:
   """images [B, H, W, 3] (uint8, or float in [0, 1]) -> pool features [B, 2048] float32 numpy.
 
   Validates each batch on the host (`validate_images`), then runs `preprocess` (resize to
   `size`, scale to [-1, 1]) and the network in one jitted function; one compilation per input
-  shape and dtype.
+  shape and dtype. `shard(images)` (e.g. a `jax.device_put` that splits the rows over devices,
+  with `params` replicated on them) places each batch before the call.
   """
   if variant not in I.VARIANTS:
     raise WeightsError(f"inception variant must be one of {I.VARIANTS}, got {variant!r}")
@@ -107,6 +108,6 @@ def feature_fn(params: dict, variant: str = "fid",
 
   def features(images):
     validate_images(images)
-    return np.asarray(run(params, images))
+    return np.asarray(run(params, images if shard is None else shard(images)))
 
   return features
