@@ -5,8 +5,10 @@ FID over a large sample set, with random weights (speed does not depend on the v
   python benchmarks/evaluate.py --batch_sizes=32,64 --image_size=512 --clip_models=vit_l14
   python benchmarks/evaluate.py --tiny                # CPU smoke run in seconds
 
-Timed exactly as `python -m muse_jax.evaluate` scores a batch (muse_jax/evaluation/runner.py):
-uint8 images [B, S, S, 3] on the host ->
+Timed exactly as `python -m muse_jax.evaluate` scores a batch (muse_jax/evaluation/runner.py),
+on every device of this process (the evaluator's data mesh: parameters replicated, each batch's
+rows split over the devices, muse_jax/evaluation/devices.py): uint8 images [B, S, S, 3] on the
+host ->
   inception  `scorers.load_inception(...).features` (host checks, transfer, bilinear resize to
              the Inception input, the network, features back to the host), then
              `FeatureStats.update` (the float64 sums on the host): column `+stats`;
@@ -76,10 +78,11 @@ def main(argv=None):
   import numpy as np
 
   from muse_jax.evaluation import fid as F
-  from muse_jax.evaluation import scorers
+  from muse_jax.evaluation import devices, scorers
   from muse_jax.evaluation.clip_score import ClipScoreStats
-  dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({jax.default_backend()}); {args.image_size} px images; "
+  dev, mesh = jax.devices()[0], devices.local_mesh()
+  print(f"device: {mesh.size} x {dev.device_kind} ({jax.default_backend()}); "
+        f"{args.image_size} px images; "
         f"Inception input {args.inception_size}; random weights; median of {args.runs} after "
         f"{args.warmup} warm-up")
   # Rows are printed as they finish, so that a run cut short still reports what it measured.
@@ -94,7 +97,7 @@ def main(argv=None):
           f"{plus} |", flush=True)
     best[name] = max(best.get(name, 0.0), batch / (median if with_stats is None else with_stats))
 
-  inception = scorers.load_inception(None, "fid", args.inception_size)
+  inception = scorers.load_inception(None, "fid", args.inception_size, mesh=mesh)
   for b in args.batch_sizes:
     images = rng.integers(0, 256, (b, args.image_size, args.image_size, 3), dtype=np.uint8)
     first, net = timed(lambda: inception.features(images), args.runs, args.warmup)
@@ -112,7 +115,7 @@ def main(argv=None):
   captions = [f"a photo of {i} red cubes on a blue table, seen from the left side"
               for i in range(max(args.batch_sizes))]
   for model in args.clip_models:
-    clip = scorers.load_clip(None, model)
+    clip = scorers.load_clip(None, model, mesh=mesh)
     for b in args.batch_sizes:
       images = rng.integers(0, 256, (b, args.image_size, args.image_size, 3), dtype=np.uint8)
       first, t = timed(lambda: clip.image_embeds(images), args.runs, args.warmup)

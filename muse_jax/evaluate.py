@@ -45,9 +45,9 @@ OUT/tensorboard (and OUT/metrics.jsonl) at --step, and, with --save_images, OUT/
 Devices and processes: every batch is split over all devices of all processes (--batch_size
 must be a multiple of their number); each process samples and scores its part, process 0
 gathers the results and writes OUT. Multi-process runs take the flags of muse_jax.train
-(--coordinator_address, --num_processes, --process_id; launch/local.py on one machine). Image
-i and the figures do not depend on the number of devices or processes, and a run can resume
-with another number of them.
+(--coordinator_address, --num_processes, --process_id; launch/local.py on one machine). The
+number of devices and processes changes image i's tokens not at all, its pixels and the
+figures only in float round-off; a run can resume with another number of them.
 
 Exit status: 0 done (or stopped by --max_chunks; rerun to continue); 2 bad flags, captions,
 images or weight files, or OUT holding another evaluation; 4 a stage has no checkpoint.
@@ -242,9 +242,11 @@ def image_source(captions, mesh):
                        "images_digest": images.digest()}, images.size
 
 
-def networks(metrics, out, mesh):
-  """(Inception scorer, CLIP scorer, FID reference statistics, their report entry)."""
-  from muse_jax.evaluation import reference, scorers
+def networks(metrics, out, mesh, log):
+  """(Inception scorer, CLIP scorer, FID reference statistics, their report entry). Every
+  process computes --reference_images' statistics (process 0 saves them), so that none waits
+  for another before the first batch."""
+  from muse_jax.evaluation import devices, reference, scorers
   inception = clip = ref = ref_info = None
   if "fid" in metrics:
     inception = scorers.load_inception(FLAGS.inception_weights, FLAGS.inception_variant,
@@ -254,7 +256,7 @@ def networks(metrics, out, mesh):
     else:
       ref, ref_info = reference.from_images(
           FLAGS.reference_images, FLAGS.reference_size, inception, FLAGS.batch_size,
-          f"{out}/reference_stats.npz", log=lambda s: print(s, flush=True))
+          f"{out}/reference_stats.npz", log=log, write=devices.is_main())
   if "clip" in metrics:
     clip = scorers.load_clip(FLAGS.clip_weights, FLAGS.clip_model, mesh=mesh)
   return inception, clip, ref, ref_info
@@ -307,7 +309,7 @@ def run():
     if FLAGS.overwrite:
       for name in (runner.STATE_FILE, "eval.json"):
         (paths.resolve(out) / name).unlink(missing_ok=True)
-  inception, clip, ref, ref_info = networks(metrics, out, mesh)
+  inception, clip, ref, ref_info = networks(metrics, out, mesh, say)
   identity = {**source, "captions_sha256": inputs.captions_digest(all_captions),
               "inception": None if inception is None else scorers.fingerprint(inception.info),
               "clip": None if clip is None else scorers.fingerprint(clip.info)}

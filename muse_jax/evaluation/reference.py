@@ -50,9 +50,11 @@ def save(path: str, stats, info: dict) -> None:
 
 
 def from_images(directory: str, resize: Optional[int], inception, batch_size: int,
-                cache: str, log: Callable[[str], None] = print) -> tuple[fid.Gaussian, dict]:
-  """Statistics of every image in `directory`, saved to `cache`; a later call whose folder
-  and network match the cache's info reads the cache instead."""
+                cache: str, log: Callable[[str], None] = print,
+                write: bool = True) -> tuple[fid.Gaussian, dict]:
+  """Statistics of every image in `directory`, saved to `cache` (unless not `write`: the
+  processes other than 0 of a multi-process run); a later call whose folder and network match
+  the cache's info reads the cache instead."""
   images = ImageSet.all_files(directory, resize)
   info = describe(images, inception)
   if paths.resolve(cache).is_file() and fid.load_stats_info(cache) == info:
@@ -63,5 +65,6 @@ def from_images(directory: str, resize: Optional[int], inception, batch_size: in
   stats = image_stats(images, inception, batch_size, log)
   if stats.count < 2:
     raise ValueError(f"{directory}: FID reference statistics need at least 2 images")
-  save(cache, stats, info)
+  if write:
+    save(cache, stats, info)
   return stats.gaussian(), {"path": str(paths.resolve(cache)), **info}

@@ -18,10 +18,12 @@ every batch (`devices.process_rows`), makes its images (`images_fn` gets only th
 and runs the networks on them, split over its devices; the per-image results (`batch_rows`:
 Inception features, CLIP embeddings, compositional hits) of the whole batch are gathered on
 every process and process 0 adds them to the statistics in caption order, as one process
-would. Since caption i's image and results do not depend on where they are computed, the
-statistics equal a one-device run's, and the saved state holds nothing per process: a run can
-resume with another number of processes or devices. Process 0 alone reads and writes OUT's
-state, grid and report (`--save_images`: each process writes its own images).
+would. Caption i's image tokens do not depend on where they are computed, its pixels and
+network outputs only in float round-off (XLA may sum in another order for another per-device
+batch shape), so the statistics equal a one-device run's to round-off; the saved state holds
+nothing per process, so a run can resume with another number of processes or devices.
+Process 0 alone reads and writes OUT's state, grid and report (`--save_images`: each process
+writes its own images).
 """
 from __future__ import annotations
 

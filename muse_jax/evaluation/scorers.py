@@ -30,7 +30,7 @@ import numpy as np
 from muse_jax import paths
 from muse_jax.encoders.clip_tokenizer import BOS, EOS, CLIPTokenizer, byte_alphabet
 from muse_jax.evaluation import devices
-from muse_jax.evaluation.clip_score import SCALE, ClipScoreStats
+from muse_jax.evaluation.clip_score import SCALE
 from muse_jax.models import clip as C
 from muse_jax.models import inception as I
 from muse_jax.weights import clip as clip_weights
@@ -132,10 +132,10 @@ def bytes_tokenizer(max_length: int) -> CLIPTokenizer:
 
 
 class ClipScorer:
-  """CLIP score statistics of uint8 image batches and their captions.
+  """CLIP embeddings of uint8 image batches and their captions (the CLIP score's inputs).
 
-  `update(images, captions, valid)`: embeds the whole (padded) batch, so that every call has
-  one shape and compiles once, and adds the first `valid` pairs to `stats`.
+  `embed(images, captions)`: image and caption embeddings of the whole (padded) batch, so that
+  every call has one shape and compiles once.
   """
 
   def __init__(self, params: dict, cfg: C.CLIPConfig, tokenizer: CLIPTokenizer, info: dict,
@@ -153,11 +153,6 @@ class ClipScorer:
     """(image embeddings, caption embeddings), float32 [B, projection_dim] each."""
     tokens = self.tokenizer(captions)
     return self.image_embeds(images), self.text_embeds(tokens.ids, tokens.mask)
-
-  def update(self, stats: ClipScoreStats, images: np.ndarray, captions: list[str],
-             valid: int) -> None:
-    img, txt = self.embed(images, captions)
-    stats.update(img[:valid], txt[:valid])
 
 
 def load_clip(weights: Optional[str], model: str = "vit_b32", mesh=None) -> ClipScorer:

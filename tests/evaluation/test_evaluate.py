@@ -1,11 +1,12 @@
 """python -m muse_jax.evaluate end to end: the tiny random cascade (configs/pipeline_tiny.py, 32 px
 samples) scored with FID (random Inception-v3 weights in a torchvision-layout file, at its 75 px
 minimum input), CLIP score (muse_jax.models.clip's tiny config in a Hugging Face layout) and
-compositional accuracy on shapes captions; resuming after a SIGKILL; and the bad inputs that
-must fail at once with one line and exit status 2.
+compositional accuracy on shapes captions; resuming after a SIGKILL; several devices and
+processes; and the bad inputs that must fail at once with one line and exit status 2.
 
-The `runs` fixture starts two evaluations of the same captions at once: A runs through; B is
-killed with SIGKILL as soon as it reports its first chunk, then rerun to the end.
+The `runs` fixture starts two evaluations of the same captions at once: A runs through on one
+device; B runs as two processes of 4 CPU devices each (over gloo, in batches of 8), is killed
+with SIGKILL as soon as it reports its first chunk, then rerun to the end by two processes.
 """
 import json
 import os
@@ -22,8 +23,10 @@ from muse_jax.evaluation import fid as F
 from tests.evaluation.helpers import shapes_captions, write_inception, write_tiny_clip
 from tests.sampling.test_pipeline import make_tiny_run, spiece  # noqa: F401 (fixture)
 from tests.training.helpers import REPO, cli_env
+from tests.training.test_multiprocess_stops import free_port
 
 N, BATCH, CHUNK = 10, 4, 4   # three chunks: 4, 4 and 2 images (a padded last batch)
+BATCH_B = 8                  # B: two chunks, 8 and 2 images, over 2 processes x 4 devices
 
 
 @pytest.fixture(scope="module")
@@ -44,44 +47,78 @@ def files(tmp_path_factory, spiece):  # noqa: F811
               clip=write_tiny_clip(str(root / "clip")))
 
 
-def evaluate_cmd(f, out, *extra):
+def evaluate_cmd(f, out, *extra, batch=BATCH):
   return [sys.executable, "-m", "muse_jax.evaluate", "--config=configs/pipeline_tiny.py",
           f"--workdir={f['run']}", f"--config.pipeline.text_encoder.spiece_model={f['spiece']}",
           f"--config.pipeline.vq_hi.workdir={f['run']}/vq_lo", f"--captions={f['captions_file']}",
           "--metrics=fid,clip,compositional", f"--reference_images={f['ref']}",
           f"--inception_weights={f['inception']}", "--inception_size=75",
-          f"--clip_weights={f['clip']}", f"--batch_size={BATCH}", f"--chunk_size={CHUNK}",
+          f"--clip_weights={f['clip']}", f"--batch_size={batch}", f"--chunk_size={batch}",
           f"--out={out}", *extra]
+
+
+def start_two_processes(f, out, log):
+  """B's two processes (4 CPU devices each, gloo); process 1's output goes to `log`. The
+  resumed processes read what the killed ones compiled from a persistent compilation cache."""
+  port = free_port()
+  env = cli_env(4)
+  env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log), "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  procs = []
+  for i in range(2):
+    cmd = evaluate_cmd(f, out, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                       f"--process_id={i}", "--cpu_collectives=gloo", batch=BATCH_B)
+    sink = subprocess.PIPE if i == 0 else open(log, "a")
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink,
+                                  stderr=subprocess.STDOUT, text=True))
+  return procs
 
 
 @pytest.fixture(scope="module")
 def runs(files):
   root = files["root"]
-  out_a, out_b = str(root / "a"), str(root / "b")
-  popen = dict(cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-               text=True)
-  a = subprocess.Popen(evaluate_cmd(files, out_a, "--save_images"), **popen)
-  b = subprocess.Popen(evaluate_cmd(files, out_b), **popen)
+  out_a, out_b, log = str(root / "a"), str(root / "b"), str(root / "b1.log")
+  a = subprocess.Popen(evaluate_cmd(files, out_a, "--save_images"), cwd=REPO, env=cli_env(1),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  b = start_two_processes(files, out_b, log)
   killed_after = []
-  for line in b.stdout:
+  for line in b[0].stdout:
     killed_after.append(line)
-    if line.startswith("chunk 1/3"):
-      b.kill()   # SIGKILL: no handler runs, nothing is flushed
+    if line.startswith("chunk 1/2"):
+      for p in b:
+        p.kill()   # SIGKILL: no handler runs, nothing is flushed
       break
-  b.wait(timeout=60)
-  assert b.returncode == -9, "".join(killed_after) + b.stderr.read()[-3000:]
+  for p in b:
+    p.wait(timeout=60)
+    assert p.returncode == -9, "".join(killed_after) + open(log).read()[-3000:]
   b_files = sorted(os.listdir(out_b))
-  resumed = subprocess.run(evaluate_cmd(files, out_b), capture_output=True, text=True,
-                           cwd=REPO, env=cli_env(1), timeout=600)
+  resumed = start_two_processes(files, out_b, log)
+  resumed_out = resumed[0].communicate(timeout=600)[0]
+  for p in resumed:
+    assert p.wait(timeout=60) == 0, resumed_out[-3000:] + open(log).read()[-3000:]
   stdout_a, stderr_a = a.communicate(timeout=600)
   assert a.returncode == 0, stderr_a[-3000:]
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  return dict(a=out_a, b=out_b, stdout_a=stdout_a, resumed=resumed.stdout, b_files=b_files)
+  return dict(a=out_a, b=out_b, stdout_a=stdout_a, resumed=resumed_out, b_files=b_files)
 
 
 def load_report(out):
   with open(os.path.join(out, "eval.json")) as f:
     return json.load(f)
+
+
+def tensorboard_events(out) -> dict:
+  """{tag: (step, scalar value or 'image')} of OUT/tensorboard's event files."""
+  from tensorboardX.proto import event_pb2
+
+  from muse_jax.data.records import read_tfrecord
+  found = {}
+  for name in os.listdir(os.path.join(out, "tensorboard")):
+    for raw in read_tfrecord(os.path.join(out, "tensorboard", name)):
+      event = event_pb2.Event.FromString(raw)
+      for v in event.summary.value:
+        found[v.tag] = (event.step, v.simple_value if v.HasField("simple_value") else "image")
+  return found
 
 
 def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(files, runs):
@@ -103,6 +140,16 @@ def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(f
   with Image.open(os.path.join(runs["a"], "grid.png")) as im:   # 4 tiles (one chunk), x4
     assert im.size == ((4 * 32 + 3 * 2) * 4, 32 * 4)
   assert report["grid"]["captions"] == files["captions"][:4]
+  # TensorBoard and metrics.jsonl: the figures at the base stage's step, and the grid.
+  step = report["step"]
+  assert step == report["setup"]["stage_steps"]["base"]
+  events = tensorboard_events(runs["a"])
+  assert events["eval/fid/fid"] == (step, pytest.approx(m["fid"]["fid"], rel=1e-6))
+  assert events["eval/clip/clip_score"][1] == pytest.approx(m["clip"]["clip_score"], rel=1e-6)
+  assert events["eval/compositional/overall"][1] == pytest.approx(m["compositional"]["overall"])
+  assert events["eval/samples"] == (step, "image")
+  with open(os.path.join(runs["a"], "metrics.jsonl")) as f:
+    assert json.loads(f.read())["eval/fid/fid"] == m["fid"]["fid"]
 
   # The same figures from the saved PNGs, computed independently of the runner.
   images = np.stack([np.asarray(Image.open(os.path.join(runs["a"], "images", f"{i:06d}.png")))
@@ -126,19 +173,28 @@ def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(f
   np.testing.assert_allclose(m["clip"]["mean_cosine"], np.mean(cos), rtol=1e-5, atol=1e-7)
 
 
-def test_a_killed_evaluation_resumes_where_it_stopped_and_equals_an_uninterrupted_one(runs):
+def test_a_killed_two_process_evaluation_resumes_and_equals_a_one_device_run(runs):
+  """B (2 processes x 4 devices, batches of 8, killed and resumed) against A (one device,
+  batches of 4): every image has the same tokens, whatever batch, device and process it is
+  made on; decoded pixels and network outputs may differ by float round-off (XLA sums in
+  another order for other per-device batch shapes), so the figures agree to round-off."""
   # Killed after its first chunk: progress saved, no report yet.
   assert "state.npz" in runs["b_files"] and "eval.json" not in runs["b_files"]
   resumed = runs["resumed"]
-  # SIGKILL came after chunk 1 was saved, maybe after chunk 2 as well.
-  assert ("resuming at chunk 2/3 (4/10 images done" in resumed
-          or "resuming at chunk 3/3 (8/10 images done" in resumed), resumed
-  assert "chunk 1/3" not in resumed   # nothing was redone
+  assert "resuming at chunk 2/2 (8/10 images done" in resumed, resumed
+  assert "chunk 1/2" not in resumed   # nothing was redone
   assert "reusing" in resumed          # the reference statistics were computed once
+  assert "over 8 device(s) of 2 process(es)" in resumed
   a, b = load_report(runs["a"]), load_report(runs["b"])
-  for report in (a, b):   # the cached reference file is per OUT
-    report["metrics"]["fid"]["reference"].pop("path")
-  assert b["metrics"] == a["metrics"]
+  ma, mb = a["metrics"], b["metrics"]
+  assert mb["compositional"] == ma["compositional"]
+  assert mb["fid"]["count"] == mb["clip"]["count"] == N
+  np.testing.assert_allclose(mb["fid"]["fid"], ma["fid"]["fid"], rtol=1e-4)
+  for k in ("clip_score", "mean_cosine"):
+    np.testing.assert_allclose(mb["clip"][k], ma["clip"][k], rtol=1e-4, atol=1e-6)
+  for report in (a, b):   # batching differs by design
+    for k in ("batch_size", "chunk_size"):
+      report["setup"].pop(k)
   assert b["setup"] == a["setup"]
 
 
@@ -241,12 +297,13 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
     cmd = [sys.executable, "-m", "muse_jax.evaluate", f"--out={t}/out_{len(procs)}", *args]
     procs[name] = subprocess.Popen(cmd, cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-  # Two that work: run A's saved PNGs scored as a folder (--images); the statistics of the
-  # reference folder, written once (--save_stats).
+  # Two that work: run A's saved PNGs scored as a folder (--images) on 8 devices; the
+  # statistics of the reference folder, written once (--save_stats).
   folder = subprocess.Popen(
       [sys.executable, "-m", "muse_jax.evaluate", f"--images={runs['a']}/images",
-       f"--captions={f['captions_file']}", "--metrics=compositional", f"--out={t}/folder"],
-      cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+       f"--captions={f['captions_file']}", "--metrics=clip,compositional", "--batch_size=8",
+       f"--clip_weights={f['clip']}", f"--out={t}/folder"],
+      cwd=REPO, env=cli_env(8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   stats_file = str(t / "ref_stats.npz")
   ok = subprocess.run([sys.executable, "-m", "muse_jax.evaluate", f"--save_stats={stats_file}",
                        f"--reference_images={f['ref']}", f"--inception_weights={f['inception']}",
@@ -265,7 +322,28 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
   assert F.load_stats(stats_file).count == 12
   _, err = folder.communicate(timeout=300)
   assert folder.returncode == 0, err[-3000:]
-  # The samples, read back from their PNGs, score as they did when sampled.
-  got = load_report(str(t / "folder"))
-  assert got["setup"]["source"] == "images"
-  assert got["metrics"] == {"compositional": load_report(runs["a"])["metrics"]["compositional"]}
+  # The samples, read back from their PNGs, score as they did when sampled on one device.
+  got, want = load_report(str(t / "folder")), load_report(runs["a"])["metrics"]
+  assert got["setup"]["source"] == "images" and got["step"] == 0
+  assert got["metrics"]["compositional"] == want["compositional"]
+  for k in ("clip_score", "mean_cosine"):
+    np.testing.assert_allclose(got["metrics"]["clip"][k], want["clip"][k], rtol=1e-5, atol=1e-7)
+
+
+def test_batches_must_split_over_every_device_and_pad_to_the_device_count():
+  """In this process's 8 CPU devices: a batch size that does not split is refused in one line;
+  a scorer on the mesh pads a part that does not fill its devices and cuts the result back."""
+  from muse_jax.evaluation import devices
+  with pytest.raises(ValueError, match=r"--batch_size=12 must be a multiple of the 8 devices"):
+    devices.check_batch(12)
+  devices.check_batch(16)
+  assert devices.process_rows(list(range(8))) == list(range(8))   # one process: all of it
+  mesh = devices.local_mesh()
+  calls = []
+
+  def fn(x):
+    calls.append(devices.rows_on(mesh)(x).sharding.shard_shape(x.shape))
+    return x * 2
+
+  out = devices.padded_rows(fn, mesh.size)(np.arange(3))
+  assert out.tolist() == [0, 2, 4] and calls == [(1,)]   # 8 rows, one per device
