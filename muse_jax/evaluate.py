@@ -49,8 +49,9 @@ gathers the results and writes OUT. Multi-process runs take the flags of muse_ja
 number of devices and processes changes image i's tokens not at all, its pixels and the
 figures only in float round-off; a run can resume with another number of them.
 
-Exit status: 0 done (or stopped by --max_chunks; rerun to continue); 2 bad flags, captions,
-images or weight files, or OUT holding another evaluation; 4 a stage has no checkpoint.
+Exit status: 0 done (or stopped by --max_chunks; rerun to continue); 2 bad flags (e.g. a
+--batch_size that does not split over the devices), captions, images or weight files, or OUT
+holding another evaluation; 4 a stage has no checkpoint.
 """
 import logging
 import os
@@ -334,7 +335,9 @@ def run():
     step = (source.get("stage_steps") or {}).get("base", 0)
   report = {"metrics": results, "num_images": len(captions), "image_size": list(size),
             "step": int(step),
-            "captions": {"path": FLAGS.captions, "count": len(captions)},
+            "captions": {"path": str(paths.resolve(FLAGS.captions)), "count": len(captions),
+                         "format": (caption_sets.detect(FLAGS.captions)
+                                    if FLAGS.captions_format == "auto" else FLAGS.captions_format)},
             "grid": {"path": runner.GRID_FILE if FLAGS.grid else None,
                      "captions": captions[:min(FLAGS.grid, chunk)]},
             "setup": runner.identity(ev)}
