@@ -101,6 +101,10 @@ class Accumulators:
       acc.comp = {k: int(z[f"comp_{k}"]) for k in acc.comp}
     return acc
 
+  def update(self, ev: Evaluation, images: np.ndarray, captions: list[str], valid: int):
+    """Adds the first `valid` rows of a whole batch of images, scored in this process."""
+    self.add(batch_rows(ev, images, captions), valid)
+
   def add(self, rows: dict[str, np.ndarray], valid: int):
     """Adds the first `valid` rows of a whole batch's `batch_rows`, in order."""
     if self.fid is not None:

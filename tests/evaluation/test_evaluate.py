@@ -221,8 +221,13 @@ def test_resume_in_process_by_chunks_and_by_a_longer_num(tmp_path):
   inception = scorers.load_inception(None, "fid", 75)   # random weights
   metrics = ("fid", "compositional")
   assert inception.info["random_weights"] and inception.info["note"] == scorers.FID_RANDOM_NOTE
-  _, _, whole = _stats(tmp_path, "whole", captions, images, metrics, inception)
+  ev, _, whole = _stats(tmp_path, "whole", captions, images, metrics, inception)
   assert whole["fid_count"] == 9 and 0 < whole["comp_overall"] < 9
+  # Batch by batch in this process (as evaluation during training adds them): the same sums.
+  acc = runner.Accumulators(metrics)
+  for idx, valid in runner.padded_batches(9, 2):
+    acc.update(ev, images[idx], [captions[i] for i in idx], valid)
+  assert_same(acc.arrays(), whole)
   # Stopped after one chunk, then the rest: the same float64 sums, bit for bit (so the same
   # FID).
   assert _stats(tmp_path, "parts", captions, images, metrics, inception, max_chunks=1) is None
