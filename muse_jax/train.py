@@ -13,6 +13,11 @@ processes, mesh, parameter count, global and per-device batch, workdir.
 Writes to WORKDIR: checkpoints/ (Orbax), metrics.jsonl (every step's scalars),
 tensorboard/ (TensorBoard events), config.json.
 
+Base and SR stages evaluate samples every `eval.samples.every` steps when it is set: a fixed
+caption set sampled through the stage and scored (fid, clip, compositional), logged to
+metrics.jsonl and TensorBoard as eval/<metric>/<set>/<value> with a sample grid
+(docs/evaluation.md, "During training").
+
 A newest checkpoint that cannot be restored intact is reported in one line, moved to
 WORKDIR/checkpoints_rejected/ and the run resumes from the newest intact one.
 
@@ -49,6 +54,7 @@ def main(argv):
   distributed.initialize_from_flags()
   import jax
   from muse_jax.cli import run_or_exit
+  from muse_jax.evaluation.during_training import SampleEvaluation
   from muse_jax.training.banner import run_banner
   from muse_jax.training.loop import Trainer
   from muse_jax.training.registry import validate
@@ -56,8 +62,11 @@ def main(argv):
 
   def run():
     validate(config)
-    trainer = Trainer(config, FLAGS.workdir)
-    if jax.process_index() == 0:
+    main_process = jax.process_index() == 0
+    hook = SampleEvaluation.from_config(
+        config, log=lambda line: main_process and print(line, flush=True))
+    trainer = Trainer(config, FLAGS.workdir, hooks=[hook] if hook else [])
+    if main_process:
       print(run_banner(config, trainer.mesh, trainer.abstract_state, trainer.workdir), flush=True)
     trainer.run()
 

@@ -1,11 +1,12 @@
 """Shared config pieces. Every runnable config starts from `get_config(stage)` and overrides.
 
-Sections: model, objective, optimizer, data, mesh, checkpoint, train. Only keys defined here
+Sections: model, objective, optimizer, data, mesh, checkpoint, train, eval (common_eval.py). Only keys defined here
 may appear in a config (checked by `muse_jax.training.registry.validate`, which suggests the
 closest name; each stage's `reference_config()` names the keys it accepts).
 """
 import ml_collections
 
+from muse_jax.configs import common_eval
 from muse_jax.parallel import sharding
 
 DEFAULT_RULES = sharding.DEFAULT_RULES
@@ -92,5 +93,6 @@ def get_config(stage: str = "base") -> ml_collections.ConfigDict:
       peak_tflops_per_device=0.0,  # 0: look up the device kind (for MFU)
       tensorboard=True,
   ))
+  c.eval = common_eval.eval_config()  # sample evaluation during training; off by default
   return c
 

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -31,6 +31,7 @@ from muse_jax.data.batch import BatchSource
 from muse_jax.parallel.distributed import global_batch
 from muse_jax.parallel.mesh import data_parallel_size, make_mesh
 from muse_jax.training.flops import peak_flops_per_device
+from muse_jax.training.hooks import Hook, HookContext
 from muse_jax.training.inputs import open_input
 from muse_jax.training.registry import validate
 from muse_jax.training.reporting import Reporter
@@ -73,7 +74,8 @@ class Trainer(StepFunctions):
   """Holds the compiled step functions of one run; `run()` executes the loop."""
 
   def __init__(self, config, workdir: str, *, train_source: BatchSource | None = None,
-               eval_source: BatchSource | None = None, stream=None, devices=None):
+               eval_source: BatchSource | None = None, stream=None, devices=None,
+               hooks: Sequence[Hook] = ()):
     self.workdir = str(paths.resolve(workdir))
     validate(config)  # every start-time check before anything is built
     self.schedule_note = resolve_schedule(config, self.workdir)  # before the optimizer is built
@@ -90,6 +92,7 @@ class Trainer(StepFunctions):
     check_writable(self.workdir)  # config.json, metrics.jsonl; Checkpointer checks its own
     self.ckpt = Checkpointer(checkpoint_dir(self.workdir), config.checkpoint)
     self.stream = stream
+    self.hooks = list(hooks)
 
   def initial_state(self):
     """(state, step): restored from the newest checkpoint, or freshly initialised."""
@@ -226,6 +229,15 @@ class Trainer(StepFunctions):
           if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
             for name, grid in self.stage.images(state, local).items():
               reporter.images(step, name, grid)
+          due = [h for h in self.hooks if h.due(step, total)]
+          if due:
+            if pending is not None:  # collectives in the hooks come after this step's
+              finish(pending)
+              pending = None
+            ctx = HookContext(step=step, state=state, stage=self.stage, mesh=self.mesh,
+                              reporter=reporter, total_steps=total, is_main=self.is_main)
+            for hook in due:
+              hook(ctx)
           stop = agreed_stop(step)
           if stop or step == total or self.ckpt.should_save(step):
             if pending is not None:
@@ -241,6 +253,8 @@ class Trainer(StepFunctions):
         if pending is not None:
           finish(pending)
     finally:
+      for hook in self.hooks:
+        hook.close()
       reporter.close()
     reporter.message(f"Done: {step} steps; checkpoints in {ckpt_dir}")
     return TrainResult(state=state, step=step, stage=self.stage, eval_metrics=eval_metrics)

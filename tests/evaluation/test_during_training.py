@@ -1,0 +1,168 @@
+"""Sample evaluation during training (muse_jax/evaluation/during_training.py) on the tiny
+random cascade: the figures and images at step N equal those `muse_jax.evaluate` computes from
+the checkpoint of step N (its code path in-process: Pipeline.from_config, runner.cascade_images,
+runner.run, runner.summarize), for a base stage and for an SR stage that starts from a trained
+base stage; the hook leaves the training bit for bit as it is without it; bad settings fail
+before the first step.
+
+The base stage trains 2 steps on synthetic data (2 devices: the rows of an 8-caption batch are
+sharded over them), evaluating after each; the SR stage 1 step. Compiles (train steps,
+samplers) make the module take about 20 s on 2 cores.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from muse_jax.configs.checks import ConfigError
+from muse_jax.evaluation import runner
+from muse_jax.evaluation.during_training import SampleEvaluation, caption_sets
+from muse_jax.sampling import loading
+from muse_jax.sampling.pipeline import Pipeline
+from muse_jax.training.loop import Trainer, read_metrics
+from tests.evaluation.helpers import shapes_captions
+from tests.sampling.test_chain import chained_run  # noqa: F401 (fixture)
+from tests.sampling.test_pipeline import spiece  # noqa: F401 (fixture)
+from tests.training.helpers import flat
+
+STEPS, BATCH = 2, 8   # evaluations after steps 1 and 2; batches of 8 and 2 (padded)
+METRICS = ("compositional", "clip")
+DEVICES = 2           # the rows of a batch are sharded over both
+
+
+def stage_config(pipeline_config, name, root, captions, steps=STEPS):
+  """The pipeline's tiny base or SR training config on synthetic data, evaluating samples
+  after every step."""
+  c = loading.stage_config(pipeline_config.pipeline[name])
+  c.train.update(dict(batch_size=8, num_steps=steps, log_every=1, eval_every=0,
+                      tensorboard=False))
+  c.checkpoint.update(dict(every_steps=1, keep=steps))
+  c.data.update(dict(source="synthetic", path=""))
+  s = c.eval.samples
+  s.update(dict(every=1, captions=captions, metrics=",".join(METRICS), batch_size=BATCH,
+                precompute=os.path.join(root, "precompute"), clip_model="tiny", grid=4))
+  s.sampling.update(pipeline_config.sampling.to_dict())
+  if name == "sr":
+    s.update(dict(base_workdir=os.path.join(root, "base"), vq_hi=os.path.join(root, "vq_lo")))
+  return c
+
+
+@pytest.fixture(scope="module")
+def runs(chained_run, tmp_path_factory):  # noqa: F811
+  import jax
+  root, pipeline_config = chained_run
+  out = tmp_path_factory.mktemp("during")
+  captions = shapes_captions(13)
+  (out / "a.txt").write_text("\n".join(captions[:10]) + "\n")
+  (out / "b.txt").write_text("\n".join(captions[10:]) + "\n")
+  spec = f"train_like={out / 'a.txt'},heldout={out / 'b.txt'}"
+  devices = jax.devices()[:DEVICES]
+  result = {}
+  for name, steps in (("base", STEPS), ("sr", 1)):
+    config = stage_config(pipeline_config, name, root, spec, steps)
+    hook = SampleEvaluation.from_config(config, log=lambda s: None)
+    wd = str(out / name)
+    Trainer(config, wd, hooks=[hook], devices=devices).run()
+    result[name] = dict(config=config, hook=hook, workdir=wd, steps=steps)
+  # The base stage once more without the hook: the same training.
+  plain = stage_config(pipeline_config, "base", root, spec)
+  plain.eval.samples.every = 0
+  result["plain"] = Trainer(plain, str(out / "plain"), devices=devices).run()   # TrainResult
+  return root, pipeline_config, out, result
+
+
+def standalone(root, pipeline_config, name, workdir, steps, sets, clip):
+  """What `muse_jax.evaluate --config` computes from the checkpoint of each step:
+  {(step, set): (results, images)}. One pipeline; its stage's params replaced per step."""
+  import dataclasses
+
+  import ml_collections
+  c = ml_collections.ConfigDict(pipeline_config.to_dict())
+  c.pipeline[name].workdir = workdir
+  c.pipeline[name].step = steps[0]
+  if name == "base":
+    c.pipeline.sr.config = ""
+  pipe = Pipeline.from_config(c, root)
+  out = {}
+  for step in steps:
+    stage = getattr(pipe, name)
+    params, _ = loading.load_stage_params(stage.config, workdir, step=step)
+    setattr(pipe, name, dataclasses.replace(stage, params=params, step=step))
+    for set_name, captions in sets.items():
+      images_fn = runner.cascade_images(pipe, captions, 0)
+      ev = runner.Evaluation(out=os.path.join(workdir, f"standalone_{step}_{set_name}"),
+                             captions=captions, metrics=METRICS, batch_size=BATCH,
+                             chunk_size=BATCH, identity={}, clip=clip)
+      acc = runner.run(ev, images_fn, log=lambda s: None)
+      images = np.concatenate([images_fn(idx)[:valid]
+                               for idx, valid in runner.padded_batches(len(captions), BATCH)])
+      out[step, set_name] = runner.summarize(ev, acc), images
+  return out
+
+
+def logged(workdir, step):
+  return {k: v for r in read_metrics(workdir) if r["step"] == step for k, v in r.items()
+          if k.startswith("eval/")}
+
+
+@pytest.mark.parametrize("name", ["base", "sr"])
+def test_figures_at_step_n_equal_the_standalone_evaluation_of_checkpoint_n(runs, name):
+  root, pipeline_config, _, result = runs
+  r = result[name]
+  hook, wd = r["hook"], r["workdir"]
+  sets = {n: x.captions for n, x in hook.sets.items()}
+  steps = list(range(1, r["steps"] + 1))
+  want = standalone(root, pipeline_config, name, wd, steps, sets, hook.clip)
+  for step in steps:
+    got = logged(wd, step)
+    assert len(got) == 2 * (5 + 2), sorted(got)   # 2 sets x (5 compositional + 2 clip)
+    for set_name in sets:
+      results, images = want[step, set_name]
+      for metric, keys in (("compositional", ("count", "colour", "shape", "position",
+                                              "overall")),
+                           ("clip", ("clip_score", "mean_cosine"))):
+        for k in keys:
+          assert got[f"eval/{metric}/{set_name}/{k}"] == results[metric][k], (step, set_name, k)
+      if step == steps[-1]:   # the hook keeps the images of its last evaluation
+        kept_results, kept = hook.latest[set_name]
+        np.testing.assert_array_equal(kept, images)
+        assert kept_results["compositional"] == results["compositional"]
+
+
+def test_the_hook_changes_nothing_in_the_training(runs):
+  _, _, out, result = runs
+  with_hook = [r for r in read_metrics(result["base"]["workdir"]) if "loss" in r]
+  without = [r for r in read_metrics(str(out / "plain")) if "loss" in r]
+  assert [r["step"] for r in with_hook] == list(range(1, STEPS + 1))
+  assert [r["loss"] for r in with_hook] == [r["loss"] for r in without]
+  restored = loading.load_stage_params(result["base"]["config"], result["base"]["workdir"])[0]
+  plain = result["plain"]
+  for k, v in flat(plain.stage.params_for_export(plain.state)).items():
+    np.testing.assert_array_equal(flat(restored)[k], v, err_msg=k)
+
+
+def test_bad_settings_fail_before_training(runs, tmp_path):
+  root, pipeline_config, out, _ = runs
+  good = f"{out / 'a.txt'}"
+  (tmp_path / "free.txt").write_text("a photo of a cat\n")
+  (tmp_path / "empty.txt").write_text("\n \n")
+  cases = [
+      (dict(captions=""), "needs eval.samples.captions"),
+      (dict(captions=str(tmp_path / "missing.txt")), "no such file"),
+      (dict(captions=str(tmp_path / "empty.txt")), "holds no captions"),
+      (dict(captions=str(tmp_path / "free.txt")), "not in the shapes grammar"),
+      (dict(captions=f"x={good},x={good}"), "unique"),
+      (dict(captions=good, metrics="fid,ssim"), "choose from fid, clip, compositional"),
+      (dict(captions=good, metrics="fid"), "reference_stats"),
+      (dict(captions=good, precompute=str(tmp_path)), "manifest.json"),
+  ]
+  for settings, message in cases:
+    config = stage_config(pipeline_config, "base", root, good)
+    config.eval.samples.update(settings)
+    with pytest.raises(ConfigError, match=message):
+      SampleEvaluation.from_config(config)
+  config = stage_config(pipeline_config, "sr", root, good)
+  config.eval.samples.base_workdir = ""
+  with pytest.raises(ConfigError, match="base_workdir"):
+    SampleEvaluation.from_config(config)
+  assert list(caption_sets(good)) == ["a"]
