@@ -47,6 +47,8 @@ def get_config():
   c.base.train.update(dict(batch_size=256, num_steps=4000, log_every=100, eval_every=1000,
                            eval_batches=4))
   c.base.checkpoint.update(dict(every_steps=1000))
+  # Accuracy curves: 256 captions per split every 500 steps.
+  c.base.eval.samples.update(dict(every=500, num=256, batch_size=256))
 
   # lowres_skip as in demo_cpu (inherited; stated here). It raises the held-out captions' fully
   # right rate, most at guidance 3 (docs/demo.md compares runs with and without it).
@@ -57,6 +59,7 @@ def get_config():
   c.sr.train.update(dict(batch_size=128, num_steps=3000, log_every=100, eval_every=1000,
                          eval_batches=4))
   c.sr.checkpoint.update(dict(every_steps=1000))
+  c.sr.eval.samples.update(dict(every=500, num=256, batch_size=256))
 
   # Guidance 1.0 for both stages: light guidance (0.5-1) scored best in earlier guidance sweeps
   # (0.5, 1, 2, 3, 3/0, 0/3; docs/demo.md) and 3 worst (stray fragments break counting). The

@@ -26,6 +26,7 @@ def micro_config():
     s.model.update(dict(hidden_size=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64))
     s.train.update(dict(batch_size=8, num_steps=3, log_every=1, eval_every=3))
     s.checkpoint.every_steps = 2
+    s.eval.samples.update(dict(every=3, num=2, batch_size=2))   # once, at the last step
   c.sr.model.lowres_num_layers = 1
   c.sampling.update(dict(base_steps=2, sr_steps=2))
   c.sampling.editing.mask_free_iterations = 2
@@ -78,6 +79,12 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   for name in ("base", "sr"):  # train against eval (held-out split) loss and token accuracy
     (gap,) = saved["generalisation"][name]
     assert gap["step"] == 3 and gap["train_steps"] == 3
+    # Detector accuracy per split during training (eval.samples), in metrics.json.
+    (curve,) = saved["accuracy_curves"][name]
+    assert curve["step"] == 3
+    for split in ("train_like", "heldout"):
+      assert set(curve[split]) == {"count", "colour", "shape", "position", "overall"}
+      assert all(0.0 <= v <= 1.0 for v in curve[split].values())
     assert set(gap) >= {"train_loss", "eval_loss", "train_accuracy", "eval_accuracy"}
   assert "loss_first" in saved["training"]["sr"] and "loss_last" in saved["training"]["tokenizer"]
   assert saved["configs"]["base"]["model"]["grid_size"] == 4      # 16 px / f4

@@ -47,6 +47,10 @@ def write_report(demo) -> dict:
       # the base and SR stages; train values are means over the steps since the previous one.
       "generalisation": {name: gap_curve(demo.path(name, "metrics.jsonl"))
                          for name in ("base", "sr")},
+      # The detector's accuracy per caption set and attribute at each evaluation during
+      # training (the stages' eval.samples; TensorBoard: eval/compositional/<set>/<attribute>).
+      "accuracy_curves": {name: accuracy_curve(demo.path(name, "metrics.jsonl"))
+                          for name in ("base", "sr")},
       "stage_seconds": {name: st[name]["seconds"] for name in STEPS if name in st},
       "total_seconds": round(sum(st[name]["seconds"] for name in STEPS if name in st), 2),
       "command": "python -m muse_jax.demo " + " ".join(demo.argv[1:]),
@@ -96,6 +100,26 @@ def gap_curve(path: str) -> list[dict]:
                      train_steps=len(loss))
         rows.append(row)
         loss, acc = [], []
+  return rows
+
+
+def accuracy_curve(path: str) -> list[dict]:
+  """One row per evaluation of samples during training in a stage's metrics.jsonl:
+  {'step', <set>: {attribute: accuracy}}."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  prefix = "eval/compositional/"
+  with open(path) as fh:
+    for line in fh:
+      rec = json.loads(line) if line.strip() else {}
+      row: dict = {}
+      for key, value in rec.items():
+        if key.startswith(prefix):
+          name, attribute = key[len(prefix):].split("/")
+          row.setdefault(name, {})[attribute] = value
+      if row:
+        rows.append({"step": rec["step"], **row})
   return rows
 
 

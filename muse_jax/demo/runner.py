@@ -13,11 +13,13 @@ import time
 import ml_collections
 
 from muse_jax.data.shapes import dataset as shapes
-from muse_jax.demo.constants import STATE_FILE, STEPS
+from muse_jax.demo.constants import SPLITS, STATE_FILE, STEPS
 from muse_jax.demo.evaluate import run_edits, run_samples
 from muse_jax.demo.report import write_report
-from muse_jax.demo.stage_configs import fingerprint, stage_configs, tokenizer_factor
+from muse_jax.demo.stage_configs import (eval_captions_file, fingerprint, stage_configs,
+                                         tokenizer_factor)
 from muse_jax.encoders.text_encoder import TextEncoder
+from muse_jax.evaluation.during_training import SampleEvaluation
 from muse_jax.encoders.vq_tokenizer import VQTokenizer
 from muse_jax.models import vqgan as V
 from muse_jax.precompute.run import MANIFEST, run_precompute
@@ -88,6 +90,7 @@ class Demo:
              f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
     self.train_stage("tokenizer")
     self.precompute()
+    self.write_eval_captions()
     self.train_stage("base")
     self.train_stage("sr")
     self.samples()
@@ -119,7 +122,10 @@ class Demo:
     self.log(stage, f"training the {what} for {total} steps (batch {cfg.train.batch_size}) "
              f"in {wd}" + (f", resuming from step {step}" if step else ""))
     t = time.perf_counter()
-    Trainer(cfg, wd, stream=self.stream).run()
+    hook = None
+    if stage in ("base", "sr"):
+      hook = SampleEvaluation.from_config(cfg, log=lambda line: self.log(stage, line))
+    Trainer(cfg, wd, stream=self.stream, hooks=[hook] if hook else []).run()
     seconds = time.perf_counter() - t + (self.done(stage) or {}).get("seconds", 0.0)
     summary = loss_summary(wd)
     self.finish(stage, seconds, steps=total, config_sha=fingerprint(cfg), **summary)
@@ -145,6 +151,18 @@ class Demo:
     self.finish("precompute", seconds, config_sha=fingerprint(cfg),
                 records={k: v["records"] for k, v in manifest["splits"].items()})
     self.log("precompute", f"done in {seconds:.0f} s")
+
+  def write_eval_captions(self) -> None:
+    """The evaluation captions of each split, one per line, for the base and SR stages'
+    evaluation during training (their eval.samples.captions)."""
+    for split in SPLITS:
+      path = eval_captions_file(self.workdir, split)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      text = "".join(ex.caption + "\n" for ex in self.eval_captions(split))
+      tmp = f"{path}.tmp-{os.getpid()}"
+      with open(tmp, "w") as fh:
+        fh.write(text)
+      os.replace(tmp, path)
 
   def samples(self) -> None:
     run_samples(self)

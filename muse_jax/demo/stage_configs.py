@@ -7,7 +7,16 @@ import os
 import ml_collections
 
 from muse_jax.configs.checks import ConfigError
+from muse_jax.demo.constants import SPLITS
 from muse_jax.models import t5, vqgan as V
+
+# The caption sets the base and SR stages are evaluated on while they train (their
+# eval.samples), one file per split in WORKDIR/eval_captions/, written by the demo (runner.py).
+EVAL_SET_NAMES = {"train": "train_like", "heldout": "heldout"}
+
+
+def eval_captions_file(workdir: str, split: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "eval_captions", f"{split}.txt")
 
 
 def tokenizer_factor(model_cfg) -> int:
@@ -22,7 +31,9 @@ def stage_configs(config, workdir: str) -> dict:
   """The runnable config of every stage, with the keys that link the stages filled in.
 
   Returns {'tokenizer', 'precompute', 'base', 'sr'}: copies of config.vqgan, .precompute,
-  .base, .sr (the demo config is not changed) and 'text_encoder' (the sampling encoder).
+  .base, .sr (the demo config is not changed) and 'text_encoder' (the sampling encoder). The
+  base and SR stages' eval.samples read the demo's evaluation captions (`eval_captions_file`)
+  and sample with the demo's `sampling` settings; eval.samples.every turns them on.
   """
   workdir = os.path.abspath(workdir)
   hi, lo = int(config.image_size), int(config.lowres_size)
@@ -58,6 +69,15 @@ def stage_configs(config, workdir: str) -> dict:
     if name == "sr":
       c.model.lowres_grid_size = lo // f
     c.data.update(dict(source="precomputed", path=pre_dir, eval_path=""))
+    # Detector accuracy per split during training, sampled as the demo's samples step does
+    # (its sampling settings, the tokenizer of the precompute).
+    s = c.eval.samples
+    s.captions = ",".join(f"{EVAL_SET_NAMES[split]}={eval_captions_file(workdir, split)}"
+                          for split in SPLITS)
+    s.sampling = copy(config.sampling)
+    s.seed = int(config.seed)
+    if name == "sr":
+      s.base_workdir = os.path.join(workdir, "base")
     out[name] = c
   enc = copy(te)
   enc.spiece_model = os.path.join(pre_dir, "spiece.model")
