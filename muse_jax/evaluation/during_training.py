@@ -176,6 +176,11 @@ class SampleEvaluation(Hook):
     if encoder.tokenizer is None:
       raise ConfigError("eval.samples: the precompute's text encoder has no spiece_model; set "
                         "eval.samples.spiece_model")
+    d, m = int(encoder.config.d_model), config.model
+    if int(m.text_dim) != d or self.vq.cfg.codebook_size != int(m.codebook_size):
+      raise ConfigError(f"eval.samples: the stage's model.text_dim={m.text_dim} and "
+                        f"codebook_size={m.codebook_size} do not fit its precompute's text "
+                        f"encoder ({d}-d) and tokenizer ({self.vq.cfg.codebook_size} codes)")
     self._encode_sets(encoder)
     self.inception = self.clip = self.ref = self.ref_info = None
     if self.is_main:

@@ -73,3 +73,28 @@ def write_tiny_clip(directory: str, seed: int = 0) -> str:
 def shapes_captions(n: int, seed: int = 0) -> list[str]:
   from muse_jax.data.shapes import dataset as shapes
   return [ex.caption for ex in shapes.ShapesDataset("train", n, seed, 32)]
+
+
+def write_sampling_chain(root: str, spiece: str) -> str:
+  """What evaluation during training needs of a precompute, around configs/pipeline_tiny.py's
+  random models: ROOT/vq_lo (a random f4 tokenizer checkpoint, 64 codes) and
+  ROOT/precompute/manifest.json naming it and the tiny T5 (32-d) with `spiece`. Returns the
+  precompute directory."""
+  import shutil
+
+  from configs import pipeline_tiny
+  from muse_jax.sampling import loading
+  from tests.sampling.test_pipeline import save_random_stage
+  config = pipeline_tiny.get_config()
+  vq = os.path.join(root, "vq_lo")
+  save_random_stage(loading.stage_config(config.pipeline.vq_lo), vq, 2)
+  pre = os.path.join(root, "precompute")
+  os.makedirs(pre, exist_ok=True)
+  shutil.copy(spiece, os.path.join(pre, "spiece.model"))
+  text_encoder = config.pipeline.text_encoder.to_dict()
+  text_encoder["spiece_model"] = ""   # PRE/spiece.model, as precompute leaves it
+  manifest = {"format_version": 1, "config": {"text_encoder": text_encoder},
+              "models": {"tokenizer": {"weights": vq}, "sr_tokenizer": {"weights": vq}}}
+  with open(os.path.join(pre, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  return pre

@@ -100,10 +100,20 @@ def test_cli_trains_then_resumes_to_more_steps(tmp_path):
 
 
 def test_two_process_run_trains_checkpoints_and_matches_one_process(tmp_path):
-  """Two real processes x 4 CPU devices over gloo, started by launch/local.py."""
+  """Two real processes x 4 CPU devices over gloo, started by launch/local.py, with the
+  evaluation of samples during training on (eval.samples): every process samples (the rows
+  sharded over the 8 devices, the parameters over fsdp), process 0 scores and logs."""
+  from tests.encoders.test_text_tokenizer import train_spiece
+  from tests.evaluation.helpers import shapes_captions, write_sampling_chain
+  (tmp_path / "spiece").mkdir()
+  pre = write_sampling_chain(str(tmp_path), train_spiece(str(tmp_path / "spiece")))
+  (tmp_path / "captions.txt").write_text("\n".join(shapes_captions(8)) + "\n")
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
   args = ["--config.train.num_steps=6", "--config.checkpoint.every_steps=3",
-          "--config.mesh.fsdp=2", "--config.train.eval_every=0"]
+          "--config.mesh.fsdp=2", "--config.train.eval_every=0", "--config.model.text_dim=32",
+          "--config.eval.samples.every=3", f"--config.eval.samples.precompute={pre}",
+          f"--config.eval.samples.captions={tmp_path / 'captions.txt'}",
+          "--config.eval.samples.batch_size=8", "--config.eval.samples.sampling.base_steps=2"]
   launcher = [sys.executable, "launch/local.py", "--num_processes=2",
               "--devices_per_process=4", "--"] + train_cmd(two, *args)[1:]
   env = cli_env()
@@ -112,7 +122,14 @@ def test_two_process_run_trains_checkpoints_and_matches_one_process(tmp_path):
                         timeout=300)
   assert proc.returncode == 0, proc.stdout[-4000:]
   assert "[0] Done: 6 steps" in proc.stdout and "[1]" in proc.stdout
+  assert "[0] samples @ 3" in proc.stdout and "[1] samples @" not in proc.stdout
   assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["3", "6"]
   run_cli(one, *args)
-  np.testing.assert_allclose([r["loss"] for r in read_metrics(two)],
-                             [r["loss"] for r in read_metrics(one)], rtol=1e-5)
+  losses = [[r["loss"] for r in read_metrics(wd) if "loss" in r] for wd in (two, one)]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  for wd in (two, one):
+    evals = {r["step"]: r for r in read_metrics(wd) if "eval/compositional/captions/overall" in r}
+    assert sorted(evals) == [3, 6], wd
+    for r in evals.values():
+      assert all(0.0 <= r[f"eval/compositional/captions/{k}"] <= 1.0
+                 for k in ("count", "colour", "shape", "position", "overall"))
