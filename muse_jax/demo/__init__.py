@@ -40,7 +40,12 @@ Writes to WORKDIR:
                    at each eval.guidance_sweep entry), the detector on the dataset images and
                    on their tokenizer reconstructions (the ceilings), first/last training
                    losses, stage timings, command and configs
-  tokenizer/ precompute/ base/ sr/         the stage workdirs (checkpoints, metrics.jsonl, ...)
+  tokenizer/ precompute/ base/ sr/         the stage workdirs (checkpoints, metrics.jsonl, ...);
+                                           base/ and sr/ log the detector's accuracy on the
+                                           evaluation captions every eval.samples.every steps
+                                           (TensorBoard eval/compositional/<set>/<attribute>;
+                                           metrics.json accuracy_curves)
+  eval_captions/                           those captions, one file per split
   demo_state.json                          finished stages, their timings and results
 
 Resuming. Rerunning the same command skips finished stages (a training stage is finished when
