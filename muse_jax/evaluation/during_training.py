@@ -167,11 +167,22 @@ class SampleEvaluation(Hook):
     self.latest: dict = {}   # process 0: {set: (results, uint8 images)} of the last evaluation
     self.model_def = stage_model(config)
     self.base = None
-    if self.stage_name == "sr":
-      section = common_pipeline.stage_section(os.path.join(str(s.base_workdir), CONFIG_FILE),
-                                              str(s.base_workdir))
-      self.base = loading.load_transformer(section, "base")
-    self.vq = _vq(vq_dir, vq_flag)
+    try:
+      if self.stage_name == "sr":
+        section = common_pipeline.stage_section(os.path.join(str(s.base_workdir), CONFIG_FILE),
+                                                str(s.base_workdir))
+        self.base = loading.load_transformer(section, "base")
+      self.vq = _vq(vq_dir, vq_flag)
+    except (FileNotFoundError, ValueError) as e:   # MissingCheckpoint is a FileNotFoundError
+      raise ConfigError(f"eval.samples: {e}") from None
+    if self.base is not None and (
+        int(self.base.model.grid_size) != int(config.model.lowres_grid_size)
+        or int(self.base.model.codebook_size) != int(config.model.codebook_size)):
+      raise ConfigError(f"eval.samples.base_workdir={s.base_workdir} makes "
+                        f"{self.base.grid}x{self.base.grid} tokens of "
+                        f"{self.base.model.codebook_size} codes; this SR stage reads "
+                        f"{config.model.lowres_grid_size}x{config.model.lowres_grid_size} of "
+                        f"{config.model.codebook_size}")
     encoder = TextEncoder.from_config(te, mesh=loading.single_device_mesh())
     if encoder.tokenizer is None:
       raise ConfigError("eval.samples: the precompute's text encoder has no spiece_model; set "

@@ -137,8 +137,10 @@ def test_bad_settings_fail_before_training(run, tmp_path):
     config.eval.samples.update(settings)
     with pytest.raises(ConfigError, match=message):
       SampleEvaluation.from_config(config)
-  config = stage_config(pipeline_config, "sr", root, good)
-  config.eval.samples.base_workdir = ""
-  with pytest.raises(ConfigError, match="base_workdir"):
-    SampleEvaluation.from_config(config)
+  for base_workdir, message in (("", "needs eval.samples.base_workdir"),
+                                 (str(tmp_path), "config.json|checkpoint")):
+    config = stage_config(pipeline_config, "sr", root, good)
+    config.eval.samples.base_workdir = base_workdir
+    with pytest.raises(ConfigError, match=message):
+      SampleEvaluation.from_config(config)
   assert list(caption_sets(good)) == ["a"]
