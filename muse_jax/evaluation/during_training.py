@@ -136,7 +136,7 @@ class SampleEvaluation(Hook):
   """The hook (module docstring). Build it with `from_config`; everything that can fail on a
   bad setting fails there, before the first step."""
 
-  def __init__(self, config, log: Callable[[str], None] = print):
+  def __init__(self, config, log: Callable[[str], None] = print, keep_images: bool = False):
     s = config.eval.samples
     self.config, self.settings, self.log = config, s, log
     self.every = int(s.every)
@@ -164,7 +164,10 @@ class SampleEvaluation(Hook):
     self.sampling = s.sampling
     self.opts = parallel_decode.decode_options(self.sampling, self.stage_name)
     self.is_main = jax.process_index() == 0
-    self.latest: dict = {}   # process 0: {set: (results, uint8 images)} of the last evaluation
+    # Process 0: {set: (results, uint8 images or None)} of the last evaluation; the images
+    # only with keep_images (they are all the samples of a set).
+    self.latest: dict = {}
+    self.keep_images = keep_images
     self.model_def = stage_model(config)
     self.base = None
     try:
@@ -198,12 +201,12 @@ class SampleEvaluation(Hook):
       self._load_scorers()
 
   @classmethod
-  def from_config(cls, config, log: Callable[[str], None] = print) -> Optional[
-      "SampleEvaluation"]:
+  def from_config(cls, config, log: Callable[[str], None] = print,
+                  keep_images: bool = False) -> Optional["SampleEvaluation"]:
     """The hook of `config.eval.samples`, or None when it is off (or the config has none)."""
     if "eval" not in config or int(config.eval.samples.every) <= 0:
       return None
-    return cls(config, log)
+    return cls(config, log, keep_images)
 
   # --- set-up --------------------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class SampleEvaluation(Hook):
 
     def enc(prompts):
       emb, mask = encoder.encode(list(prompts))
-      emb = sharded._pad(np.asarray(emb, np.float32), length)
+      emb = sharded.pad_text(np.asarray(emb, np.float32), length)
       return emb, np.asarray(np.sum(np.asarray(mask), axis=-1), np.int32)
 
     neg_text = enc([neg]) if neg else None
@@ -267,7 +270,7 @@ class SampleEvaluation(Hook):
                                 for b in x.batches):
       return
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    params = jax.tree.map(lambda a: sharded._global(np.asarray(a), replicated), self.base.params)
+    params = jax.tree.map(lambda a: sharded.global_array(np.asarray(a), replicated), self.base.params)
     base = dataclasses.replace(self.base, params=params)
     opts = parallel_decode.decode_options(self.sampling, "base")
     for x in self.sets.values():
@@ -307,11 +310,12 @@ class SampleEvaluation(Hook):
           continue
         acc.update(ev, images, [x.captions[i] for i in b["idx"]], b["valid"])
         grid.extend(images[:b["valid"]][:self.grid - len(grid)])
-        kept.append(images[:b["valid"]])
+        if self.keep_images:
+          kept.append(images[:b["valid"]])
       if not ctx.is_main:
         continue
       results = runner.summarize(ev, acc, self.ref, self.ref_info)
-      self.latest[name] = (results, np.concatenate(kept))
+      self.latest[name] = (results, np.concatenate(kept) if self.keep_images else None)
       for metric, r in results.items():
         for key in LOGGED[metric]:
           scalars[f"eval/{metric}/{name}/{key}"] = float(r[key])
@@ -326,7 +330,7 @@ class SampleEvaluation(Hook):
 
 
 def tile(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
-  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps."""
+  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps (uint8)."""
   n, h, w = images.shape[:3]
   cols = min(columns, n)
   rows = -(-n // cols)
@@ -334,4 +338,4 @@ def tile(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
   for i, img in enumerate(images):
     r, c = divmod(i, cols)
     canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
-  return canvas.astype(np.float32)
+  return canvas

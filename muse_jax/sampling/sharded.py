@@ -36,7 +36,8 @@ def row_sharding(mesh: Mesh, rows: int) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")) if rows % dp == 0 else P())
 
 
-def _global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A host array that every process holds whole, as a global array of `sharding`."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
@@ -64,7 +65,7 @@ def _fn(loaded, stage: str, opts: dict, with_lo: bool, out_sharding):
   return _FNS[key][1]
 
 
-def _pad(x: np.ndarray, length: int) -> np.ndarray:
+def pad_text(x: np.ndarray, length: int) -> np.ndarray:
   """[B, S, D] text zero-padded to `length` tokens (never cut)."""
   return x if x.shape[1] >= length else np.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0)))
 
@@ -79,11 +80,11 @@ def sample_tokens(loaded, stage: str, opts: dict, cond, uncond, key_data: np.nda
   """
   b = key_data.shape[0]
   sh = row_sharding(mesh, b)
-  row = lambda x: _global(np.asarray(x)[:, None], sh)   # noqa: E731 (each row a batch of 1)
+  row = lambda x: global_array(np.asarray(x)[:, None], sh)   # noqa: E731 (each row a batch of 1)
   length = int(loaded.model.text_length)
-  text, utext = (_pad(np.asarray(c[0], np.float32), length) for c in (cond, uncond))
+  text, utext = (pad_text(np.asarray(c[0], np.float32), length) for c in (cond, uncond))
   args = [row(text), row(np.asarray(cond[1], np.int32)), row(utext),
-          row(np.asarray(uncond[1], np.int32)), _global(np.asarray(key_data, np.uint32), sh),
+          row(np.asarray(uncond[1], np.int32)), global_array(np.asarray(key_data, np.uint32), sh),
           None if tokens_lo is None else row(np.asarray(tokens_lo, np.int32))]
   out = _fn(loaded, stage, opts, tokens_lo is not None, sh)(loaded.params, *args)
   return np.asarray(multihost_utils.process_allgather(out, tiled=True))

@@ -58,7 +58,7 @@ def run(chained_run, tmp_path_factory):  # noqa: F811
   (out / "b.txt").write_text("\n".join(captions[10:]) + "\n")
   spec = f"train_like={out / 'a.txt'},heldout={out / 'b.txt'}"
   config = stage_config(pipeline_config, "sr", root, spec)
-  hook = SampleEvaluation.from_config(config, log=lambda s: None)
+  hook = SampleEvaluation.from_config(config, log=lambda s: None, keep_images=True)
   workdir = str(out / "sr")
   Trainer(config, workdir, hooks=[hook], devices=jax.devices()[:DEVICES]).run()
   return dict(root=root, pipeline_config=pipeline_config, out=out, hook=hook, workdir=workdir)
