@@ -270,7 +270,8 @@ class SampleEvaluation(Hook):
                                 for b in x.batches):
       return
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    params = jax.tree.map(lambda a: sharded.global_array(np.asarray(a), replicated), self.base.params)
+    params = jax.tree.map(lambda a: sharded.global_array(np.asarray(a), replicated),
+                          self.base.params)
     base = dataclasses.replace(self.base, params=params)
     opts = parallel_decode.decode_options(self.sampling, "base")
     for x in self.sets.values():
