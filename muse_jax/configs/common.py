@@ -1,8 +1,9 @@
 """Shared config pieces. Every runnable config starts from `get_config(stage)` and overrides.
 
-Sections: model, objective, optimizer, data, mesh, checkpoint, train, eval (common_eval.py). Only keys defined here
-may appear in a config (checked by `muse_jax.training.registry.validate`, which suggests the
-closest name; each stage's `reference_config()` names the keys it accepts).
+Sections: model, objective, optimizer, data, mesh, checkpoint, train, eval (common_eval.py).
+Only keys defined here may appear in a config (checked by
+`muse_jax.training.registry.validate`, which suggests the closest name; each stage's
+`reference_config()` names the keys it accepts).
 """
 import ml_collections
 

@@ -22,7 +22,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from muse_jax import paths
 from muse_jax.evaluation.captions import read as read_captions  # noqa: F401 (the caption sets)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
