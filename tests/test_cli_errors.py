@@ -41,7 +41,7 @@ CASES = {
     "sample: a --base that is not a workdir": (
         ["muse_jax.sample", "--base={tmp}/missing", "--prompt=a red circle",
          "--out={tmp}/x.png"],
-        "error: no config.json in {tmp}/missing"),
+        "error: --base={tmp}/missing: no such directory"),
     "evaluate: an unknown flag": (
         ["muse_jax.evaluate", "--wrkdir={tmp}/x"],
         "error: Unknown command line flag 'wrkdir'"),
