@@ -41,6 +41,7 @@ from muse_jax.evaluation import compositional, reference, runner, scorers
 from muse_jax.evaluation.inputs import read_captions, to_uint8
 from muse_jax.models import fp8
 from muse_jax.sampling import loading, parallel_decode, per_image, sharded
+from muse_jax.sampling.image_io import tile
 from muse_jax.training.hooks import Hook, HookContext
 from muse_jax.training.registry import stage_model
 from muse_jax.workdir.saved_config import CONFIG_FILE
@@ -329,14 +330,3 @@ class SampleEvaluation(Hook):
       ctx.reporter.message(f"samples @ {ctx.step} ({time.perf_counter() - t0:.1f} s):\n"
                            + "\n".join(lines))
 
-
-def tile(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
-  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps (uint8)."""
-  n, h, w = images.shape[:3]
-  cols = min(columns, n)
-  rows = -(-n // cols)
-  canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
-  for i, img in enumerate(images):
-    r, c = divmod(i, cols)
-    canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
-  return canvas

@@ -86,16 +86,22 @@ def load_mask(path: str, size: int) -> np.ndarray:
   return _load_square(path, size, "L", Image.NEAREST) > 127
 
 
-def save_grid(images, path: str, columns: int, scale: int = 0, gap: int = 2) -> None:
-  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps, enlarged
-  (nearest) by `scale` (0: enough for 128 px per image), written atomically as a PNG."""
+def tile(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
+  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps (uint8)."""
   n, h, w = images.shape[:3]
-  scale = scale or max(1, -(-128 // max(h, w)))
   cols = min(columns, n)
   rows = -(-n // cols)
   canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
   for i, img in enumerate(images):
     r, c = divmod(i, cols)
     canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
-  im = Image.fromarray(canvas)
+  return canvas
+
+
+def save_grid(images, path: str, columns: int, scale: int = 0, gap: int = 2) -> None:
+  """uint8 images [N, H, W, 3] row by row in `columns` columns with white gaps, enlarged
+  (nearest) by `scale` (0: enough for 128 px per image), written atomically as a PNG."""
+  h, w = images.shape[1:3]
+  scale = scale or max(1, -(-128 // max(h, w)))
+  im = Image.fromarray(tile(images, columns, gap))
   _write_image(im.resize((im.width * scale, im.height * scale), Image.NEAREST), path)
