@@ -43,7 +43,7 @@ def main(argv=None):
   import jax.numpy as jnp
   from muse_jax.models import layers as L
   from muse_jax.models import pallas_attention as PA
-  from muse_jax.sampling.pipeline import sampler_compiler_options
+  from muse_jax.sampling.stage_fns import sampler_compiler_options
   on_gpu = jax.default_backend() == "gpu"
   rows = []
   for name in [c.strip() for c in args.cases.split(",") if c.strip()]:

@@ -5,7 +5,7 @@ r"""Host cost of one jitted call against its number of array arguments.
 Why the samplers keep each stack's weights as a few stacked arrays instead of one array per
 layer: every argument costs the call host time, and at batch 1 that time is latency. Each
 case jits a function of N [1024, 1024] bf16 arrays that reads one element of each, with
-default options and with the samplers' (muse_jax.sampling.pipeline.GPU_SAMPLER_OPTIONS on a
+default options and with the samplers' (muse_jax.sampling.stage_fns.GPU_SAMPLER_OPTIONS on a
 GPU), compiles it, and reports the median wall time of one call, dispatch to result
 (`benchmarks.sample.timed`, as the sampling benchmark times its rows).
 """
@@ -26,7 +26,7 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   from benchmarks.sample import timed
-  from muse_jax.sampling.pipeline import sampler_compiler_options
+  from muse_jax.sampling.stage_fns import sampler_compiler_options
   counts = [int(n) for n in args.args.split(",")]
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
   print("| options | arguments | us per call |\n|---|---|---|")

@@ -12,7 +12,7 @@ Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + 
                       transformer loop; its VQ decoder (146M, 256 px) is beside it.
 Text embeddings are random and made once (T5 is not timed: it runs once per prompt; see
 benchmarks/text_encoder.py). What is timed is exactly the sampler the CLI runs
-(`muse_jax.sampling.pipeline.sample_stage`): the text context (and the SR low-res encoder) is
+(`muse_jax.sampling.stage_fns.sample_stage`): the text context (and the SR low-res encoder) is
 computed once per image, then `parallel_decode.decode` loops over the steps, all in one jit
 with the VQ decode; parameters bf16 (cast once; `--fp8`: e4m3 post-norm projections),
 attention `--attention` (pallas: up to 1024 tokens, cuDNN beyond), layers unrolled (`--scan`).
@@ -71,7 +71,7 @@ def parse_args(argv=None):
                  help="unroll the decoding step loop (sampling.unroll_loop)")
   p.add_argument("--xla_option", action="append", default=[], metavar="NAME=VALUE",
                  help="extra XLA compiler option of the timed jits (repeatable), on top of "
-                      "muse_jax.sampling.pipeline.sampler_compiler_options(); e.g. "
+                      "muse_jax.sampling.stage_fns.sampler_compiler_options(); e.g. "
                       "xla_gpu_enable_triton_gemm=true")
   p.add_argument("--profile", default="",
                  help="trace dir: also profile 3 calls of each row's sampler, print its "
@@ -156,7 +156,7 @@ def row_specs(args):
 
 def compiler_options(args) -> dict:
   """The sampler's own XLA options (as the CLI compiles it) plus --xla_option NAME=VALUE."""
-  from muse_jax.sampling.pipeline import sampler_compiler_options
+  from muse_jax.sampling.stage_fns import sampler_compiler_options
   opts = sampler_compiler_options()
   for item in args.xla_option:
     name, sep, value = item.partition("=")
@@ -273,7 +273,7 @@ def run_row(spec: RowSpec, args):
   from muse_jax.models.vqgan import from_model_range
   from muse_jax.sampling import parallel_decode
   from muse_jax.sampling.loading import sampling_stage
-  from muse_jax.sampling.pipeline import sample_stage
+  from muse_jax.sampling.stage_fns import sample_stage
   from muse_jax.workdir.saved_config import stored_config
 
   b = spec.batch

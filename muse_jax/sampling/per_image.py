@@ -9,7 +9,7 @@ restart from any chunk, needs a key per image instead:
   out = generate(pipe, prompts, keys)       # a pipeline.Result, like Pipeline.generate
 
 Row i is what the pipeline's own stage functions make for prompt i alone with key i split into
-(base, SR) keys: each stage function (`pipeline.sample_stage`) is `jax.vmap`ped over rows of
+(base, SR) keys: each stage function (`stage_fns.sample_stage`) is `jax.vmap`ped over rows of
 batch 1, so every row runs the batch-1 computation with its own key. Rows may differ from a
 batch-1 call in float round-off only (XLA may order a batched matmul's sums differently), which
 can flip a near-tied sampled token; with a fixed batch size the result is exactly reproducible.
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax.sampling.pipeline import Result, sample_stage, sampler_compiler_options
+from muse_jax.sampling.pipeline import Result
+from muse_jax.sampling.stage_fns import sample_stage, sampler_compiler_options
 
 
 def image_keys(seed: int, indices: Sequence[int]) -> jax.Array:

@@ -5,7 +5,7 @@ mesh, on every process; sampling them where they are avoids gathering a copy:
 
   tokens = sample_tokens(loaded, "base", opts, cond, uncond, keys, mesh)   # numpy [B, T]
 
-Each row is the batch-1 computation of `pipeline.sample_stage` with its own key, `jax.vmap`ped
+Each row is the batch-1 computation of `stage_fns.sample_stage` with its own key, `jax.vmap`ped
 over rows as `per_image` does; the rows are sharded over the mesh's `data` and `fsdp` axes
 (replicated when the batch does not divide them) and the parameters keep their shardings.
 The call is a collective: every process calls it with the same arguments (host arrays equal
@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from muse_jax.sampling.pipeline import sample_stage, sampler_compiler_options
+from muse_jax.sampling.stage_fns import sample_stage, sampler_compiler_options
 
 KEY_IMPL = "threefry2x32"   # per_image.image_keys' keys
 

@@ -276,7 +276,7 @@ def test_cast_params_and_mask_files(tmp_path):
 
 
 def test_gpu_sampler_options_are_known_to_xla():
-  from muse_jax.sampling import pipeline as P
+  from muse_jax.sampling import stage_fns as P
   # A misspelt option name or enum value fails to compile; the debug options are shared by
   # all backends, so the CPU checks the GPU options too.
   fn = jax.jit(lambda x: x @ x, compiler_options=P.GPU_SAMPLER_OPTIONS)
