@@ -86,7 +86,8 @@ def _token_stage(c, *, batch_size, num_steps, learning_rate, eval_every):
   c.checkpoint.update(dict(every_steps=100, keep=1))
   # Detector accuracy per attribute on the first 32 train-like and 32 held-out evaluation
   # captions every `eval_every` steps (TensorBoard: eval/compositional/<split>/<attribute>),
-  # so a run shows when it starts to overfit; few captions keep the extra time small.
+  # so a run shows when it starts to overfit; few captions and two evaluations per stage keep
+  # the demo within its 15 minutes.
   # Captions, sampling settings and the stages it needs are set by muse_jax.demo.
   c.eval.samples.update(dict(every=eval_every, num=32, batch_size=32, metrics="compositional",
                              grid=16))
@@ -101,7 +102,7 @@ def base_config():
   # docs/experiments.md).
   c.model.update(dict(hidden_size=128, num_layers=4, num_heads=2, head_dim=64, mlp_dim=512,
                       dtype="float32", attention="xla", scan_layers=False))
-  return _token_stage(c, batch_size=64, num_steps=650, learning_rate=2e-3, eval_every=130)
+  return _token_stage(c, batch_size=64, num_steps=650, learning_rate=2e-3, eval_every=325)
 
 
 def sr_config():
@@ -114,7 +115,7 @@ def sr_config():
   c.model.update(dict(hidden_size=64, num_layers=2, lowres_num_layers=1, num_heads=2,
                       head_dim=32, mlp_dim=256, dtype="float32", attention="xla",
                       scan_layers=False, lowres_skip=True))
-  return _token_stage(c, batch_size=32, num_steps=400, learning_rate=2e-3, eval_every=100)
+  return _token_stage(c, batch_size=32, num_steps=400, learning_rate=2e-3, eval_every=200)
 
 
 def get_config():
