@@ -78,31 +78,75 @@ _RELATION_HALVES = {"above": ("top", "bottom"), "below": ("bottom", "top"),
                     "left of": ("left", "right"), "right of": ("right", "left")}
 
 
-def _place_group(rng, group: Group, region, size_range, target, placed) -> list[ShapeObject] | None:
+class _Uniforms:
+  """`rng.uniform(low, high)` for scalars, from doubles drawn in blocks.
+
+  Layout draws a hundred or so scalars per scene, mostly in a rejection loop, and one scalar
+  `Generator.uniform` call costs more than drawing a block. Values are bit-identical to
+  `rng.uniform` (numpy computes `low + (high - low) * next_double`, and `rng.random(n)` gives
+  the same doubles as n scalar draws); `sync()` leaves `rng` exactly where the scalar calls
+  would have, so a layout is the same as the one drawn one scalar at a time. Needs a bit
+  generator with `advance` (PCG64, the one `np.random.default_rng` makes).
+  """
+
+  _BLOCK = 128
+
+  def __init__(self, rng: np.random.Generator):
+    self.rng = rng
+    self._state = rng.bit_generator.state
+    self._block = rng.random(self._BLOCK).tolist()
+    self._next = 0
+
+  def uniform(self, low: float, high: float) -> float:
+    if self._next == len(self._block):
+      self._state = self.rng.bit_generator.state
+      self._block = self.rng.random(self._BLOCK).tolist()
+      self._next = 0
+    d = self._block[self._next]
+    self._next += 1
+    return low + (high - low) * d
+
+  def sync(self) -> None:
+    """Rewind `rng` to just after the doubles used so far."""
+    bg = self.rng.bit_generator
+    bg.state = self._state
+    bg.advance(self._next)
+    self._block, self._next = [], 0
+    self._state = bg.state
+
+
+def _place_group(u: _Uniforms, group: Group, region, size_range, target,
+                 placed) -> list[ShapeObject] | None:
   """Scatter `group` inside `region` without touching `placed`, then shift toward `target`."""
   x0, y0, x1, y1 = region
+  # Boxes as (x0, y0, x1, y1) tuples, computed as ShapeObject.box does: the rejection loop is
+  # the hot path of scene generation.
+  others = [o.box for o in placed]  # boxes to stay apart from, this group's included
+  boxes: list[tuple[float, float, float, float]] = []
   objs: list[ShapeObject] = []
   for _ in range(group.count):
-    size = float(rng.uniform(*size_range))
+    size = u.uniform(*size_range)
     h = size / 2
     if x1 - x0 < size or y1 - y0 < size:
       return None
     for _ in range(100):
-      cx, cy = float(rng.uniform(x0 + h, x1 - h)), float(rng.uniform(y0 + h, y1 - h))
-      cand = ShapeObject(group.colour, group.shape, cx, cy, size)
-      if all(_apart(cand, o) for o in objs + placed):
-        objs.append(cand)
+      cx, cy = u.uniform(x0 + h, x1 - h), u.uniform(y0 + h, y1 - h)
+      box = (cx - h, cy - h, cx + h, cy + h)
+      if not any(_touch(box, b) for b in others):
+        objs.append(ShapeObject(group.colour, group.shape, cx, cy, size))
+        boxes.append(box)
+        others.append(box)
         break
     else:
       return None
   # Shift the whole group toward the target mean centre, keeping it inside the region.
   mx = float(np.mean([o.cx for o in objs]))
   my = float(np.mean([o.cy for o in objs]))
-  tx, ty = float(rng.uniform(*target[0])), float(rng.uniform(*target[1]))
-  lo_x = x0 - min(o.box[0] for o in objs)
-  hi_x = x1 - max(o.box[2] for o in objs)
-  lo_y = y0 - min(o.box[1] for o in objs)
-  hi_y = y1 - max(o.box[3] for o in objs)
+  tx, ty = u.uniform(*target[0]), u.uniform(*target[1])
+  lo_x = x0 - min(b[0] for b in boxes)
+  hi_x = x1 - max(b[2] for b in boxes)
+  lo_y = y0 - min(b[1] for b in boxes)
+  hi_y = y1 - max(b[3] for b in boxes)
   sx = float(np.clip(tx - mx, lo_x, hi_x))
   sy = float(np.clip(ty - my, lo_y, hi_y))
   shifted = [dataclasses.replace(o, cx=o.cx + sx, cy=o.cy + sy) for o in objs]
@@ -111,11 +155,14 @@ def _place_group(rng, group: Group, region, size_range, target, placed) -> list[
   return shifted
 
 
+def _touch(a, b) -> bool:
+  """Boxes (x0, y0, x1, y1) closer than MIN_GAP on both axes."""
+  return (a[2] + MIN_GAP > b[0] and b[2] + MIN_GAP > a[0] and
+          a[3] + MIN_GAP > b[1] and b[3] + MIN_GAP > a[1])
+
+
 def _apart(a: ShapeObject, b: ShapeObject) -> bool:
-  ax0, ay0, ax1, ay1 = a.box
-  bx0, by0, bx1, by1 = b.box
-  return (ax1 + MIN_GAP <= bx0 or bx1 + MIN_GAP <= ax0 or
-          ay1 + MIN_GAP <= by0 or by1 + MIN_GAP <= ay0)
+  return not _touch(a.box, b.box)
 
 
 def _mean_centre(objs: Sequence[ShapeObject]) -> tuple[float, float]:
@@ -124,8 +171,19 @@ def _mean_centre(objs: Sequence[ShapeObject]) -> tuple[float, float]:
 
 def layout_scene(scene: Scene, rng: np.random.Generator,
                  max_tries: int = 200) -> tuple[ShapeObject, ...]:
-  """Object placements for `scene` whose reading (position/relation) is clear by a margin."""
+  """Object placements for `scene` whose reading (position/relation) is clear by a margin.
+
+  Draws from `rng` as scalar `rng.uniform` calls would, leaving it in the same state.
+  """
   validate_scene(scene)
+  u = _Uniforms(rng)
+  try:
+    return _layout(scene, u, max_tries)
+  finally:
+    u.sync()
+
+
+def _layout(scene: Scene, u: _Uniforms, max_tries: int) -> tuple[ShapeObject, ...]:
   lo, hi = _size_range(scene.num_objects)
   for attempt in range(max_tries):
     # Shrink objects a little on repeated failures so crowded scenes always fit.
@@ -133,23 +191,23 @@ def layout_scene(scene: Scene, rng: np.random.Generator,
     size_range = (lo * shrink, hi * shrink)
     if len(scene.groups) == 1:
       region, target = _SINGLE_REGIONS[scene.position]
-      objs = _place_group(rng, scene.groups[0], region, size_range, target, [])
+      objs = _place_group(u, scene.groups[0], region, size_range, target, [])
       if objs and _position_clear(*_mean_centre(objs), scene.position, LAYOUT_MARGIN):
         return tuple(objs)
       continue
     half_a, half_b = _RELATION_HALVES[scene.relation]
     vertical = scene.relation in ("above", "below")
-    jitter = float(rng.uniform(0.4, 0.6))
+    jitter = u.uniform(0.4, 0.6)
     targets = []
     for half in (half_a, half_b):
       along = {"top": (0.2, 0.3), "bottom": (0.7, 0.8), "left": (0.2, 0.3),
                "right": (0.7, 0.8)}[half]
       across = (jitter - 0.08, jitter + 0.08)
       targets.append((across, along) if vertical else (along, across))
-    objs_a = _place_group(rng, scene.groups[0], _HALVES[half_a], size_range, targets[0], [])
+    objs_a = _place_group(u, scene.groups[0], _HALVES[half_a], size_range, targets[0], [])
     if not objs_a:
       continue
-    objs_b = _place_group(rng, scene.groups[1], _HALVES[half_b], size_range, targets[1], objs_a)
+    objs_b = _place_group(u, scene.groups[1], _HALVES[half_b], size_range, targets[1], objs_a)
     if not objs_b:
       continue
     if _relation_clear(_mean_centre(objs_a), _mean_centre(objs_b), scene.relation,

@@ -1,7 +1,7 @@
 """Rendering of laid-out shapes into uint8 images.
 
 Each resolution is drawn natively (not resized from another one), with 4x or 2x supersampling
-for anti-aliasing.
+for anti-aliasing, then box-averaged as Pillow's BOX resize does.
 
 This module is numpy + PIL only: it must import where TensorFlow is not installed.
 """
@@ -16,16 +16,12 @@ from muse_jax.data.shapes.grammar import BACKGROUND, COLOURS, CROSS_ARM
 from muse_jax.data.shapes.layout import ShapeObject
 
 
-def _supersample(resolution: int) -> int:
+def supersample(resolution: int) -> int:
   return 4 if resolution <= 128 else 2
 
 
-def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
-  """Draw `objects` at `resolution` x `resolution`; uint8 HxWx3, anti-aliased."""
-  if resolution < 16:
-    raise ValueError(f"shapes resolution must be >= 16, got {resolution}")
-  ss = _supersample(resolution)
-  side = resolution * ss
+def supersampled_canvas(objects: Sequence[ShapeObject], side: int) -> Image.Image:
+  """`objects` drawn without anti-aliasing on a `side` x `side` RGB image."""
   img = Image.new("RGB", (side, side), BACKGROUND)
   draw = ImageDraw.Draw(img)
   for o in objects:
@@ -44,5 +40,16 @@ def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
       draw.rectangle((x0, ym - arm, x1 - 1, ym + arm - 1), fill=fill)
     else:
       raise ValueError(f"unknown shape {o.shape!r}")
-  img = img.resize((resolution, resolution), Image.Resampling.BOX)
+  return img
+
+
+def render(objects: Sequence[ShapeObject], resolution: int) -> np.ndarray:
+  """Draw `objects` at `resolution` x `resolution`; uint8 HxWx3, anti-aliased."""
+  if resolution < 16:
+    raise ValueError(f"shapes resolution must be >= 16, got {resolution}")
+  ss = supersample(resolution)
+  img = supersampled_canvas(objects, resolution * ss)
+  # Pillow's BOX resize by an integer factor averages rows, rounds, then averages columns and
+  # rounds again; reduce() by (ss, 1) then (1, ss) gives the same bytes on a faster path.
+  img = img.reduce((ss, 1)).reduce((1, ss))
   return np.asarray(img, dtype=np.uint8)
