@@ -89,7 +89,7 @@ def main() -> None:
   if args.baseline:
     base = _load_baseline(args.baseline, "layout")
     base_render = _load_baseline(args.baseline, "render")
-    fields = lambda objs: [(o.colour, o.shape, o.cx, o.cy, o.size) for o in objs]  # noqa: E731
+    fields = lambda objs: [(o.colour, o.shape, o.cx, o.cy, o.size) for o in objs]
     same = all(fields(layout_with(base)(s)) == fields(o) for s, o in zip(scenes, objects))
     print(f"baseline layouts equal to this checkout's on {n} scenes: {same}")
     parts["layout (baseline)"] = lambda i: layout_with(base)(scenes[i])
