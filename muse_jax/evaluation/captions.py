@@ -21,6 +21,14 @@ Formats (`fmt`, or chosen from `spec` when "auto"):
               name order, samples in shard order.
   parquet     parquet files (auto: .parquet, or a folder holding them) with a `key` column,
               through the training parquet reader; files in name order, rows in file order.
+  tfds        a prepared TFDS dataset, `tfds:NAME[:SPLIT]` (auto: that prefix; with this format
+              the prefix may be left out), read from `tfds_data_dir` (default: TFDS's own);
+              NAME may carry a config and version (coco_captions/2017:1.1.0), SPLIT a slice
+              (val[:1000]); a dataset with one split needs no SPLIT. `key` names the text
+              feature, nested with / or . (captions/text for coco_captions); a sequence of
+              texts gives its first. Files and records in stored order (no shuffling; TFDS
+              fixes the order when it prepares the dataset). TensorFlow Datasets is imported
+              only for this format.
 Records without a caption are skipped; a damaged record or shard, or a source without any
 caption, fails at start.
 """
@@ -28,12 +36,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from muse_jax import paths
 from muse_jax.data import records
 from muse_jax.data.sources import files as F
 
-FORMATS = ("auto", "text", "coco", "tfrecord", "folder", "webdataset", "parquet")
+FORMATS = ("auto", "text", "coco", "tfrecord", "folder", "webdataset", "parquet", "tfds")
+TFDS_PREFIX = "tfds:"
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 
 
@@ -44,6 +54,8 @@ def _is_tfrecord(name: str) -> bool:
 
 def detect(spec: str) -> str:
   """The format `spec` names (module docstring, "auto")."""
+  if spec.startswith(TFDS_PREFIX):
+    return "tfds"
   p = paths.resolve(spec) if not any(c in spec for c in "*?[{") else None
   if p is not None and p.is_dir():
     names = [c.name.lower() for c in p.iterdir()]
@@ -103,6 +115,66 @@ def _tfrecord(spec: str, key: str) -> list[str]:
   return out
 
 
+def parse_tfds(spec: str) -> tuple[str, str]:
+  """(NAME, SPLIT or "") of `[tfds:]NAME[:SPLIT]`; a NAME's `:VERSION` (digits, dots and *)
+  stays with NAME."""
+  parts = spec.removeprefix(TFDS_PREFIX).split(":")
+  name = parts.pop(0)
+  if parts and re.fullmatch(r"[\d.*]+", parts[0]):
+    name += ":" + parts.pop(0)
+  if not name:
+    raise ValueError(f"--captions={spec}: give tfds:NAME[:SPLIT]")
+  return name, ":".join(parts)
+
+
+def _text_at(tree, key: str):
+  """The value at `key` (parts split at / or .) of nested records or features, or None."""
+  for part in re.split(r"[/.]", key):
+    try:
+      tree = tree[part]
+    except (KeyError, TypeError, IndexError, ValueError):
+      return None
+  return tree
+
+
+def _tfds(spec: str, key: str, data_dir: str | None) -> list[str]:
+  import numpy as np
+  import tensorflow_datasets as tfds  # only for this format: it imports TensorFlow
+  name, split = parse_tfds(spec)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    splits = sorted(builder.info.splits.keys())
+    if not split:
+      if len(splits) != 1:
+        raise ValueError(f"give a split, tfds:{name}:SPLIT, one of {', '.join(splits)}")
+      split = splits[0]
+    if builder.info.splits[split].num_examples == 0:
+      raise ValueError(f"split {split!r} is empty")
+    if _text_at(builder.info.features, key) is None:
+      raise ValueError(f"no feature {key!r} (features: "
+                       f"{', '.join(sorted(builder.info.features.keys()))}); set --caption_key")
+    only = {}   # decode the caption feature alone, not the images
+    node, parts = only, re.split(r"[/.]", key)
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = True
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding(only),
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    out = []
+    for record in ds.as_numpy_iterator():
+      value = np.asarray(_text_at(record, key)).reshape(-1)
+      text = value[0] if value.size else b""
+      text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+      if text.strip():
+        out.append(text.strip())
+  except Exception as e:  # noqa: BLE001 (TFDS and TensorFlow raise many kinds; one line each)
+    first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+    where = f" in {data_dir}" if data_dir else ""
+    raise ValueError(f"--captions={spec}{where}: {first}") from None
+  return out
+
+
 def _raw_source(fmt: str, spec: str, key: str) -> list[str]:
   from muse_jax.data.raw_sources import FolderSource
   from muse_jax.data.sources.parquet import ParquetSource
@@ -127,7 +199,8 @@ def _raw_source(fmt: str, spec: str, key: str) -> list[str]:
   return out
 
 
-def read(spec: str, fmt: str = "auto", key: str = "caption") -> list[str]:
+def read(spec: str, fmt: str = "auto", key: str = "caption",
+         tfds_data_dir: str | None = None) -> list[str]:
   """The captions of `spec` in order (module docstring); refuses a set without any."""
   if fmt not in FORMATS:
     raise ValueError(f"--captions_format={fmt!r}: choose from {', '.join(FORMATS)}")
@@ -138,6 +211,8 @@ def read(spec: str, fmt: str = "auto", key: str = "caption") -> list[str]:
     captions = _coco(spec)
   elif fmt == "tfrecord":
     captions = _tfrecord(spec, key)
+  elif fmt == "tfds":
+    captions = _tfds(spec, key, tfds_data_dir)
   else:
     captions = _raw_source(fmt, spec, key)
   if not captions:

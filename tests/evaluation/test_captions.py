@@ -78,3 +78,68 @@ def test_empty_damaged_or_malformed_caption_sets_are_refused_at_start(tmp_path):
     C.read(str(t / "missing.txt"))
   with pytest.raises(ValueError, match="--captions_format='csv'"):
     C.read(str(t / "blank.txt"), fmt="csv")
+
+
+def _coco_like_tfds(data_dir: str) -> None:
+  """A TFDS dataset laid out like coco_captions (a Sequence of {text, id} per image), splits
+  val (3 images, two captions each) and test."""
+  import tensorflow_datasets as tfds
+
+  class CocoLikeCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None   # no checksums file next to this code
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "captions": tfds.features.Sequence({"text": tfds.features.Text(), "id": np.int64})}))
+
+    def _split_generators(self, dl_manager):
+      return {"val": self._generate_examples(3), "test": self._generate_examples(1)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"image": np.zeros((4, 4, 3), np.uint8),
+                  "captions": {"text": [f"image {i} first", f"image {i} second"],
+                               "id": [2 * i, 2 * i + 1]}}
+
+  CocoLikeCaptions(data_dir=data_dir).download_and_prepare()
+
+
+def test_tfds_captions_in_stored_order_nested_keys_and_bad_specs(tmp_path):
+  """A prepared TFDS dataset (tests/data/source_files.write_tfds: 7 images, captions at
+  meta/caption, one blank) and a coco_captions-like one: captions in TFDS's stored order,
+  the same in every read; nested keys with / or .; a sequence of texts gives its first."""
+  import tensorflow_datasets as tfds
+
+  from tests.data.source_files import write_tfds
+  d = str(tmp_path / "tfds")
+  write_tfds(d)
+  _coco_like_tfds(d)
+  stored = [r["meta"]["caption"].decode().strip() for r in tfds.builder(
+      "muse_tiny_captions", data_dir=d).as_dataset(split="train", shuffle_files=False)
+      .as_numpy_iterator()]
+  want = [c for c in stored if c]
+  assert sorted(want) == [f"tiny {i}" for i in range(7) if i != 3]
+  assert C.detect("tfds:muse_tiny_captions") == "tfds"
+  for spec, fmt, key in (("tfds:muse_tiny_captions", "auto", "meta/caption"),   # one split
+                         ("tfds:muse_tiny_captions:train", "auto", "meta.caption"),
+                         ("muse_tiny_captions:1.0.0:train", "tfds", "meta/caption")):
+    assert C.read(spec, fmt, key, tfds_data_dir=d) == want, spec
+  assert C.read("tfds:muse_tiny_captions:train[:3]", key="meta/caption",
+                tfds_data_dir=d) == [c for c in stored[:3] if c]
+  coco = C.read("tfds:coco_like_captions:val", key="captions.text", tfds_data_dir=d)
+  assert sorted(coco) == [f"image {i} first" for i in range(3)]
+  where = f" in {d}: "
+  for spec, key, error in (
+      ("tfds:muse_tiny_captions:train[7:]", "meta/caption", "split 'train[7:]' is empty"),
+      ("tfds:muse_tiny_captions:val", "meta/caption", "Unknown split 'val'"),
+      ("tfds:coco_like_captions", "captions/text", "give a split, "
+       "tfds:coco_like_captions:SPLIT, one of test, val"),
+      ("tfds:muse_tiny_captions", "caption", "no feature 'caption' (features: image, meta); "
+       "set --caption_key"),
+      ("tfds:no_such_captions:val", "caption", "Dataset no_such_captions not found")):
+    with pytest.raises(ValueError) as e:
+      C.read(spec, key=key, tfds_data_dir=d)
+    assert str(e.value).startswith(f"--captions={spec}{where}{error}"), str(e.value)
+    assert "\n" not in str(e.value)
