@@ -12,7 +12,9 @@ Captions (--captions, in a fixed order; caption i counts from 0; --num takes the
   a text file, one per line (blank lines skipped); COCO captions JSON (captions_val2014.json:
   the annotation with the smallest id of each image, images by increasing image_id); TFRecord
   files with a `caption` bytes feature (precompute shards); a folder of images with sidecar
-  .txt captions; webdataset tar shards or parquet files (the training readers). The format is
+  .txt captions; webdataset tar shards or parquet files (the training readers); a prepared
+  TFDS dataset, tfds:NAME[:SPLIT] from --tfds_data_dir with --caption_key naming the text
+  feature (tfds:coco_captions:val --caption_key=captions/text), in stored order. The format is
   chosen from the name (--captions_format overrides it). Images come from one of:
   --base/--sr (each stage's workdir; text encoder and tokenizers from the base stage's
     precompute, as `muse_jax.sample --base`), or --config (a sampling config; stages with an
@@ -36,11 +38,14 @@ Metrics (docs/evaluation.md):
   compositional  the shapes detector's accuracy (count, colour, shape, position, overall);
                  every caption must be in the shapes grammar.
 
+Per step: STEP is --step, by default the base stage's checkpoint step (0 with --images); the
+checkpoints of one run can be evaluated into one OUT, each keeping its own files.
 Resumable: images are processed in chunks of --chunk_size; after each chunk the statistics are
-saved to OUT/state.npz, and rerunning the same command continues after the last saved chunk
-(the result equals an uninterrupted run's). Writes OUT/eval.json (each metric with its counts
-and networks), OUT/grid.png (the first --grid images), TensorBoard scalars and the grid in
-OUT/tensorboard (and OUT/metrics.jsonl) at --step, and, with --save_images, OUT/images/.
+saved to OUT/state/STEP.npz, and rerunning the same command continues after the last saved
+chunk (the result equals an uninterrupted run's). Writes OUT/eval/STEP.json (each metric with
+its counts and networks), OUT/grid/STEP.png (the first --grid images), TensorBoard scalars and
+the grid in OUT/tensorboard (and OUT/metrics.jsonl) at STEP, and, with --save_images,
+OUT/images/STEP/.
 
 Devices and processes: every batch is split over all devices of all processes (--batch_size
 must be a multiple of their number); each process samples and scores its part, process 0
@@ -53,6 +58,7 @@ Exit status: 0 done (or stopped by --max_chunks; rerun to continue); 2 bad flags
 --batch_size that does not split over the devices), captions, images or weight files, or OUT
 holding another evaluation; 4 a stage has no checkpoint.
 """
+import json
 import logging
 import os
 import sys
@@ -82,16 +88,21 @@ flags.DEFINE_string("images", None, "Score these images instead of sampling: a f
                     ".npz with `images` [N, H, W, 3].")
 flags.DEFINE_string("captions", None, "Captions: a text file (one per line), COCO captions "
                     ".json, TFRecord files, an image folder with .txt captions, webdataset "
-                    ".tar shards or .parquet files (paths, globs or brace patterns).")
+                    ".tar shards or .parquet files (paths, globs or brace patterns), or a "
+                    "prepared TFDS dataset, tfds:NAME[:SPLIT].")
 flags.DEFINE_enum("captions_format", "auto", ["auto", "text", "coco", "tfrecord", "folder",
-                                              "webdataset", "parquet"],
-                  "Format of --captions (auto: from its name).")
+                                              "webdataset", "parquet", "tfds"],
+                  "Format of --captions (auto: from its name; tfds: names starting tfds:).")
 flags.DEFINE_string("caption_key", "caption", "The caption feature / JSON field / column of "
-                    "TFRecord, webdataset and parquet captions.")
-flags.DEFINE_string("out", None, "Output directory (eval.json, grid.png, state.npz, "
-                    "tensorboard/).")
-flags.DEFINE_integer("step", None, "Step of the TensorBoard scalars and metrics.jsonl record "
-                     "(default: the base stage's checkpoint step; 0 with --images).")
+                    "TFRecord, webdataset, parquet and TFDS captions (TFDS: nested with / or ., "
+                    "e.g. captions/text).")
+flags.DEFINE_string("tfds_data_dir", None, "With --captions=tfds:NAME[:SPLIT]: the TFDS data "
+                    "directory of the prepared dataset (default: TFDS's own).")
+flags.DEFINE_string("out", None, "Output directory (eval/STEP.json, grid/STEP.png, "
+                    "state/STEP.npz, tensorboard/).")
+flags.DEFINE_integer("step", None, "The step evaluated: names OUT's per-step files and places "
+                     "the TensorBoard scalars and metrics.jsonl record (default: the base "
+                     "stage's checkpoint step; 0 with --images).")
 flags.DEFINE_boolean("tensorboard", True, "Write the metrics and the grid to OUT/tensorboard.")
 flags.DEFINE_string("metrics", "fid,clip", "Comma-separated: fid, clip, compositional.")
 flags.DEFINE_string("reference_stats", None, "FID reference statistics (.npz).")
@@ -120,12 +131,14 @@ flags.DEFINE_integer("num", None, "Evaluate the first N captions only.")
 flags.DEFINE_float("guidance", None, "Guidance scale of both stages (sampling.guidance_scale).")
 flags.DEFINE_integer("steps", None, "Base decoding steps (sampling.base_steps).")
 flags.DEFINE_integer("sr_steps", None, "SR decoding steps (sampling.sr_steps).")
-flags.DEFINE_integer("grid", 16, "Images in OUT/grid.png, the first ones (at most one chunk; "
-                     "0: none).")
-flags.DEFINE_boolean("save_images", False, "Also write every image to OUT/images/NNNNNN.png.")
+flags.DEFINE_integer("grid", 16, "Images in OUT/grid/STEP.png, the first ones (at most one "
+                     "chunk; 0: none).")
+flags.DEFINE_boolean("save_images", False, "Also write every image to "
+                     "OUT/images/STEP/NNNNNN.png.")
 flags.DEFINE_integer("max_chunks", None, "Stop after this many chunks (state saved; rerun the "
                      "same command to continue).")
-flags.DEFINE_boolean("overwrite", False, "Discard OUT's saved progress and start over.")
+flags.DEFINE_boolean("overwrite", False, "Discard OUT's saved progress and report of this "
+                     "step and start over.")
 distributed.define_flags()
 flags.adopt_module_key_flags(distributed)
 FLAGS = flags.FLAGS
@@ -157,8 +170,8 @@ def check_flags(metrics):
     raise UsageError("give --reference_stats or --reference_images, not both")
   if FLAGS.batch_size < 1:
     raise UsageError(f"--batch_size={FLAGS.batch_size} must be >= 1")
-  for name in ("grid", "max_chunks"):
-    value, least = getattr(FLAGS, name), 0 if name == "grid" else 1
+  for name in ("grid", "max_chunks", "step"):
+    value, least = getattr(FLAGS, name), 1 if name == "max_chunks" else 0
     if value is not None and value < least:
       raise UsageError(f"--{name}={value} must be >= {least}")
   if FLAGS.chunk_size < 0 or FLAGS.chunk_size % FLAGS.batch_size:
@@ -263,21 +276,37 @@ def networks(metrics, out, mesh, log):
   return inception, clip, ref, ref_info
 
 
+def _record_step(line: bytes):
+  """The step of a metrics.jsonl line, or None (a line the reporter will set aside)."""
+  try:
+    return json.loads(line).get("step")
+  except (ValueError, AttributeError):
+    return None
+
+
 def write_tensorboard(out, results, step):
   """The metrics as scalars and the grid as an image at `step` (OUT/tensorboard, through the
-  training reporter, which also appends them to OUT/metrics.jsonl)."""
+  training reporter, which also appends them to OUT/metrics.jsonl). Steps are evaluated in any
+  order, so the records of other steps are all kept; an earlier record of this step (a rerun)
+  is replaced."""
   import numpy as np
   from PIL import Image
 
   from muse_jax.evaluation import runner
   from muse_jax.training.reporting import Reporter
   scalars = runner.scalars(results)
-  reporter = Reporter(out, total_steps=step, start_step=step, enabled=True,
+  log = paths.resolve(out) / "metrics.jsonl"
+  if log.exists():
+    lines = [x for x in log.read_bytes().split(b"\n") if x.strip()]
+    kept = [x for x in lines if _record_step(x) != step]
+    if len(kept) != len(lines):
+      paths.write_atomic(log, b"".join(x + b"\n" for x in kept))
+  reporter = Reporter(out, total_steps=step, start_step=sys.maxsize, enabled=True,
                       tensorboard=FLAGS.tensorboard)
   try:
     reporter.record(step, scalars, prefix="eval/")
     reporter.scalars(step, scalars, prefix="eval/")
-    grid = paths.resolve(out) / runner.GRID_FILE
+    grid = paths.resolve(runner.grid_path(out, step))
     if FLAGS.grid and grid.exists():
       with Image.open(grid) as im:
         reporter.images(step, "eval/samples", np.asarray(im.convert("RGB"), np.float32) / 255)
@@ -299,17 +328,22 @@ def run():
   if FLAGS.save_stats:
     return save_stats_only(mesh)
   check_flags(metrics)
-  all_captions = caption_sets.read(FLAGS.captions, FLAGS.captions_format, FLAGS.caption_key)
+  all_captions = caption_sets.read(FLAGS.captions, FLAGS.captions_format, FLAGS.caption_key,
+                                   FLAGS.tfds_data_dir)
   captions = inputs.first(all_captions, FLAGS.num, FLAGS.captions)
   check_captions(captions, metrics)
   out, chunk = FLAGS.out, FLAGS.chunk_size or 8 * FLAGS.batch_size
   t0 = time.perf_counter()
   images_fn, source, size = image_source(captions, mesh)   # cheap checks, checkpoints first
+  step = FLAGS.step
+  if step is None:
+    step = (source.get("stage_steps") or {}).get("base", 0)
+  step = int(step)
   if main:
     paths.resolve(out).mkdir(parents=True, exist_ok=True)
     if FLAGS.overwrite:
-      for name in (runner.STATE_FILE, "eval.json"):
-        (paths.resolve(out) / name).unlink(missing_ok=True)
+      for path in (runner.state_path(out, step), runner.report_path(out, step)):
+        paths.resolve(path).unlink(missing_ok=True)
   inception, clip, ref, ref_info = networks(metrics, out, mesh, say)
   identity = {**source, "captions_sha256": inputs.captions_digest(all_captions),
               "inception": None if inception is None else scorers.fingerprint(inception.info),
@@ -317,8 +351,9 @@ def run():
   ev = runner.Evaluation(out=out, captions=captions, metrics=metrics,
                          batch_size=FLAGS.batch_size, chunk_size=chunk, identity=identity,
                          inception=inception, clip=clip, grid=FLAGS.grid,
-                         save_images=FLAGS.save_images)
-  say(f"evaluating {', '.join(metrics)} on {len(captions)} captions ({size[0]}x{size[1]} "
+                         save_images=FLAGS.save_images, step=step)
+  say(f"evaluating {', '.join(metrics)} at step {step} on {len(captions)} captions "
+      f"({size[0]}x{size[1]} "
       f"images, batches of {FLAGS.batch_size} over {jax.device_count()} device(s) of "
       f"{jax.process_count()} process(es), chunks of {chunk}); set-up took "
       f"{time.perf_counter() - t0:.1f} s")
@@ -330,19 +365,20 @@ def run():
   if not main:
     return
   results = runner.summarize(ev, acc, ref, ref_info)
-  step = FLAGS.step
-  if step is None:
-    step = (source.get("stage_steps") or {}).get("base", 0)
+  captions_format = (caption_sets.detect(FLAGS.captions) if FLAGS.captions_format == "auto"
+                     else FLAGS.captions_format)
   report = {"metrics": results, "num_images": len(captions), "image_size": list(size),
-            "step": int(step),
-            "captions": {"path": str(paths.resolve(FLAGS.captions)), "count": len(captions),
-                         "format": (caption_sets.detect(FLAGS.captions)
-                                    if FLAGS.captions_format == "auto" else FLAGS.captions_format)},
-            "grid": {"path": runner.GRID_FILE if FLAGS.grid else None,
+            "step": step,
+            "captions": {"path": (FLAGS.captions if captions_format == "tfds"
+                                  else str(paths.resolve(FLAGS.captions))),
+                         "count": len(captions), "format": captions_format,
+                         **({"tfds_data_dir": FLAGS.tfds_data_dir}
+                            if captions_format == "tfds" else {})},
+            "grid": {"path": f"grid/{step}.png" if FLAGS.grid else None,
                      "captions": captions[:min(FLAGS.grid, chunk)]},
             "setup": runner.identity(ev)}
-  path = runner.write_report(out, report)
-  write_tensorboard(out, results, int(step))
+  path = runner.write_report(out, step, report)
+  write_tensorboard(out, results, step)
   for line in runner.summary_lines(results):
     print(line)
   print(f"wrote {path}" + (f" and TensorBoard scalars at step {step} to {out}/tensorboard"

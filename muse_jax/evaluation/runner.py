@@ -1,17 +1,23 @@
 """The resumable evaluation loop: images in chunks, streaming statistics saved after each chunk.
 
   acc = run(Evaluation(...), images_fn, log=print)       # None if stopped early (max_chunks)
-  report = summarize(evaluation, acc, reference)          # the eval.json dict (process 0)
+  report = summarize(evaluation, acc, reference)          # the report's metrics (process 0)
 
 Images 0..n-1 are processed in chunks of `chunk_size` (a multiple of `batch_size`); every batch
 has `batch_size` rows (the last one padded with copies of its last image, whose results are
 dropped), so each network compiles once. After each chunk the statistics of every metric
 (`Accumulators`: FID's float64 FeatureStats sums, the CLIP score sums, the compositional
-counts) and the number of images done go to OUT/state.npz, written to a temporary file and
-renamed, so the file always holds a finished chunk. A rerun with the same `identity` (captions,
-source, networks, batch and chunk size...) continues after the last saved chunk; since batches
-and their order are the same, the float64 sums are the same as in an uninterrupted run, bit
-for bit. A different identity is refused (OUT belongs to another evaluation).
+counts) and the number of images done go to OUT/state/<step>.npz, written to a temporary file
+and renamed, so the file always holds a finished chunk. A rerun with the same `identity`
+(captions, source, networks, batch and chunk size...) continues after the last saved chunk;
+since batches and their order are the same, the float64 sums are the same as in an
+uninterrupted run, bit for bit. A different identity is refused (OUT belongs to another
+evaluation).
+
+Everything a run writes is kept per `step` (the checkpoint step evaluated), so the checkpoints
+of one training run can be evaluated into one OUT: OUT/state/<step>.npz, OUT/grid/<step>.png,
+OUT/images/<step>/ and the report OUT/eval/<step>.json; an evaluation of another step neither
+continues nor overwrites this one's.
 
 Several devices and processes (`devices`): each process takes its equal, contiguous part of
 every batch (`devices.process_rows`), makes its images (`images_fn` gets only those indices)
@@ -46,14 +52,25 @@ from muse_jax.progress import format_duration
 from muse_jax.sampling.image_io import save_grid
 
 METRICS = ("fid", "clip", "compositional")
-STATE_FILE = "state.npz"
-GRID_FILE = "grid.png"
+
+
+def state_path(out: str, step: int) -> str:
+  return f"{out}/state/{int(step)}.npz"
+
+
+def grid_path(out: str, step: int) -> str:
+  return f"{out}/grid/{int(step)}.png"
+
+
+def report_path(out: str, step: int) -> str:
+  return f"{out}/eval/{int(step)}.json"
 
 
 @dataclasses.dataclass
 class Evaluation:
   """What to evaluate. `inception` and `clip` are scorers (muse_jax.evaluation.scorers) for the
-  metrics that need them; `identity` is a JSON-able dict that a resumed run must match."""
+  metrics that need them; `identity` is a JSON-able dict that a resumed run must match; `step`
+  (the checkpoint step evaluated) names the state, grid, images and report in `out`."""
   out: str
   captions: list[str]
   metrics: tuple[str, ...]
@@ -64,6 +81,7 @@ class Evaluation:
   clip: object = None
   grid: int = 16
   save_images: bool = False
+  step: int = 0
 
 
 class Accumulators:
@@ -137,27 +155,30 @@ def batch_rows(ev: Evaluation, images: np.ndarray, captions: list[str]) -> dict:
 
 
 def _atomic_write(path: str, write: Callable) -> None:
-  """`write(file)` into memory, then muse_jax.paths.write_atomic (local or gs://)."""
+  """`write(file)` into memory, then muse_jax.paths.write_atomic (local or gs://) into `path`'s
+  folder, made if missing."""
+  paths.resolve(path).parent.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()
   write(buf)
   paths.write_atomic(path, buf.getvalue())
 
 
 def identity(ev: Evaluation) -> dict:
-  """What a run continuing OUT's state must match: `ev.identity`, the metrics and batching."""
-  return {**ev.identity, "metrics": list(ev.metrics), "batch_size": ev.batch_size,
-          "chunk_size": ev.chunk_size}
+  """What a run continuing OUT's state must match: `ev.identity`, the step, the metrics and
+  batching."""
+  return {**ev.identity, "step": int(ev.step), "metrics": list(ev.metrics),
+          "batch_size": ev.batch_size, "chunk_size": ev.chunk_size}
 
 
 def save_state(ev: Evaluation, acc: Accumulators, done: int) -> None:
   meta = json.dumps({"identity": identity(ev), "done": int(done)}, sort_keys=True)
-  _atomic_write(f"{ev.out}/{STATE_FILE}",
+  _atomic_write(state_path(ev.out, ev.step),
                 lambda f: np.savez(f, meta=np.array(meta), **acc.arrays()))
 
 
 def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
-  """(images done, statistics) saved in OUT, or (0, empty) when nothing is saved."""
-  path = paths.resolve(ev.out) / STATE_FILE
+  """(images done, statistics) saved in OUT for `ev.step`, or (0, empty) when nothing is."""
+  path = paths.resolve(state_path(ev.out, ev.step))
   if not path.exists():
     return 0, Accumulators(ev.metrics)
   with np.load(io.BytesIO(path.read_bytes())) as z:
@@ -178,7 +199,7 @@ def load_state(ev: Evaluation) -> tuple[int, Accumulators]:
 
 def _save_images(ev: Evaluation, images: np.ndarray, indices: list[int]) -> None:
   from PIL import Image
-  d = paths.resolve(ev.out) / "images"
+  d = paths.resolve(ev.out) / "images" / str(int(ev.step))
   d.mkdir(parents=True, exist_ok=True)
   for i, img in zip(indices, images):
     buf = io.BytesIO()
@@ -219,7 +240,7 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
   chunks = -(-n // cs)
   if done:
     log(f"resuming at chunk {done // cs + 1}/{chunks} ({done}/{n} images done, saved in "
-        f"{ev.out}/{STATE_FILE})" if done < n else f"all {n} images done already")
+        f"{state_path(ev.out, ev.step)})" if done < n else f"all {n} images done already")
   t0, start, grid = time.perf_counter(), done, []
   for c in range(done // cs, chunks):
     if max_chunks is not None and c - start // cs >= max_chunks:
@@ -240,7 +261,8 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
       if main:
         acc.add(rows, valid)
     if main and c == 0 and grid:   # before the state: a run past chunk 0 always has its grid
-      save_grid(np.stack(grid), f"{ev.out}/{GRID_FILE}", columns=4)
+      paths.resolve(grid_path(ev.out, ev.step)).parent.mkdir(parents=True, exist_ok=True)
+      save_grid(np.stack(grid), grid_path(ev.out, ev.step), columns=4)
     done = min((c + 1) * cs, n)
     if main:
       save_state(ev, acc, done)
@@ -307,9 +329,9 @@ def cascade_images(pipe, captions: list[str], seed: int) -> Callable[[list[int]]
   return images_fn
 
 
-def write_report(out: str, report: dict) -> str:
-  """OUT/eval.json, written into a temporary file and renamed."""
-  path = f"{out}/eval.json"
+def write_report(out: str, step: int, report: dict) -> str:
+  """OUT/eval/<step>.json, written into a temporary file and renamed."""
+  path = report_path(out, step)
   text = json.dumps(report, indent=1, sort_keys=True) + "\n"
   _atomic_write(path, lambda f: f.write(text.encode()))
   return path

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from muse_jax.data.shapes import dataset as shapes
-from muse_jax.evaluation import compositional, runner, scorers
+from muse_jax.evaluation import compositional, inputs, runner, scorers
 from muse_jax.evaluation import fid as F
 from tests.evaluation.helpers import shapes_captions, write_inception, write_tiny_clip
 from tests.sampling.test_pipeline import make_tiny_run, spiece  # noqa: F401 (fixture)
@@ -102,8 +102,12 @@ def runs(files):
   return dict(a=out_a, b=out_b, stdout_a=stdout_a, resumed=resumed_out, b_files=b_files)
 
 
-def load_report(out):
-  with open(os.path.join(out, "eval.json")) as f:
+def load_report(out, step=None):
+  """OUT/eval/<step>.json; without `step`, the only report in OUT."""
+  if step is None:
+    (name,) = os.listdir(os.path.join(out, "eval"))
+    step = int(name.removesuffix(".json"))
+  with open(os.path.join(out, "eval", f"{step}.json")) as f:
     return json.load(f)
 
 
@@ -137,12 +141,17 @@ def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(f
     line = next(l for l in lines if l.startswith(f"chunk {i}/3:"))
     assert f"{done}/{N} images" in line and "images/s" in line and "ETA" in line, line
   assert any(l.startswith("FID ") for l in lines) and any(l.startswith("CLIP score") for l in lines)
-  with Image.open(os.path.join(runs["a"], "grid.png")) as im:   # 4 tiles (one chunk), x4
+  # Every file of the run is named by the step evaluated: the base stage's checkpoint step.
+  step = report["step"]
+  assert step == report["setup"]["stage_steps"]["base"] == report["setup"]["step"] > 0
+  assert sorted(os.listdir(runs["a"])) == ["eval", "grid", "images", "metrics.jsonl",
+                                           "reference_stats.npz", "state", "tensorboard"]
+  assert [os.listdir(os.path.join(runs["a"], d)) for d in ("eval", "grid", "state", "images")] \
+      == [[f"{step}.json"], [f"{step}.png"], [f"{step}.npz"], [str(step)]]
+  with Image.open(os.path.join(runs["a"], "grid", f"{step}.png")) as im:   # 4 tiles, x4
     assert im.size == ((4 * 32 + 3 * 2) * 4, 32 * 4)
   assert report["grid"]["captions"] == files["captions"][:4]
   # TensorBoard and metrics.jsonl: the figures at the base stage's step, and the grid.
-  step = report["step"]
-  assert step == report["setup"]["stage_steps"]["base"]
   events = tensorboard_events(runs["a"])
   assert events["eval/fid/fid"] == (step, pytest.approx(m["fid"]["fid"], rel=1e-6))
   assert events["eval/clip/clip_score"][1] == pytest.approx(m["clip"]["clip_score"], rel=1e-6)
@@ -152,8 +161,8 @@ def test_cascade_evaluation_writes_every_metric_and_recomputes_from_its_images(f
     assert json.loads(f.read())["eval/fid/fid"] == m["fid"]["fid"]
 
   # The same figures from the saved PNGs, computed independently of the runner.
-  images = np.stack([np.asarray(Image.open(os.path.join(runs["a"], "images", f"{i:06d}.png")))
-                     for i in range(N)])
+  images = np.stack([np.asarray(Image.open(os.path.join(runs["a"], "images", str(step),
+                                                    f"{i:06d}.png"))) for i in range(N)])
   assert images.shape == (N, 32, 32, 3) and len(np.unique(images.reshape(N, -1), axis=0)) == N
   acc = compositional.evaluate(images, files["captions"])
   assert {k: m["compositional"][k] for k in acc} == acc
@@ -179,7 +188,7 @@ def test_a_killed_two_process_evaluation_resumes_and_equals_a_one_device_run(run
   made on; decoded pixels and network outputs may differ by float round-off (XLA sums in
   another order for other per-device batch shapes), so the figures agree to round-off."""
   # Killed after its first chunk: progress saved, no report yet.
-  assert "state.npz" in runs["b_files"] and "eval.json" not in runs["b_files"]
+  assert "state" in runs["b_files"] and "eval" not in runs["b_files"]
   resumed = runs["resumed"]
   assert "resuming at chunk 2/2 (8/10 images done" in resumed, resumed
   assert "chunk 1/2" not in resumed   # nothing was redone
@@ -198,12 +207,13 @@ def test_a_killed_two_process_evaluation_resumes_and_equals_a_one_device_run(run
   assert b["setup"] == a["setup"]
 
 
-def _stats(tmp_path, name, captions, images, metrics, inception=None, max_chunks=None):
+def _stats(tmp_path, name, captions, images, metrics, inception=None, max_chunks=None, step=0,
+           log=lambda s: None):
   """The statistics arrays after runner.run (None if it stopped at max_chunks)."""
   ev = runner.Evaluation(out=str(tmp_path / name), captions=captions, metrics=metrics,
                          batch_size=2, chunk_size=CHUNK, identity={"images": "shapes"},
-                         inception=inception, grid=0)
-  acc = runner.run(ev, lambda idx: images[idx], log=lambda s: None, max_chunks=max_chunks)
+                         inception=inception, grid=0, step=step)
+  acc = runner.run(ev, lambda idx: images[idx], log=log, max_chunks=max_chunks)
   return None if acc is None else (ev, acc, acc.arrays())
 
 
@@ -231,8 +241,14 @@ def test_resume_in_process_by_chunks_and_by_a_longer_num(tmp_path):
   # Stopped after one chunk, then the rest: the same float64 sums, bit for bit (so the same
   # FID).
   assert _stats(tmp_path, "parts", captions, images, metrics, inception, max_chunks=1) is None
-  with np.load(tmp_path / "parts" / "state.npz") as z:
+  with np.load(tmp_path / "parts" / "state" / "0.npz") as z:
     assert int(z["fid_count"]) == CHUNK and json.loads(str(z["meta"]))["done"] == CHUNK
+  # Another step evaluated into the same OUT starts from zero, beside step 0's progress.
+  said = []
+  assert_same(_stats(tmp_path, "parts", captions, images, metrics, inception, step=5,
+                     log=said.append)[2], whole)
+  assert not any("resuming" in line for line in said), said
+  assert sorted(os.listdir(tmp_path / "parts" / "state")) == ["0.npz", "5.npz"]
   assert_same(_stats(tmp_path, "parts", captions, images, metrics, inception)[2], whole)
   # --num growing in whole chunks continues too (8 = two chunks of 4, then all 9).
   _stats(tmp_path, "grow", captions[:8], images, metrics, inception)
@@ -302,12 +318,13 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
     cmd = [sys.executable, "-m", "muse_jax.evaluate", f"--out={t}/out_{len(procs)}", *args]
     procs[name] = subprocess.Popen(cmd, cwd=REPO, env=cli_env(1), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-  # Two that work: run A's saved PNGs scored as a folder (--images) on 8 devices; the
-  # statistics of the reference folder, written once (--save_stats).
+  # Two that work: run A's saved PNGs scored as a folder (--images) on 8 devices, as step 9;
+  # the statistics of the reference folder, written once (--save_stats).
+  step_a = load_report(runs["a"])["step"]
   folder = subprocess.Popen(
-      [sys.executable, "-m", "muse_jax.evaluate", f"--images={runs['a']}/images",
+      [sys.executable, "-m", "muse_jax.evaluate", f"--images={runs['a']}/images/{step_a}",
        f"--captions={f['captions_file']}", "--metrics=clip,compositional", "--batch_size=8",
-       f"--clip_weights={f['clip']}", f"--out={t}/folder"],
+       f"--clip_weights={f['clip']}", f"--out={t}/folder", "--step=9"],
       cwd=REPO, env=cli_env(8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   stats_file = str(t / "ref_stats.npz")
   ok = subprocess.run([sys.executable, "-m", "muse_jax.evaluate", f"--save_stats={stats_file}",
@@ -329,10 +346,34 @@ def test_bad_inputs_fail_at_once_with_one_line_and_status_2_and_folders_score_al
   assert folder.returncode == 0, err[-3000:]
   # The samples, read back from their PNGs, score as they did when sampled on one device.
   got, want = load_report(str(t / "folder")), load_report(runs["a"])["metrics"]
-  assert got["setup"]["source"] == "images" and got["step"] == 0
+  assert got["setup"]["source"] == "images" and got["step"] == 9
   assert got["metrics"]["compositional"] == want["compositional"]
   for k in ("clip_score", "mean_cosine"):
     np.testing.assert_allclose(got["metrics"]["clip"][k], want["clip"][k], rtol=1e-5, atol=1e-7)
+
+  # An earlier step (--images: 0) into the same OUT, its captions from a prepared TFDS
+  # dataset (6 captions, tests/data/source_files.write_tfds): both steps keep their report,
+  # grid and metrics.jsonl record.
+  from muse_jax.evaluation import captions as C
+  from tests.data.source_files import write_tfds
+  write_tfds(str(t / "tfds"))
+  spec = "tfds:muse_tiny_captions:train"
+  run = subprocess.run(
+      [sys.executable, "-m", "muse_jax.evaluate", f"--images={runs['a']}/images/{step_a}",
+       f"--captions={spec}", "--caption_key=meta.caption", f"--tfds_data_dir={t}/tfds",
+       "--metrics=clip", "--batch_size=6", f"--clip_weights={f['clip']}", f"--out={t}/folder"],
+      cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  tfds_report = load_report(str(t / "folder"), 0)
+  assert tfds_report["captions"] == {"path": spec, "count": 6, "format": "tfds",
+                                     "tfds_data_dir": f"{t}/tfds"}
+  assert tfds_report["metrics"]["clip"]["count"] == 6
+  assert tfds_report["setup"]["captions_sha256"] == inputs.captions_digest(
+      C.read(spec, key="meta.caption", tfds_data_dir=f"{t}/tfds"))
+  assert load_report(str(t / "folder"), 9) == got
+  assert sorted(os.listdir(t / "folder" / "grid")) == ["0.png", "9.png"]
+  with open(t / "folder" / "metrics.jsonl") as log:
+    assert [json.loads(line)["step"] for line in log] == [9, 0]
 
 
 def test_batches_must_split_over_every_device_and_pad_to_the_device_count():

@@ -102,10 +102,11 @@ def test_evaluation_outputs_on_gcs_resume_and_reference_stats(root):
   assert runner.load_state(ev)[0] == 2
   acc = runner.run(ev, images, log=lambda s: None)  # resumes at chunk 2 from gs://
   assert acc is not None and runner.load_state(ev)[0] == 6
-  names = {p.name for p in (paths.resolve(out) / "images").iterdir()}
+  names = {p.name for p in (paths.resolve(out) / "images" / "0").iterdir()}
   assert names == {f"{i:06d}.png" for i in range(6)}
-  assert (paths.resolve(out) / runner.GRID_FILE).is_file()
-  report = runner.write_report(out, {"metrics": {}})
+  assert paths.resolve(runner.grid_path(out, 0)).is_file()
+  report = runner.write_report(out, 0, {"metrics": {}})
+  assert report == f"{out}/eval/0.json"
   assert json.loads(paths.resolve(report).read_text()) == {"metrics": {}}
   g = fid.Gaussian(mean=np.arange(3.0), cov=np.eye(3), count=5)
   fid.save_stats(f"{out}/ref.npz", g, {"inception": "x"})
