@@ -242,7 +242,8 @@ def run(ev: Evaluation, images_fn: Callable[[list[int]], np.ndarray],
     log(f"resuming at chunk {done // cs + 1}/{chunks} ({done}/{n} images done, saved in "
         f"{state_path(ev.out, ev.step)})" if done < n else f"all {n} images done already")
   t0, start, grid = time.perf_counter(), done, []
-  for c in range(done // cs, chunks):
+  # A finished run (done == n, not always a chunk boundary) has nothing left to add.
+  for c in range(chunks if done >= n else done // cs, chunks):
     if max_chunks is not None and c - start // cs >= max_chunks:
       return None
     for idx, valid in padded_batches(min((c + 1) * cs, n) - c * cs, bs):

@@ -233,6 +233,11 @@ def test_resume_in_process_by_chunks_and_by_a_longer_num(tmp_path):
   assert inception.info["random_weights"] and inception.info["note"] == scorers.FID_RANDOM_NOTE
   ev, _, whole = _stats(tmp_path, "whole", captions, images, metrics, inception)
   assert whole["fid_count"] == 9 and 0 < whole["comp_overall"] < 9
+  # Rerun once finished (9 images: the last chunk is partial): nothing is added again.
+  said = []
+  assert_same(_stats(tmp_path, "whole", captions, images, metrics, inception,
+                     log=said.append)[2], whole)
+  assert said == ["all 9 images done already"], said
   # Batch by batch in this process (as evaluation during training adds them): the same sums.
   acc = runner.Accumulators(metrics)
   for idx, valid in runner.padded_batches(9, 2):
