@@ -69,20 +69,15 @@ from ml_collections import config_flags
 
 from muse_jax import paths
 from muse_jax.configs.cli_flags import parse_flags
+from muse_jax.sampling import chain  # light: no JAX, so --help and path checks stay fast
 from muse_jax.parallel import distributed
 
 config_flags.DEFINE_config_file("config", None, "Sampling config (e.g. configs/pipeline_tiny.py)"
                                 "; or use --base, or score --images.", lock_config=True)
 flags.DEFINE_string("workdir", None, "With --config: RUNS, whose base/, sr/, vq_lo/, vq_hi/ are "
                     "the stage workdirs of stages with an empty workdir.")
-flags.DEFINE_string("base", None, "The base stage's workdir (or export): sample without a "
-                    "config file.")
-flags.DEFINE_string("sr", "", "With --base: the SR stage's workdir ('' = base only).")
-flags.DEFINE_string("vq_lo", "", "With --base: the low-res tokenizer (default: the precompute's).")
-flags.DEFINE_string("vq_hi", "", "With --base/--sr: the high-res tokenizer (default: the "
-                    "precompute's).")
-flags.DEFINE_string("spiece_model", "", "With --base: the text tokenizer (default: the "
-                    "precompute's).")
+chain.define_stage_flags(flags, "The base stage's workdir (or export): sample without a "
+                         "config file.")
 flags.DEFINE_string("images", None, "Score these images instead of sampling: a folder with "
                     "caption i's image named i.png / 000i.png (.jpg, .jpeg, .webp, .bmp), or a "
                     ".npz with `images` [N, H, W, 3].")
@@ -194,7 +189,6 @@ def check_captions(captions, metrics):
 
 def sampling_config():
   """--config's sampling config, or one built from the --base chain; with the sampling flags."""
-  from muse_jax.sampling import chain
   if FLAGS.config is not None:
     config = FLAGS.config
   else:

@@ -71,15 +71,8 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing non-empty --out (o
                      "directory.")
 flags.DEFINE_string("pipeline", None, "Write a pipeline bundle of the stages --base, --sr, "
                     "--vq_lo, --vq_hi name into this directory (instead of --workdir/--out).")
-flags.DEFINE_string("base", "", "With --pipeline: the base stage's training workdir (or "
-                    "export).")
-flags.DEFINE_string("sr", "", "With --pipeline: the SR stage's workdir ('' = base only).")
-flags.DEFINE_string("vq_lo", "", "With --pipeline: the low-res tokenizer's workdir, export or "
-                    "diffusers VQModel (default: the one the base stage's precompute used).")
-flags.DEFINE_string("vq_hi", "", "With --pipeline and --sr: the high-res tokenizer (default: "
-                    "the one the precompute used for the SR tokens).")
-flags.DEFINE_string("spiece_model", "", "With --pipeline: the text tokenizer (default: the "
-                    "precompute's).")
+chain.define_stage_flags(flags, "With --pipeline: the base stage's training workdir (or "
+                         "export).", requires="--pipeline")
 flags.DEFINE_enum("text_encoder", "reference", bundle.TEXT_ENCODER_CHOICES, "With --pipeline: "
                   "'reference' stores the text encoder's settings (size and seed of random "
                   "weights, or the weights_path to read where the bundle is loaded); 'weights' "

@@ -42,6 +42,7 @@ from ml_collections import config_flags
 
 from muse_jax import paths
 from muse_jax.configs.cli_flags import parse_flags
+from muse_jax.sampling import chain  # light: no JAX, so --help and path checks stay fast
 
 config_flags.DEFINE_config_file("config", None, "Path to a sampling config, e.g. "
                                 "muse_jax/configs/common_pipeline.py or configs/pipeline_tiny.py.",
@@ -65,15 +66,8 @@ flags.DEFINE_string("image", None, "Input image for --edit.")
 flags.DEFINE_string("mask", None, "Mask image for --edit (white = regenerate / editable).")
 flags.DEFINE_string("outpaint_pad", None, "Border to generate for --edit=outpaint, in output "
                     "pixels: one value for all sides or TOP,LEFT,BOTTOM,RIGHT.")
-flags.DEFINE_string("base", None, "The base stage's training workdir (or export): sample without "
-                    "a config file (instead of --config).")
-flags.DEFINE_string("sr", "", "With --base: the SR stage's workdir ('' = base only).")
-flags.DEFINE_string("vq_lo", "", "With --base: the low-res tokenizer's workdir (default: the "
-                    "one the base stage's precompute used).")
-flags.DEFINE_string("vq_hi", "", "With --base and --sr: the high-res tokenizer's workdir "
-                    "(default: the one the precompute used for the SR tokens).")
-flags.DEFINE_string("spiece_model", "", "With --base: the text tokenizer (default: the "
-                    "precompute's).")
+chain.define_stage_flags(flags, "The base stage's training workdir (or export): sample "
+                         "without a config file (instead of --config).")
 flags.DEFINE_string("bundle", None, "A pipeline bundle (python -m muse_jax.export "
                     "--pipeline=DIR): sample from it, instead of --config or --base.")
 FLAGS = flags.FLAGS
@@ -163,7 +157,6 @@ def check_flags():
 def load_pipeline():
   """The pipeline of --config (with --workdir), of the --base chain of workdirs, or of
   --bundle."""
-  from muse_jax.sampling import chain
   given = [f"--{n}" for n in ("config", "base", "bundle") if getattr(FLAGS, n) is not None]
   if len(given) != 1:
     raise UsageError("give one of --config=FILE (with --workdir), --base=WORKDIR or "

@@ -48,6 +48,20 @@ def _tokenizer(manifest: dict, key: str, flag: str, pre_dir: str) -> str:
   return str(weights)
 
 
+def define_stage_flags(flags, base_help: str, requires: str = "--base") -> None:
+  """Defines --base, --sr, --vq_lo, --vq_hi and --spiece_model, the stage workdirs that
+  `pipeline_config` chains, on absl `flags` (every entry point that samples or bundles them
+  names them alike). `requires`: the flag the other four go with."""
+  flags.DEFINE_string("base", None if requires == "--base" else "", base_help)
+  flags.DEFINE_string("sr", "", f"With {requires}: the SR stage's workdir ('' = base only).")
+  flags.DEFINE_string("vq_lo", "", f"With {requires}: the low-res tokenizer's workdir, export or "
+                      "diffusers VQModel (default: the one the base stage's precompute used).")
+  flags.DEFINE_string("vq_hi", "", f"With {requires} and --sr: the high-res tokenizer (default: "
+                      "the one the precompute used for the SR tokens).")
+  flags.DEFINE_string("spiece_model", "", f"With {requires}: the text tokenizer (default: the "
+                      "precompute's).")
+
+
 def check_paths(**flags: str) -> None:
   """FileNotFoundError naming the first flag (--name=path) whose path does not exist; empty
   values are skipped."""
