@@ -253,11 +253,11 @@ def test_tpu_start_runs_detached_on_every_worker_then_status_and_stop(tmp_path):
       home = tmp_path / f"worker{w}"
       pid = int((home / "muse_jax/logs/r1.pid").read_text())
       pids.append(pid)
-      assert os.getsid(pid) == pid  # its own session: a closed ssh does not hang it up
       deadline = time.time() + 10
-      while not (home / "args").exists():
+      while not (home / "args").exists():  # the trainer runs: setsid has made its session
         assert time.time() < deadline
         time.sleep(0.05)
+      assert os.getsid(pid) == pid  # its own session: a closed ssh does not hang it up
       assert (home / "args").read_text().splitlines() == [
           "-m", "muse_jax.train", "--config=c.py", "--workdir=gs://b/r1", "--x=a b"]
     again = _tpu("start", "pod", "z", "r1", "c.py", "gs://b/r1", env=env, check=False)
