@@ -152,7 +152,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_p
 
 
 def test_sigkill_of_one_process_ends_the_other_within_the_heartbeat_timeout(tmp_path, logs):
-  """The survivor is stuck in a collective; JAX's heartbeat (set to 5 s) must end it."""
+  """The survivor is stuck in a collective; JAX's heartbeat (set to 5 s) must end it. Gloo
+  can abort the survivor first, when the kill cuts a transfer short (it reports a transfer
+  whose size does not match, seen on a busy machine): the same status, within the same time."""
   wd = str(tmp_path)
   procs = start(wd, logs, "--config.train.num_steps=100000", heartbeat=5)
   wait_for(wd, 3, procs)
@@ -162,5 +164,5 @@ def test_sigkill_of_one_process_ends_the_other_within_the_heartbeat_timeout(tmp_
   took = time.time() - killed
   out = output(procs[0])
   assert status == [-signal.SIGABRT], out[-3000:]  # a shell reports it as 134
-  assert "another task died" in out, out[-3000:]
+  assert "another task died" in out or "gloo::EnforceNotMet" in out, out[-3000:]
   assert took < 30, took
