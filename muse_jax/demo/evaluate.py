@@ -139,7 +139,7 @@ def run_edits(demo) -> None:
   def pick(pred):
     start = int(demo.cfgs["precompute"].data.shapes.num_train) + 10_000
     for i in range(start, start + 5000):
-      ex = shapes.generate(i, "train", seed, size)
+      ex = demo.scene(i, "train", seed)
       if pred(ex.scene):
         return ex
     raise RuntimeError("no shapes example matches the edit's scene filter")

@@ -199,8 +199,14 @@ class Demo:
     e = self.config.eval
     start = int(self.cfgs["precompute"].data.shapes.num_train) if split == "train" else 0
     seed = int(self.config.seed) + int(e.caption_seed_offset)
-    return [shapes.generate(start + i, split, seed, int(self.config.image_size))
-            for i in range(int(e.num_captions))]
+    return [self.scene(start + i, split, seed) for i in range(int(e.num_captions))]
+
+  def scene(self, index: int, split: str, seed: int):
+    """Shapes example `index` of `split` at the SR output size, drawn from the training
+    scenes' distribution (objects per group, share of two-group scenes)."""
+    s = self.cfgs["precompute"].data.shapes
+    return shapes.generate(index, split, seed, int(self.config.image_size),
+                           max_count=int(s.max_count), two_group_prob=float(s.two_group_prob))
 
 
 def loss_summary(workdir: str) -> dict:
