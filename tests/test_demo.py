@@ -33,8 +33,10 @@ def micro_config():
   c.sampling.update(dict(base_steps=2, sr_steps=2))
   c.sampling.editing.mask_free_iterations = 2
   # Batch 1: the guided sampler compiled for the metrics is reused by in/outpainting.
+  # 3 validation captions against 2 per evaluation split: the counts tell the sets apart.
   c.eval.update(dict(num_captions=2, batch_size=1, grid_images=2, grid_columns=2,
-                     guidance_sweep=((1.5, 0.0),)))
+                     validation_captions=3, guidance_sweep=((1.5, 0.0),),
+                     use_chosen_guidance=True))
   c.edits.png_scale = 1
   return c
 
@@ -72,9 +74,20 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
       assert sum(r["num_examples"] for r in by.values()) == 2
       assert sum(r["overall"] * r["num_examples"] for r in by.values()) == pytest.approx(
           saved["accuracy"][split][mode]["overall"] * 2)
-    assert list(saved["guidance_sweep"][split]) == ["1.5/0"]
-    assert saved["guidance_sweep"][split]["1.5/0"]["num_examples"] == 2
+    assert f"{split} guidance" not in log  # the sweep is not scored on evaluation captions
     assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
+  # Guidance is chosen on the validation captions only, and (use_chosen_guidance) the
+  # evaluation's cfg rows are sampled at the choice.
+  val = saved["validation"]
+  assert val["captions"] == [ex.caption for ex in
+                             demo.Demo(micro_config(), workdir).validation_captions()]
+  assert list(val["sweep"]) == ["1", "0", "1.5/0"] and val["default"] == "1"
+  assert all(r["num_examples"] == 3 for r in val["sweep"].values())
+  best = max(r["overall"] for r in val["sweep"].values())
+  assert val["sweep"][val["chosen"]]["overall"] == best
+  assert val["chosen"] == "1" or val["sweep"]["1"]["overall"] < best
+  assert saved["guidance_scale"] == {**val["chosen_guidance"], "chosen_on_validation": True}
+  assert "validation guidance 1.5/0: " in log and "validation: chosen guidance" in log
   assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
   assert set(saved["stage_seconds"]) >= set(demo.STEPS) - {"report"}
   assert saved["training"]["base"]["steps"] == 3
@@ -127,3 +140,48 @@ def test_guidance_sweep_entries_are_a_scale_or_a_base_sr_pair():
   assert sweep_scales((3, 0)) == (3.0, 0.0) and sweep_name(3.0, 0.0) == "3/0"
   with pytest.raises(ValueError, match="pair"):
     sweep_scales((1, 2, 3))
+
+
+def test_validation_captions_are_their_own_train_split_scenes(tmp_path):
+  """Validation scenes: train split, drawn at a seed of their own, so neither the train-like
+  evaluation captions' scenes nor training's (seed 0, indices below num_train)."""
+  from muse_jax.data.shapes import dataset as shapes
+  c = micro_config()
+  d = demo.Demo(c, str(tmp_path))
+  val = d.validation_captions()
+  assert len(val) == 3
+  train_like = {ex.id for ex in d.eval_captions("train")}
+  heldout = {ex.id for ex in d.eval_captions("heldout")}
+  num_train = c.precompute.data.shapes.num_train
+  seed = int(d.cfgs["precompute"].data.shapes.seed)  # what precompute trains on
+  training = {shapes.generate(i, "train", seed, 16).id for i in range(num_train)}
+  for ex in val:
+    assert ex.id.startswith(f"shapes-train-{c.seed + 2}-"), ex.id
+    assert ex.id not in train_like | heldout | training
+    assert not any((g.colour, g.shape) in shapes.HELDOUT_PAIRS for g in ex.scene.groups)
+  # Different draws: the images differ from the train-like evaluation scenes at those indices.
+  assert any((a.image != b.image).any() for a, b in zip(val, d.eval_captions("train")))
+
+
+def test_guidance_is_chosen_on_validation_and_sweeps_need_it(tmp_path):
+  from muse_jax.configs.checks import ConfigError
+  from muse_jax.demo.evaluate import choose_guidance, guidance_candidates, headline_guidance
+  assert list(guidance_candidates((1.0, 1.0), (0.5, (1, 1), (3, 0)))) == ["1", "0", "0.5", "3/0"]
+  acc = lambda x: {"overall": x}  # noqa: E731
+  assert choose_guidance({"1": acc(0.5), "0": acc(0.7), "2": acc(0.7)}, "1") == "0"
+  assert choose_guidance({"0": acc(0.7), "1": acc(0.7), "2": acc(0.6)}, "1") == "1"  # tie
+  val = {"chosen": "0.5", "chosen_guidance": {"base": 0.5, "sr": 0.5}}
+  assert headline_guidance((1.0, 1.0), val, True) == ((0.5, 0.5), True)
+  assert headline_guidance((1.0, 1.0), val, False) == ((1.0, 1.0), False)
+  for key, value, match in (("validation_captions", 0, "guidance_sweep"),
+                            ("validation_seed_offset", 1, "caption_seed_offset"),
+                            ("validation_seed_offset", 0, "training"),
+                            ("guidance_sweep", ((1, 2, 3),), "pair")):
+    c = micro_config()
+    c.eval[key] = value
+    with pytest.raises(ConfigError, match=match):
+      demo.Demo(c, str(tmp_path))
+  c = micro_config()
+  c.eval.update(dict(validation_captions=0, guidance_sweep=()))
+  with pytest.raises(ConfigError, match="use_chosen_guidance"):
+    demo.Demo(c, str(tmp_path))

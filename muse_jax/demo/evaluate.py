@@ -3,7 +3,10 @@
 `run_samples(demo)`: for `eval.num_captions` train-like and as many held-out captions, the
 detector's accuracy on the dataset images, on their tokenizer reconstructions (the ceilings)
 and on text-to-image samples with and without classifier-free guidance (also per number of
-objects in the caption, 1-8); PNG grids and .npz.
+objects in the caption, 1-8); PNG grids and .npz. With `eval.validation_captions`, first the
+guidance settings (the config's, none, `eval.guidance_sweep`) are scored on that separate
+validation set of train-split scenes, and the best is chosen there, never on the evaluation
+captions (`eval.use_chosen_guidance`: the evaluation samples then use it).
 `run_edits(demo)`: one inpainting, one outpainting and one mask-free edit of dataset images.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 
 import numpy as np
 
+from muse_jax.configs.checks import ConfigError
 from muse_jax.data.shapes import dataset as shapes, grammar
 from muse_jax.demo import images as I
 from muse_jax.demo.constants import GUIDANCE, SPLITS, grid_name
@@ -64,6 +68,91 @@ def sweep_name(base: float, sr: float) -> str:
   return f"{base:g}" if base == sr else f"{base:g}/{sr:g}"
 
 
+def check_eval_config(config) -> None:
+  """ConfigError (exit 2) for `eval` settings that cannot work, before any stage runs.
+
+  Guidance is chosen on the validation captions only: a sweep or `use_chosen_guidance`
+  without them would have nothing honest to choose on, and the validation scenes must be
+  drawn with a seed of their own (neither training's nor the train-like eval captions').
+  """
+  e = config.eval
+  n = int(e.validation_captions)
+  if n < 0:
+    raise ConfigError(f"eval.validation_captions={n}: use 0 (off) or a number of captions")
+  if n == 0 and tuple(e.guidance_sweep):
+    raise ConfigError("eval.guidance_sweep is scored on the validation captions only: set "
+                      "eval.validation_captions (e.g. 256) or leave the sweep empty")
+  if n == 0 and e.use_chosen_guidance:
+    raise ConfigError("eval.use_chosen_guidance needs eval.validation_captions > 0 (the "
+                      "guidance is chosen on them)")
+  offset = int(e.validation_seed_offset)
+  if n and offset in (0, int(e.caption_seed_offset)):
+    raise ConfigError(f"eval.validation_seed_offset={offset}: use a value other than 0 "
+                      f"(training's scenes) and eval.caption_seed_offset "
+                      f"({int(e.caption_seed_offset)}, the train-like evaluation captions)")
+  for entry in e.guidance_sweep:
+    try:
+      sweep_scales(entry)
+    except (TypeError, ValueError) as err:
+      raise ConfigError(str(err)) from err
+
+
+def guidance_candidates(default: tuple[float, float], sweep) -> dict:
+  """{sweep_name: (base, SR)} scored on the validation captions: the config's guidance first,
+  then none, then the `eval.guidance_sweep` entries (each setting once)."""
+  out: dict = {}
+  for scales in (default, (0.0, 0.0), *map(sweep_scales, sweep)):
+    out.setdefault(sweep_name(*scales), scales)
+  return out
+
+
+def choose_guidance(scores: dict, default_name: str) -> str:
+  """The name in `scores` ({name: accuracy dict}) with the best `overall`; a tie goes to the
+  config's default, then to the earlier entry."""
+  best = default_name
+  for name, acc in scores.items():
+    if acc["overall"] > scores[best]["overall"]:
+      best = name
+  return best
+
+
+def headline_guidance(default: tuple[float, float], validation: dict | None,
+                      use_chosen: bool) -> tuple[tuple[float, float], bool]:
+  """((base, SR), chosen_on_validation): the guidance of the evaluation splits' `cfg` rows."""
+  if use_chosen and validation:
+    g = validation["chosen_guidance"]
+    return (float(g["base"]), float(g["sr"])), True
+  return default, False
+
+
+def score_validation(demo, sample, default: tuple[float, float]) -> dict:
+  """Detector accuracy of every guidance candidate on the validation captions, and the best.
+
+  `sample(captions, (base, sr))` -> uint8 images. Returns metrics.json's `validation`."""
+  e = demo.config.eval
+  captions = [ex.caption for ex in demo.validation_captions()]
+  candidates = guidance_candidates(default, e.guidance_sweep)
+  default_name = sweep_name(*default)
+  demo.log("samples", f"validation: {len(captions)} train-split captions of their own (shapes "
+           f"seed + {int(e.validation_seed_offset)}), neither training's nor the evaluation's; "
+           f"guidance {', '.join(candidates)} scored on them only")
+  scores = {}
+  for name, scales in candidates.items():
+    scores[name] = compositional.evaluate(sample(captions, scales), captions)
+    demo.log("samples", f"validation guidance {name}"
+             + (" (the config's)" if name == default_name else "") + ": "
+             + acc_line(scores[name]))
+  chosen = choose_guidance(scores, default_name)
+  use = bool(e.use_chosen_guidance)
+  demo.log("samples", f"validation: chosen guidance {chosen} (best all four; ties go to the "
+           "config's); " + ("the evaluation samples use it (eval.use_chosen_guidance)" if use
+                            else f"the evaluation samples use the config's {default_name} "
+                            "(eval.use_chosen_guidance=False: the choice is only reported)"))
+  base, sr = candidates[chosen]
+  return {"captions": captions, "sweep": scores, "default": default_name, "chosen": chosen,
+          "chosen_guidance": {"base": base, "sr": sr}}
+
+
 def run_samples(demo) -> None:
   if demo.done("samples"):
     demo.log("samples", "finished already; skipping")
@@ -71,12 +160,25 @@ def run_samples(demo) -> None:
   e = demo.config.eval
   pipe = demo.load_pipeline()
   s = pipe.sampling
-  demo.log("samples", f"{e.num_captions} train-like + {e.num_captions} held-out captions, "
-           f"with CFG (guidance {s.guidance_scale}/{s.sr_guidance_scale}) and without; "
-           f"{s.base_steps} base + {s.sr_steps} SR steps; {pipe.image_size}px")
+  default = (float(s.guidance_scale), float(s.sr_guidance_scale))
+
+  def sample(captions, scales):
+    with s.unlocked():
+      s.guidance_scale, s.sr_guidance_scale = scales
+    return I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
+                                         int(demo.config.seed)))
+
   t = time.perf_counter()
-  guided = (float(s.guidance_scale), float(s.sr_guidance_scale))
-  result = {"guidance_scale": guided[0], "sr_guidance_scale": guided[1]}
+  validation = score_validation(demo, sample, default) if int(e.validation_captions) else None
+  guided, chosen = headline_guidance(default, validation, bool(e.use_chosen_guidance))
+  demo.log("samples", f"{e.num_captions} train-like + {e.num_captions} held-out captions, "
+           f"with CFG (guidance {guided[0]:g}/{guided[1]:g}, "
+           + ("chosen on the validation captions" if chosen else "the config's")
+           + f") and without; {s.base_steps} base + {s.sr_steps} SR steps; {pipe.image_size}px")
+  result = {"guidance_scale": guided[0], "sr_guidance_scale": guided[1],
+            "guidance_chosen_on_validation": chosen}
+  if validation:
+    result["validation"] = validation
   for split in SPLITS:
     examples = demo.eval_captions(split)
     captions = [ex.caption for ex in examples]
@@ -91,33 +193,17 @@ def run_samples(demo) -> None:
     split_res["grid_captions"] = captions[:n_grid]
     demo.log("samples", f"{split} tokenizer reconstructions: "
              + acc_line(split_res["tokenizer_reconstructions"]))
-
-    def sample(base_guidance, sr_guidance):
-      with s.unlocked():
-        s.guidance_scale, s.sr_guidance_scale = base_guidance, sr_guidance
-      return I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
-                                           int(demo.config.seed)))
-
     for mode in GUIDANCE:
-      images = sample(*(guided if mode == "cfg" else (0.0, 0.0)))
+      images = sample(captions, guided if mode == "cfg" else (0.0, 0.0))
       split_res[mode], split_res[f"{mode}_by_objects"] = evaluate_by_objects(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
       save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),
                 int(demo.config.png_scale))
       demo.log("samples", f"{split} {mode}: " + acc_line(split_res[mode]))
-    # Accuracy only (no grid) at further guidance scales.
-    sweep = {}
-    for entry in e.guidance_sweep:
-      scales = sweep_scales(entry)
-      name = sweep_name(*scales)
-      acc = sweep[name] = compositional.evaluate(sample(*scales), captions)
-      demo.log("samples", f"{split} guidance {name}: " + acc_line(acc))
-    if sweep:
-      split_res["guidance_sweep"] = sweep
     result[split] = split_res
   with s.unlocked():
-    s.guidance_scale, s.sr_guidance_scale = guided
+    s.guidance_scale, s.sr_guidance_scale = default
   seconds = time.perf_counter() - t
   demo.finish("samples", seconds, **result)
   demo.log("samples", f"done in {seconds:.0f} s")

@@ -27,12 +27,17 @@ def write_report(demo) -> dict:
       # The same per number of objects in the caption ('1'..'8', all groups together).
       "accuracy_by_objects": by_objects,
       "reference": reference,
+      # The guidance of the `cfg` rows: the config's, or the one chosen on the validation
+      # captions (eval.use_chosen_guidance).
       "guidance_scale": {"base": samples.get("guidance_scale"),
-                         "sr": samples.get("sr_guidance_scale")},
-      # eval.guidance_sweep: accuracy at further guidance scales, keyed '<both>' or
-      # '<base>/<sr>' (evaluate.sweep_name).
-      "guidance_sweep": {split: samples[split]["guidance_sweep"] for split in SPLITS
-                         if "guidance_sweep" in samples.get(split, {})},
+                         "sr": samples.get("sr_guidance_scale"),
+                         "chosen_on_validation": samples.get("guidance_chosen_on_validation",
+                                                             False)},
+      # eval.validation_captions: the config's guidance, none and eval.guidance_sweep scored on
+      # train-split captions of their own (`sweep`, keyed '<both>' or '<base>/<sr>',
+      # evaluate.sweep_name), and the best of them (`chosen`); {} when off. Guidance is chosen
+      # here, never on the evaluation captions.
+      "validation": samples.get("validation", {}),
       "samples": {split: {"grid": grid_name(split, "cfg"),
                           "grid_no_cfg": grid_name(split, "no_cfg"),
                           "grid_captions": samples[split].get("grid_captions", []),
@@ -75,7 +80,7 @@ def write_report(demo) -> dict:
   demo.finish("report", time.perf_counter() - t)
   demo.log("report", f"wrote {demo.path(METRICS_FILE)}; stage seconds "
            + ", ".join(f"{k} {v:.0f}" for k, v in metrics["stage_seconds"].items())
-           + "\n" + accuracy_table(accuracy, reference, metrics["guidance_sweep"])
+           + "\n" + accuracy_table(accuracy, reference, metrics["validation"])
            + "\n" + objects_table(by_objects) + "\n" + gap_table(metrics["generalisation"]))
   return metrics
 
@@ -148,8 +153,9 @@ def gap_table(gaps: dict) -> str:
 
 
 def accuracy_table(accuracy: dict, reference: dict | None = None,
-                   sweep: dict | None = None) -> str:
-  """Percent per attribute: one row per split x guidance (and tokenizer reconstructions)."""
+                   validation: dict | None = None) -> str:
+  """Percent per attribute: one row per split x guidance, the validation captions' guidance
+  settings (the chosen one marked) and the tokenizer reconstructions."""
   lines = [f"{'':26s}" + "".join(f"{m:>10s}" for m in ATTRIBUTES)]
 
   def row(name, r):
@@ -157,8 +163,8 @@ def accuracy_table(accuracy: dict, reference: dict | None = None,
   for split in accuracy:
     for mode in GUIDANCE:
       row(f"{split} {mode}", accuracy[split][mode])
-    for scale, r in (sweep or {}).get(split, {}).items():
-      row(f"{split} guidance {scale}", r)
+  for name, r in (validation or {}).get("sweep", {}).items():
+    row(f"validation {name}" + (" chosen" if name == validation["chosen"] else ""), r)
   for split in reference or {}:
     row(f"{split} tokenizer recon.", reference[split]["tokenizer_reconstructions"])
   return "\n".join(lines)

@@ -14,7 +14,7 @@ import ml_collections
 
 from muse_jax.data.shapes import dataset as shapes
 from muse_jax.demo.constants import SPLITS, STATE_FILE, STEPS
-from muse_jax.demo.evaluate import run_edits, run_samples
+from muse_jax.demo.evaluate import check_eval_config, run_edits, run_samples
 from muse_jax.demo.report import write_report
 from muse_jax.demo.stage_configs import (eval_captions_file, fingerprint, stage_configs,
                                          tokenizer_factor)
@@ -41,6 +41,7 @@ class Demo:
     self.argv = list(argv) if argv is not None else list(sys.argv)
     os.makedirs(self.workdir, exist_ok=True)
     self.cfgs = stage_configs(config, self.workdir)
+    check_eval_config(config)
     self.state_path = os.path.join(self.workdir, STATE_FILE)
     self.state = {"stages": {}}
     if os.path.exists(self.state_path):
@@ -197,9 +198,19 @@ class Demo:
   def eval_captions(self, split: str) -> list:
     """`eval.num_captions` scenes of `split` (train-like: indices after the training set)."""
     e = self.config.eval
+    return self._scenes(split, int(e.num_captions), int(e.caption_seed_offset))
+
+  def validation_captions(self) -> list:
+    """`eval.validation_captions` scenes of the train split for choosing guidance: the
+    train-like captions' indices at their own seed (seed + eval.validation_seed_offset), so
+    neither training scenes nor evaluation captions, and never the held-out split."""
+    e = self.config.eval
+    return self._scenes("train", int(e.validation_captions), int(e.validation_seed_offset))
+
+  def _scenes(self, split: str, n: int, seed_offset: int) -> list:
     start = int(self.cfgs["precompute"].data.shapes.num_train) if split == "train" else 0
-    seed = int(self.config.seed) + int(e.caption_seed_offset)
-    return [self.scene(start + i, split, seed) for i in range(int(e.num_captions))]
+    seed = int(self.config.seed) + seed_offset
+    return [self.scene(start + i, split, seed) for i in range(n)]
 
   def scene(self, index: int, split: str, seed: int):
     """Shapes example `index` of `split` at the SR output size, drawn from the training
