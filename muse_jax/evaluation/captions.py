@@ -139,8 +139,13 @@ def _text_at(tree, key: str):
 
 def _tfds(spec: str, key: str, data_dir: str | None) -> list[str]:
   import numpy as np
-  import tensorflow_datasets as tfds  # only for this format: it imports TensorFlow
   name, split = parse_tfds(spec)
+  try:
+    import tensorflow_datasets as tfds  # only for this format: it imports TensorFlow
+  except ImportError as err:
+    raise ValueError(f"--captions={spec}: reading TFDS needs tensorflow-datasets and "
+                     f"TensorFlow ({err}); install them, or give the captions as a text, COCO "
+                     "JSON or parquet file") from err
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
     splits = sorted(builder.info.splits.keys())

@@ -2,6 +2,7 @@
 (muse_jax/evaluation/captions.py), in their fixed order, and the ones refused at start."""
 import io
 import json
+import sys
 import tarfile
 
 import numpy as np
@@ -78,6 +79,15 @@ def test_empty_damaged_or_malformed_caption_sets_are_refused_at_start(tmp_path):
     C.read(str(t / "missing.txt"))
   with pytest.raises(ValueError, match="--captions_format='csv'"):
     C.read(str(t / "blank.txt"), fmt="csv")
+
+
+def test_tfds_captions_without_tensorflow_datasets_are_one_line(monkeypatch):
+  """The GPU image has no TensorFlow: a `tfds:` caption set is then a one-line error."""
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
+  with pytest.raises(ValueError, match=r"^--captions=tfds:coco:val: reading TFDS needs "
+                     r"tensorflow-datasets and TensorFlow \(.*\); install them") as err:
+    C.read("tfds:coco:val")
+  assert "\n" not in str(err.value)
 
 
 def _coco_like_tfds(data_dir: str) -> None:
