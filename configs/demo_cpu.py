@@ -58,7 +58,10 @@ def precompute_config():
   c = ml_collections.ConfigDict()
   c.data = common_data.data_config()
   c.data.source = "shapes"
-  c.data.shapes.update(dict(num_train=4096, num_heldout=256))
+  # At most two objects per group (four per scene): at 64 px the shapes of up to eight
+  # objects are a few pixels across, and the tokenizer's own reconstructions of them read
+  # wrong far more often; the held-out pairs and both caption forms stay (docs/demo.md).
+  c.data.shapes.update(dict(num_train=4096, num_heldout=256, max_count=2))
   c.data.num_workers = 1
   # model / weights / resolution of both tokenizer sections are set by muse_jax.demo.
   section = lambda: ml_collections.ConfigDict(dict(  # noqa: E731
