@@ -116,6 +116,25 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   assert again["accuracy"] == metrics["accuracy"]
   assert again["stage_seconds"]["base"] == metrics["stage_seconds"]["base"]
 
+  # benchmarks/demo_diagnosis.py reads the finished workdir: one row per stage, and its
+  # cascade is the demo's own guided samples of those captions.
+  config_file = tmp_path / "micro.py"
+  config_file.write_text("from tests.test_demo import micro_config as get_config\n")
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+  try:
+    import demo_diagnosis
+  finally:
+    sys.path.pop(0)
+  printed = io.StringIO()
+  monkeypatch.setattr(sys, "stdout", printed)
+  demo_diagnosis.main([f"--config={config_file}", f"--workdir={workdir}", "--num=2"])
+  monkeypatch.undo()
+  rows = {line[:22].strip(): line for line in printed.getvalue().splitlines()[1:]}
+  assert list(rows) == ["dataset, low-res", "tokenizer, low-res", "tokenizer, output",
+                        "base samples", "SR from true low-res", "cascade"]
+  cascade = saved["accuracy"]["train"]["cfg"]
+  assert f"overall {100 * cascade['overall']:5.1f}%" in rows["cascade"]
+
 
 @pytest.mark.parametrize("module", [demo_cpu, demo_gpu])
 def test_demo_configs_link_the_stages(module, tmp_path):
