@@ -117,6 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
       eval_path="",
       shuffle_buffer=10_000,
       image_size=256,
+      num_workers=0,                 # >0: draw the next training batches on that many spawned
+                                     # processes (same batches; scenes are GIL-bound Python)
   ))
   c.train.update(dict(batch_size=256, num_steps=1_000_000, eval_every=5000, eval_batches=4,
                       image_grid_every=5000, image_grid_size=8))

@@ -11,16 +11,19 @@ class ImageSource(IndexedRowsSource):
   """uint8 images [b, S, S, 3]: `shapes` scenes or uniform noise (`synthetic`).
 
   Example i of a split is a pure function of (seed, split, i); `eval` cycles over
-  `num_batches` fixed batches. The position is the number of batches drawn.
+  `num_batches` fixed batches. The position is the number of batches drawn. `num_workers` > 0
+  draws the next batches on that many processes (IndexedRowsSource), the same bytes.
   """
 
   def __init__(self, kind: str, image_size: int, *, seed: int, split: str, global_batch: int,
-               process_index: int = 0, process_count: int = 1, num_batches: int | None = None):
+               process_index: int = 0, process_count: int = 1, num_batches: int | None = None,
+               num_workers: int = 0):
     if kind not in ("shapes", "synthetic"):
       raise ValueError(f"config.data.source={kind!r}; the vqgan stage reads `shapes` or "
                        "`synthetic` images")
     super().__init__(global_batch=global_batch, process_index=process_index,
-                     process_count=process_count, num_batches=num_batches)
+                     process_count=process_count, num_batches=num_batches,
+                     num_workers=num_workers)
     self.kind, self.size, self.seed, self.split = kind, image_size, seed, split
 
   def example(self, index: int) -> dict[str, np.ndarray]:

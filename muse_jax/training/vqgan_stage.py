@@ -184,7 +184,9 @@ class VQGANStage(Stage):
     return ImageSource(cfg.data.source, self.image_size, seed=cfg.seed, split=split,
                        global_batch=cfg.train.batch_size, process_index=process_index,
                        process_count=process_count,
-                       num_batches=cfg.train.eval_batches if split == "eval" else None)
+                       num_batches=cfg.train.eval_batches if split == "eval" else None,
+                       # eval rewinds to its first batch at every evaluation: drawn serially
+                       num_workers=int(cfg.data.num_workers) if split == "train" else 0)
 
   # --- losses --------------------------------------------------------------------------------
   def _perceptual(self, lp, x, x_hat):

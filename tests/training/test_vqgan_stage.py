@@ -180,3 +180,17 @@ def test_gan_that_never_starts_is_not_compiled():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   for k in m_a[-1]:
     np.testing.assert_allclose(m_a[-1][k], m_b[-1][k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_data_num_workers_draws_training_images_in_processes(runner8):
+  """data.num_workers reaches the train source (the same batches), not the rewinding eval one."""
+  st = runner8.stage
+  serial = st.make_source("train", 0, 1)
+  st.config.data.num_workers = 2
+  try:
+    train, evaluation = st.make_source("train", 0, 1), st.make_source("eval", 0, 1)
+  finally:
+    st.config.data.num_workers = 0
+  assert (train.num_workers, evaluation.num_workers, serial.num_workers) == (2, 0, 0)
+  np.testing.assert_array_equal(next(train)["images"], next(serial)["images"])
+  train.close()

@@ -1,0 +1,137 @@
+"""Scenes drawn in worker processes (data/workers.py): the precompute's `shapes` source with
+data.shapes.processes and the vqgan stage's ImageSource with num_workers give the serial path's
+records and batches, resume exactly, re-raise a worker's error and leave no process behind.
+
+Each pool spawns real processes (about half a second each on 2 cores), so the tests share few.
+"""
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from muse_jax.configs import common_data
+from muse_jax.data import preprocess, raw_sources
+from muse_jax.data.batch import IndexedRowsSource
+from muse_jax.data.images import ImageSource
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _records(source, skip=0, threads=2):
+  raw = source.raw_examples()
+  list(itertools.islice(raw, skip))
+  counter = preprocess.SkipCounter()
+  out = list(preprocess.preprocess_stream(raw, preprocess.PreprocessOptions(resolutions=(32, 64)),
+                                          counter, num_workers=threads))
+  return [(ex["id"], ex["caption"], ex["image"][32].tobytes(), ex["image"][64].tobytes())
+          for ex in out]
+
+
+def test_precompute_scenes_drawn_by_processes_are_the_serial_records():
+  config = common_data.data_config()
+  config.resolutions = (32, 64)
+  config.shapes.update(dict(num_train=50, max_count=3, two_group_prob=0.7))
+  serial = _records(raw_sources.make_source(config))
+  config.shapes.processes = 2
+  source = raw_sources.make_source(config)
+  source.chunk = 8  # several chunks in flight, the last one short
+  assert _records(source) == serial
+  # A resumed precompute skips finished records without drawing them; the rest are the same.
+  assert _records(source, skip=21, threads=1) == serial[21:]
+  assert multiprocessing.active_children()
+  source.close()
+  assert not multiprocessing.active_children()
+
+
+def test_image_batches_drawn_by_processes_are_the_serial_batches_and_resume():
+  kw = dict(seed=3, split="train", global_batch=4, process_index=1, process_count=2)
+  serial = ImageSource("shapes", 32, **kw)
+  want = [next(serial)["images"] for _ in range(6)]
+  source = ImageSource("shapes", 32, num_workers=2, **kw)
+  for b in want[:3]:
+    np.testing.assert_array_equal(next(source)["images"], b)
+  state = source.get_state()
+  assert state == {"position": 3}
+  source.set_state({"position": 1})  # batches drawn ahead are discarded
+  np.testing.assert_array_equal(next(source)["images"], want[1])
+  source.set_state(state)
+  np.testing.assert_array_equal(next(source)["images"], want[3])
+  assert len(multiprocessing.active_children()) == 2
+  source.close()
+  assert not multiprocessing.active_children()
+  # Closed, it draws on from its position with new workers, and closes again at collection.
+  np.testing.assert_array_equal(next(source)["images"], want[4])
+  del source
+  assert not multiprocessing.active_children()
+
+
+class FailingSource(IndexedRowsSource):
+  """Example 5 is corrupt (module level, so spawned workers can unpickle it)."""
+
+  def example(self, index):
+    if index == 5:
+      raise ValueError(f"example {index} is corrupt")
+    return {"x": np.full((2,), index, np.int32)}
+
+
+def test_a_workers_error_is_raised_in_the_main_process():
+  source = FailingSource(global_batch=2, num_workers=2)
+  assert next(source)["x"].tolist() == [[0, 0], [1, 1]]
+  next(source)
+  with pytest.raises(ValueError, match="^example 5 is corrupt$"):
+    next(source)
+  source.close()
+  assert not multiprocessing.active_children()
+
+
+_CHILD = textwrap.dedent("""
+    import os, multiprocessing, signal, sys
+    from muse_jax.data.images import ImageSource
+    if __name__ == "__main__":
+      source = ImageSource("shapes", 32, seed=0, split="train", global_batch=2, num_workers=2)
+      next(source)
+      print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+      if sys.argv[1] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+      while True:
+        next(source)
+""")
+
+
+def _alive(pid: int) -> bool:
+  """Running (an orphan that exited stays a zombie until whoever adopted it reaps it)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.parametrize("how", ["kill", "interrupt"])
+def test_no_worker_outlives_its_main_process(how):
+  """A main process killed outright or stopped by Ctrl-C leaves no drawing process behind."""
+  proc = subprocess.Popen([sys.executable, "-c", _CHILD, how], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True)
+  pids = [int(p) for p in proc.stdout.readline().split()]
+  assert len(pids) == 2
+  if how == "interrupt":
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole group
+  _, err = proc.communicate(timeout=30)  # a live orphan would hold the pipes open
+  if how == "interrupt":
+    # Python ends on an uncaught KeyboardInterrupt by SIGINT; the workers print nothing.
+    assert proc.returncode == -signal.SIGINT, err
+    assert err.count("Traceback") == 1 and "KeyboardInterrupt" in err, err
+  deadline = time.monotonic() + 10
+  while any(map(_alive, pids)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert not any(map(_alive, pids))
