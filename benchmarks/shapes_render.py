@@ -3,6 +3,7 @@
   python benchmarks/shapes_render.py                        # the demos' 32 + 64 px, 2000 scenes
   python benchmarks/shapes_render.py --resolutions=256,512 --num=500
   python benchmarks/shapes_render.py --baseline=/tmp/old    # also time another checkout's layout
+  python benchmarks/shapes_render.py --processes=0,2         # also drawing in worker processes
 
 Prints microseconds per scene (one thread) for
   sample      the scene (groups, position or relation) from its seeded generator
@@ -14,6 +15,14 @@ and generate()'s scenes/s on --threads threads, as `preprocess_stream` runs it i
 on the same scenes in the same process, interleaved with this checkout's, and checks that the
 layouts and images are equal. Each
 figure is the median of --repeats passes. Not a test: only the baseline's outputs are compared.
+
+--processes=0,2 also times the two places that draw scenes, serially (0) and on that many
+spawned processes (data/workers.py), each the median of --repeats fresh runs:
+  precompute  ShapesSource (data.shapes.processes) through `preprocess_stream` on --stream_threads
+              threads (data.num_workers), --num scenes at all resolutions, from the first
+              request to the last record, process start-up included
+  vqgan       ImageSource (the vqgan stage's data.num_workers) at the largest resolution,
+              batches of --batch, --num scenes after a first batch that starts the workers
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import concurrent.futures
 import importlib.util
 import os
 import statistics
+import itertools
 import sys
 import time
 
@@ -29,6 +39,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from muse_jax.data import preprocess, raw_sources  # pylint: disable=g-import-not-at-top
+from muse_jax.data.images import ImageSource  # pylint: disable=g-import-not-at-top
 from muse_jax.data.shapes import dataset, layout, render  # pylint: disable=g-import-not-at-top
 
 SPLIT_ID = dataset.SPLITS.index("train")
@@ -68,8 +80,17 @@ def main() -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--baseline", default="",
                  help="a checkout whose layout_scene and render to time as well")
+  p.add_argument("--processes", default="",
+                 help="e.g. 0,2: time precompute's and the vqgan stage's drawing on that many "
+                 "worker processes (0 = serial) instead of the parts")
+  p.add_argument("--stream_threads", type=int, default=2,
+                 help="preprocessing threads in the precompute timing (data.num_workers)")
+  p.add_argument("--batch", type=int, default=16, help="vqgan batch in the processes timing")
   args = p.parse_args()
   res = tuple(int(r) for r in args.resolutions.split(","))
+  if args.processes:
+    processes_report(args, res)
+    return
   n = args.num
   scenes = _scenes(n, args.seed)
 
@@ -116,6 +137,41 @@ def main() -> None:
         list(pool.map(lambda i: dataset.generate(i, "train", args.seed, res), range(n)))
         rates.append(n / (time.perf_counter() - t))
     print(f"generate on {threads} thread(s): {statistics.median(rates):.1f} scenes/s")
+
+
+def _precompute_rate(n: int, res, processes: int, threads: int, seed: int) -> float:
+  source = raw_sources.ShapesSource("train", n, seed, res, processes=processes)
+  t = time.perf_counter()
+  got = sum(1 for _ in preprocess.preprocess_stream(
+      source.raw_examples(), preprocess.PreprocessOptions(resolutions=res),
+      preprocess.SkipCounter(record_ids=False), num_workers=threads))
+  rate = got / (time.perf_counter() - t)
+  source.close()
+  return rate
+
+
+def _vqgan_rate(n: int, size: int, batch: int, processes: int, seed: int) -> float:
+  source = ImageSource("shapes", size, seed=seed, split="train", global_batch=batch,
+                       num_workers=processes)
+  next(source)
+  t = time.perf_counter()
+  steps = max(1, n // batch)
+  for _ in itertools.islice(source, steps):
+    pass
+  rate = steps * batch / (time.perf_counter() - t)
+  source.close()
+  return rate
+
+
+def processes_report(args, res) -> None:
+  for processes in (int(p) for p in args.processes.split(",")):
+    pre = [_precompute_rate(args.num, res, processes, args.stream_threads, args.seed)
+           for _ in range(args.repeats)]
+    vq = [_vqgan_rate(args.num, max(res), args.batch, processes, args.seed)
+          for _ in range(args.repeats)]
+    print(f"{processes} process(es): precompute {statistics.median(pre):.1f} scenes/s "
+          f"({args.stream_threads} threads), vqgan {statistics.median(vq):.1f} scenes/s "
+          f"({max(res)} px, batch {args.batch}); load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
