@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from muse_jax.data.workers import ProcessPool
+from muse_jax.data.workers import BrokenProcessPool, ProcessPool, warn_workers_lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,17 @@ class IndexedRowsSource(BatchSource):
     self.position += 1
     if not self.num_workers:
       return self.batch(position)
+    try:
+      return self._drawn_ahead(position)
+    except BrokenProcessPool:
+      # A worker was killed (a preemption's SIGTERM to every process of the job, the OOM
+      # killer). Batches are pure functions of their position: this thread draws them now.
+      warn_workers_lost(type(self).__name__)
+      self.close()
+      self.num_workers = 0
+      return self.batch(position)
+
+  def _drawn_ahead(self, position: int) -> dict[str, np.ndarray]:
     if self._pool is None:
       self._pool = ProcessPool(self.num_workers)
       # What the workers get: this source without its pool (work items referring to the

@@ -115,9 +115,20 @@ class _DrawnScenes:
     self._lock = threading.Lock()
     self._chunks: dict[int, list] = {}  # chunk -> [Future, its records not yet loaded]
     self._next = 0
+    self.lost = False
 
   def load(self, j: int) -> RawExample:
     """Record j of `indices` (thread-safe: the preprocessing threads call it at once)."""
+    try:
+      return self._drawn(j)
+    except workers.BrokenProcessPool:  # a worker was killed: draw it here (workers.py)
+      with self._lock:
+        if not self.lost:
+          self.lost = True
+          workers.warn_workers_lost("the shapes source")
+      return _draw_scenes(self.dataset, [self.indices[j]])[0]
+
+  def _drawn(self, j: int) -> RawExample:
     k = j // self.chunk
     with self._lock:
       if k not in self._chunks:  # the first record asked for, or one a thread took late
