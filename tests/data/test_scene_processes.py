@@ -26,7 +26,12 @@ from muse_jax.data.images import ImageSource
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _records(source, skip=0, threads=2, kill_after=None):
+def _spawned(before: set) -> list:
+  """This process's child processes started since `before` was taken."""
+  return [p for p in multiprocessing.active_children() if p not in before]
+
+
+def _records(source, skip=0, threads=2, kill_after=None, before=frozenset()):
   raw = source.raw_examples()
   list(itertools.islice(raw, skip))
   counter = preprocess.SkipCounter()
@@ -34,13 +39,14 @@ def _records(source, skip=0, threads=2, kill_after=None):
                                         counter, num_workers=threads)
   out = list(itertools.islice(stream, kill_after))
   if kill_after is not None:  # as a preemption's SIGTERM to every process of the job would
-    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+    os.kill(_spawned(before)[0].pid, signal.SIGKILL)
     out += list(stream)
   return [(ex["id"], ex["caption"], ex["image"][32].tobytes(), ex["image"][64].tobytes())
           for ex in out]
 
 
 def test_precompute_scenes_drawn_by_processes_are_the_serial_records():
+  before = set(multiprocessing.active_children())
   config = common_data.data_config()
   config.resolutions = (32, 64)
   config.shapes.update(dict(num_train=50, max_count=3, two_group_prob=0.7))
@@ -52,12 +58,13 @@ def test_precompute_scenes_drawn_by_processes_are_the_serial_records():
   # A resumed precompute skips finished records without drawing them; the rest are the same.
   assert _records(source, skip=21, threads=1) == serial[21:]
   # A killed worker leaves the main process drawing the rest, the same records.
-  assert _records(source, threads=1, kill_after=5) == serial
+  assert _records(source, threads=1, kill_after=5, before=before) == serial
   source.close()
-  assert not multiprocessing.active_children()
+  assert not _spawned(before)
 
 
 def test_image_batches_drawn_by_processes_are_the_serial_batches_and_resume():
+  before = set(multiprocessing.active_children())
   kw = dict(seed=3, split="train", global_batch=4, process_index=1, process_count=2)
   serial = ImageSource("shapes", 32, **kw)
   want = [next(serial)["images"] for _ in range(8)]
@@ -70,17 +77,17 @@ def test_image_batches_drawn_by_processes_are_the_serial_batches_and_resume():
   np.testing.assert_array_equal(next(source)["images"], want[1])
   source.set_state(state)
   np.testing.assert_array_equal(next(source)["images"], want[3])
-  assert len(multiprocessing.active_children()) == 2
+  assert len(_spawned(before)) == 2
   source.close()
-  assert not multiprocessing.active_children()
+  assert not _spawned(before)
   # Closed, it draws on from its position with new workers; a worker killed from outside
   # (SIGTERM to every process of a preempted job) leaves the main process drawing, the same.
   np.testing.assert_array_equal(next(source)["images"], want[4])
-  os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+  os.kill(_spawned(before)[0].pid, signal.SIGKILL)
   source.set_state({"position": 5})
   for b in want[5:]:
     np.testing.assert_array_equal(next(source)["images"], b)
-  assert source.num_workers == 0 and not multiprocessing.active_children()
+  assert source.num_workers == 0 and not _spawned(before)
 
 
 class FailingSource(IndexedRowsSource):
@@ -93,6 +100,7 @@ class FailingSource(IndexedRowsSource):
 
 
 def test_a_workers_error_is_raised_in_the_main_process():
+  before = set(multiprocessing.active_children())
   source = FailingSource(global_batch=2, num_workers=2)
   assert next(source)["x"].tolist() == [[0, 0], [1, 1]]
   next(source)
@@ -101,7 +109,7 @@ def test_a_workers_error_is_raised_in_the_main_process():
   assert str(e.value) == "example 5 is corrupt"
   assert "in a worker process" in e.value.__notes__[0]  # with its traceback there
   source.close()
-  assert not multiprocessing.active_children()
+  assert not _spawned(before)
 
 
 _CHILD = textwrap.dedent("""
