@@ -2,7 +2,7 @@
 data.shapes.processes and the vqgan stage's ImageSource with num_workers give the serial path's
 records and batches, resume exactly, re-raise a worker's error and leave no process behind.
 
-Each pool spawns real processes (about half a second each on 2 cores), so the tests share few.
+Each pool spawns real processes, so the tests share few.
 """
 from __future__ import annotations
 
