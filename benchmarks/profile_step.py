@@ -5,8 +5,9 @@ r"""Where a train step's time goes: profile a few steps and rank GPU kernels by 
 
 Runs the real jitted train step (as benchmarks/train_step.py) under `jax.profiler.trace` with a
 Perfetto trace, then sums device-side events by kernel name and by category (matmul, attention,
-elementwise/fusion, copies, collectives, other) and prints the table. The raw trace stays in
---out for Perfetto/TensorBoard.
+elementwise/fusion, copies, collectives, other) and prints the table, then what the largest
+fusions compute (output shape and ops, from the compiled step's optimized HLO). The raw trace
+stays in --out for Perfetto/TensorBoard.
 """
 import collections
 import os
@@ -18,12 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.trace_summary import category, device_events  # noqa: E402
+from benchmarks.trace_summary import category, device_events, fusion_summaries  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 flags.DEFINE_integer("steps", 3, "Profiled steps (after compile and 2 warm-up steps).")
 flags.DEFINE_string("out", "/tmp/muse_profile", "Trace directory.")
 flags.DEFINE_integer("top", 30, "Kernels to list.")
+flags.DEFINE_integer("fusions", 10, "Describe the largest N fusion kernels: output shape and "
+                     "ops, from the compiled step's optimized HLO.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -39,6 +42,7 @@ def main(_):
     t = Trainer(cfg, tmp)
     state, batch = t.fresh_state_and_batch()
     step = t.train_step_fn.lower(state, batch, np.int32(0)).compile()
+    hlo = step.as_text() if FLAGS.fusions else ""
     for i in range(2):
       state, m = step(state, batch, np.int32(i))
     jax.block_until_ready(m)
@@ -64,6 +68,12 @@ def main(_):
   for name, dur in by_name.most_common(FLAGS.top):
     print(f"  {dur / FLAGS.steps / 1e3:8.3f} ms {count[name] // FLAGS.steps:5d}x  "
           f"[{category(name)}] {name[:110]}")
+  fusions = [n for n, _ in by_name.most_common() if category(n) == "fusion/elementwise"]
+  described = fusion_summaries(hlo, fusions[:FLAGS.fusions])
+  if described:
+    print(f"== the {len(described)} largest fusions: output <- ops (optimized HLO)")
+    for name, text in described.items():
+      print(f"  {by_name[name] / FLAGS.steps / 1e3:8.3f} ms  {name}: {text[:200]}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 Used by benchmarks/profile_step.py (train step) and benchmarks/sample.py --profile (sampler).
 """
+import collections
 import glob
 import gzip
 import json
 import os
+import re
 
 CATEGORIES = (
     ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention")),
@@ -40,3 +42,42 @@ def device_events(trace_dir: str):
   for e in events:
     if e.get("ph") == "X" and e.get("pid") in gpu_pids and "dur" in e:
       yield e["name"], float(e["dur"])
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(")
+
+
+def fusion_summaries(hlo_text: str, kernel_names) -> dict:
+  """{kernel name: "out SHAPE <- ops"} for the fusions among `kernel_names`, read from an
+  optimized HLO module (`compiled.as_text()`): what each elementwise kernel computes, e.g.
+  `bf16[8,4096,2816] <- multiply x6, add x2, tanh, convert x2`. A kernel is matched to the
+  instruction of the same name, with a trailing `_N` also read as `.N` (HLO's numbering)."""
+  bodies, current = {}, None
+  fusions = {}
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      current = m.group(1)
+      bodies[current] = []
+      continue
+    m = _INSTRUCTION.match(line)
+    if m is None:
+      continue
+    name, shape, op = m.groups()
+    if current is not None:
+      bodies[current].append(op)
+    if op == "fusion":
+      called = re.search(r"calls=%?([\w.\-]+)", line)
+      fusions[name] = (shape, called.group(1) if called else None)
+  out = {}
+  for kernel in kernel_names:
+    hit = fusions.get(kernel) or fusions.get(re.sub(r"_(\d+)$", r".\1", kernel))
+    if hit is None:
+      continue
+    shape, called = hit
+    ops = collections.Counter(o for o in bodies.get(called, ())
+                              if o not in ("parameter", "constant", "bitcast", "tuple"))
+    listed = ", ".join(f"{o} x{n}" if n > 1 else o for o, n in ops.most_common())
+    out[kernel] = f"{re.sub(r'\{[^}]*\}', '', shape)} <- {listed}"
+  return out

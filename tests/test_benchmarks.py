@@ -76,6 +76,45 @@ def test_limit_names_the_profiles_largest_share_of_a_slow_forward():
   assert name_limit(_row(gaps)).endswith("kernel launches (idle gaps) 60% of the call")
 
 
+# Two fusions of a GPU train step's optimized HLO, as `compiled.as_text()` prints them
+# (layouts, metadata and all): the kernel of the second is named `loop_add_fusion_33`.
+_HLO = """
+%fused_mul.31 (param_0.1: bf16[8]) -> (bf16[8], bf16[8]) {
+  %param_0.1 = bf16[8]{0} parameter(0)
+  %constant_1 = bf16[] constant(0.5)
+  %broadcast.1 = bf16[8]{0} broadcast(%constant_1), dimensions={}
+  %convert.1 = f32[8]{0} convert(%param_0.1), metadata={op_name="jit(f)/convert"}
+  %tanh.1 = f32[8]{0} tanh(%convert.1)
+  %convert.2 = bf16[8]{0} convert(%tanh.1)
+  %multiply.1 = bf16[8]{0} multiply(%convert.2, %broadcast.1)
+  ROOT %tuple.1 = (bf16[8]{0}, bf16[8]{0}) tuple(%multiply.1, %convert.2)
+}
+
+%fused_add.33 (param_0.2: bf16[8]) -> bf16[8] {
+  %param_0.2 = bf16[8]{0} parameter(0)
+  ROOT %add.1 = bf16[8]{0} add(%param_0.2, %param_0.2)
+}
+
+ENTRY %main.1 (p0: bf16[8]) -> bf16[8] {
+  %p0 = bf16[8]{0} parameter(0)
+  %loop_convert_multiply_fusion = (bf16[8]{0}, bf16[8]{0}) fusion(%p0), calls=%fused_mul.31
+  %gte = bf16[8]{0} get-tuple-element(%loop_convert_multiply_fusion), index=0
+  ROOT %loop_add_fusion.33 = bf16[8]{0} fusion(%gte), kind=kLoop, calls=%fused_add.33
+}
+"""
+
+
+def test_profile_names_what_each_fusion_computes():
+  sys.path.insert(0, ROOT)
+  from benchmarks.trace_summary import fusion_summaries
+  out = fusion_summaries(_HLO, ["loop_add_fusion_33", "loop_convert_multiply_fusion",
+                                "nvjet_sm90_gemm", "input_reduce_fusion_9"])
+  assert out == {
+      "loop_add_fusion_33": "bf16[8] <- add",
+      "loop_convert_multiply_fusion": "(bf16[8], bf16[8]) <- convert x2, broadcast, tanh, "
+                                      "multiply"}
+
+
 def test_evaluate_benchmark_times_each_network_and_projects_an_fid():
   out = subprocess.run([sys.executable, "benchmarks/evaluate.py", "--tiny"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
