@@ -14,7 +14,6 @@ scores), prints the detector's accuracy per attribute on:
   cascade               base then SR, as the demo samples.
 WORKDIR is only read; nothing is written. Guidance and sampling steps are the config's.
 """
-import argparse
 import os
 import runpy
 import sys
@@ -25,11 +24,8 @@ ATTRIBUTES = ("count", "colour", "shape", "position", "overall")
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
-  p.add_argument("--config", required=True, help="the demo config WORKDIR was made with")
-  p.add_argument("--workdir", required=True, help="a demo workdir whose training stages are done")
+  from benchmarks.sample_quality import demo_parser
+  p = demo_parser(__doc__)
   p.add_argument("--split", default="train", choices=("train", "heldout"))
   p.add_argument("--num", type=int, default=64, help="captions (the first of the split's)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -20,12 +20,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LINKED = ("tokenizer", "precompute", "base", "sr")
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def demo_parser(doc: str) -> argparse.ArgumentParser:
+  """The flags of a script that reads a finished demo workdir: --config and --workdir; `doc`
+  (the script's docstring) gives the description and the epilog of its --help."""
+  p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
+                              epilog=doc.split("\n\n", 1)[1])
   p.add_argument("--config", required=True, help="the demo config WORKDIR was made with")
   p.add_argument("--workdir", required=True, help="a demo workdir whose training stages are done")
+  return p
+
+
+def main(argv=None):
+  p = demo_parser(__doc__)
   p.add_argument("--out", required=True, help="a new directory for this evaluation")
   p.add_argument("--fp8", action="store_true", help="model.fp8_matmuls on base and SR")
   args = p.parse_args(argv)
