@@ -11,6 +11,8 @@ scores), prints the detector's accuracy per attribute on:
   tokenizer, output     its reconstructions at the output size (the samples' ceiling);
   base samples          the base stage's samples (the config's guidance), decoded, upsampled;
   SR from true low-res  the SR stage's samples given the dataset's own low-res tokens;
+  ... other captions    the same, conditioned on the captions in another order (scored
+                        against the true ones): what the SR stage takes from the text;
   cascade               base then SR, as the demo samples.
 WORKDIR is only read; nothing is written. Guidance and sampling steps are the config's.
 """
@@ -77,9 +79,11 @@ def main(argv=None):
   lo = pipe.run_stage("base", "decode", jnp.full((batch, t_lo), pipe.base.mask_id),
                       jnp.ones((batch, t_lo), bool), cond, uncond, key_lo)
   score("base samples", up(pipe.decode_tokens(lo)))
-  for name, given in (("SR from true low-res", tokens_lo), ("cascade", lo)):
+  other, _ = pipe.conditions([captions[(i + 1) % batch] for i in range(batch)])
+  for name, given, text in (("SR from true low-res", tokens_lo, cond),
+                            ("... other captions", tokens_lo, other), ("cascade", lo, cond)):
     hi = pipe.run_stage("sr", "decode", jnp.full((batch, t_hi), pipe.sr.mask_id),
-                        jnp.ones((batch, t_hi), bool), cond, uncond, key_hi, tokens_lo=given)
+                        jnp.ones((batch, t_hi), bool), text, uncond, key_hi, tokens_lo=given)
     score(name, pipe.decode_tokens(given, hi))
 
 

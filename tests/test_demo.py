@@ -131,7 +131,8 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   monkeypatch.undo()
   rows = {line[:22].strip(): line for line in printed.getvalue().splitlines()[1:]}
   assert list(rows) == ["dataset, low-res", "tokenizer, low-res", "tokenizer, output",
-                        "base samples", "SR from true low-res", "cascade"]
+                        "base samples", "SR from true low-res", "... other captions",
+                        "cascade"]
   cascade = saved["accuracy"]["train"]["cfg"]
   assert f"overall {100 * cascade['overall']:5.1f}%" in rows["cascade"]
 
