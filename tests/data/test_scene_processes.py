@@ -116,6 +116,8 @@ _CHILD = textwrap.dedent("""
     import os, multiprocessing, signal, sys
     from muse_jax.data.images import ImageSource
     if __name__ == "__main__":
+      # A terminal's Ctrl-C, even where this test runs with SIGINT ignored (a background job).
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       source = ImageSource("shapes", 32, seed=0, split="train", global_batch=2, num_workers=2)
       next(source)
       print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
@@ -141,16 +143,23 @@ def test_no_worker_outlives_its_main_process(how):
   proc = subprocess.Popen([sys.executable, "-c", _CHILD, how], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           start_new_session=True)
-  pids = [int(p) for p in proc.stdout.readline().split()]
-  assert len(pids) == 2
-  if how == "interrupt":
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole group
-  _, err = proc.communicate(timeout=30)  # a live orphan would hold the pipes open
-  if how == "interrupt":
-    # Python ends on an uncaught KeyboardInterrupt by SIGINT; the workers print nothing.
-    assert proc.returncode == -signal.SIGINT, err
-    assert err.count("Traceback") == 1 and "KeyboardInterrupt" in err, err
-  deadline = time.monotonic() + 10
-  while any(map(_alive, pids)) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  assert not any(map(_alive, pids))
+  try:
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    if how == "interrupt":
+      os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole group
+    _, err = proc.communicate(timeout=30)  # a live orphan would hold the pipes open
+    if how == "interrupt":
+      # Python ends on an uncaught KeyboardInterrupt by SIGINT; the workers print nothing.
+      assert proc.returncode == -signal.SIGINT, err
+      assert err.count("Traceback") == 1 and "KeyboardInterrupt" in err, err
+    deadline = time.monotonic() + 10
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert not any(map(_alive, pids))
+  finally:  # a failed run leaves nothing drawing on the machine's cores
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    proc.wait()
