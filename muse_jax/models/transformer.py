@@ -79,6 +79,20 @@ class TransformerConfig:
     return cls(**fields_from_config(cls, cfg))
 
 
+def unstack_layers(state, num_layers: int) -> tuple:
+  """The per-layer states of a stacked state (leading `layers` axis), by one split per array.
+
+  Indexing `a[i]` per layer would do the same forward, but its gradient is a zero-padded copy
+  of each layer's piece summed into the stacked gradient, which XLA evaluates as a sum over
+  every layer for every element; the gradient of a split is one concatenation.
+  """
+  def split(a):
+    return [p.reshape(p.shape[1:]) for p in jnp.split(a, num_layers, axis=0)]
+  pieces = jax.tree.map(split, state)
+  return tuple(jax.tree.map(lambda parts, i=i: parts[i], pieces,
+                            is_leaf=lambda v: isinstance(v, list)) for i in range(num_layers))
+
+
 def _dropout(x, rate, key):
   if key is None or rate == 0.0:
     return x
@@ -154,7 +168,7 @@ class BlockStack(nnx.Module):
 
     if self.scan:
       return jax.vmap(project)(state)
-    return tuple(project(jax.tree.map(lambda a: a[i], state)) for i in range(self.num_layers))
+    return tuple(project(st) for st in unstack_layers(state, self.num_layers))
 
   def layer_params(self):
     """Each layer's parameters as arrays of their own (unrolled stacks; None when scanning).
@@ -169,7 +183,7 @@ class BlockStack(nnx.Module):
     if self.scan:
       return None
     _, state = nnx.split(self.blocks)
-    return tuple(jax.tree.map(lambda a: a[i], state) for i in range(self.num_layers))
+    return unstack_layers(state, self.num_layers)
 
   def __call__(self, x, context=None, context_len=None, dropout_key=None, cache=None,
                layers=None):
@@ -193,9 +207,11 @@ class BlockStack(nnx.Module):
       return x
     if layers is not None and len(layers) != self.num_layers:
       raise ValueError(f"layers holds {len(layers)} layers; the stack has {self.num_layers}")
+    if layers is None:
+      layers = unstack_layers(state, self.num_layers)
     for i in range(self.num_layers):
-      st = layers[i] if layers is not None else jax.tree.map(lambda a: a[i], state)
-      x = layer(x, st, None if keys is None else keys[i], None if cache is None else cache[i])
+      x = layer(x, layers[i], None if keys is None else keys[i],
+                None if cache is None else cache[i])
     return x
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from configs import base_3b, base_632m, tiny
 from muse_jax.models.functional import functionalize
-from muse_jax.models.transformer import MaskedTransformer, TransformerConfig
+from muse_jax.models.transformer import MaskedTransformer, TransformerConfig, unstack_layers
 
 
 def model_fn(c):
@@ -150,3 +150,20 @@ def test_presliced_layer_params_are_used_and_equal_the_stacked_ones():
     model.decode(tokens, ctx, ctx_len, layers=layers[:1])
   _, fm_scan, params_scan = build(scan_layers=True)
   assert fm_scan.bind(params_scan).stack.layer_params() is None
+
+
+def test_unstacked_layers_and_their_gradient_equal_indexing():
+  # The split is there for the gradient's shape on GPU; its values and gradient must be those
+  # of indexing each layer.
+  state = {"w": jnp.arange(24.0).reshape(3, 2, 4), "b": {"v": jnp.arange(3.0).reshape(3, 1)}}
+
+  def loss(st, split):
+    layers = (unstack_layers(st, 3) if split else
+              tuple(jax.tree.map(lambda a, i=i: a[i], st) for i in range(3)))
+    return sum((i + 1.0) * jnp.sum(jnp.sin(l["w"]) * l["b"]["v"]) for i, l in enumerate(layers))
+
+  for i, layer in enumerate(unstack_layers(state, 3)):
+    np.testing.assert_array_equal(layer["w"], state["w"][i])
+    np.testing.assert_array_equal(layer["b"]["v"], state["b"]["v"][i])
+  g_split, g_index = (jax.grad(loss)(state, s) for s in (True, False))
+  jax.tree.map(np.testing.assert_array_equal, g_split, g_index)
