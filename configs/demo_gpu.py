@@ -41,8 +41,10 @@ def get_config():
   # Data is the lever: more scenes raised the held-out captions' fully right rate at each step,
   # while 3x the steps on a quarter of them memorised them (docs/demo.md). The scenes are
   # drawn on processes, so precompute's time grows far slower than their number.
-  # The whole grammar (up to four objects per group), unlike demo_cpu's two.
-  p.data.shapes.update(dict(num_train=262144, num_heldout=1024, max_count=4))
+  # The whole grammar (up to four objects per group, half the scenes with two groups), unlike
+  # demo_cpu's one group of at most two.
+  p.data.shapes.update(dict(num_train=262144, num_heldout=1024, max_count=4,
+                            two_group_prob=0.5))
   p.data.num_workers = 8
   # The scenes themselves on 12 spawned processes (the same records): the preprocessing
   # threads above only wait for them then, and threads do not multiply GIL-bound drawing.
