@@ -41,6 +41,7 @@ import re
 from muse_jax import paths
 from muse_jax.data import records
 from muse_jax.data.sources import files as F
+from muse_jax.data.sources import tfds_captions
 
 FORMATS = ("auto", "text", "coco", "tfrecord", "folder", "webdataset", "parquet", "tfds")
 TFDS_PREFIX = "tfds:"
@@ -127,59 +128,6 @@ def parse_tfds(spec: str) -> tuple[str, str]:
   return name, ":".join(parts)
 
 
-def _text_at(tree, key: str):
-  """The value at `key` (parts split at / or .) of nested records or features, or None."""
-  for part in re.split(r"[/.]", key):
-    try:
-      tree = tree[part]
-    except (KeyError, TypeError, IndexError, ValueError):
-      return None
-  return tree
-
-
-def _tfds(spec: str, key: str, data_dir: str | None) -> list[str]:
-  import numpy as np
-  name, split = parse_tfds(spec)
-  try:
-    import tensorflow_datasets as tfds  # only for this format: it imports TensorFlow
-  except ImportError as err:
-    raise ValueError(f"--captions={spec}: reading TFDS needs tensorflow-datasets and "
-                     f"TensorFlow ({err}); install them, or give the captions as a text, COCO "
-                     "JSON or parquet file") from err
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    splits = sorted(builder.info.splits.keys())
-    if not split:
-      if len(splits) != 1:
-        raise ValueError(f"give a split, tfds:{name}:SPLIT, one of {', '.join(splits)}")
-      split = splits[0]
-    if builder.info.splits[split].num_examples == 0:
-      raise ValueError(f"split {split!r} is empty")
-    if _text_at(builder.info.features, key) is None:
-      raise ValueError(f"no feature {key!r} (features: "
-                       f"{', '.join(sorted(builder.info.features.keys()))}); set --caption_key")
-    only = {}   # decode the caption feature alone, not the images
-    node, parts = only, re.split(r"[/.]", key)
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = True
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders=tfds.decode.PartialDecoding(only),
-                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
-    out = []
-    for record in ds.as_numpy_iterator():
-      value = np.asarray(_text_at(record, key)).reshape(-1)
-      text = value[0] if value.size else b""
-      text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
-      if text.strip():
-        out.append(text.strip())
-  except Exception as e:  # noqa: BLE001 (TFDS and TensorFlow raise many kinds; one line each)
-    first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-    where = f" in {data_dir}" if data_dir else ""
-    raise ValueError(f"--captions={spec}{where}: {first}") from None
-  return out
-
-
 def _raw_source(fmt: str, spec: str, key: str) -> list[str]:
   from muse_jax.data.raw_sources import FolderSource
   from muse_jax.data.sources.parquet import ParquetSource
@@ -217,7 +165,8 @@ def read(spec: str, fmt: str = "auto", key: str = "caption",
   elif fmt == "tfrecord":
     captions = _tfrecord(spec, key)
   elif fmt == "tfds":
-    captions = _tfds(spec, key, tfds_data_dir)
+    name, split = parse_tfds(spec)
+    captions = tfds_captions.read(spec, name, split, key, tfds_data_dir)
   else:
     captions = _raw_source(fmt, spec, key)
   if not captions:
