@@ -29,9 +29,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import importlib.util
+import itertools
 import os
 import statistics
-import itertools
 import sys
 import time
 

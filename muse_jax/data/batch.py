@@ -123,12 +123,15 @@ class IndexedRowsSource(BatchSource):
 
   def set_state(self, state):
     self.position = int(state["position"])
+    self._drop_ahead()
+
+  def _drop_ahead(self) -> None:
     while self._ahead:
       self._ahead.popleft()[1].cancel()
 
   def close(self) -> None:
     """End the worker processes (a later batch starts new ones)."""
-    self.set_state(self.get_state())
+    self._drop_ahead()
     if self._pool is not None:
       self._pool.close()
       self._pool = self._work = None

@@ -47,8 +47,7 @@ class ShapesSource:
       yield RawExample(f"shapes-index-{i}", None, load=load)
 
   def _load(self, index: int) -> RawExample:
-    ex = self.dataset[index]
-    return RawExample(ex.id, ex.caption, images=ex.image)
+    return _draw_scenes(self.dataset, [index])[0]
 
   def close(self) -> None:
     """End the drawing processes (garbage collection and interpreter exit also do)."""
