@@ -34,6 +34,13 @@ def download(request, response, storage, *args, **kwargs):
   return _download(request, response, storage, *args, **kwargs)
 
 objects.download = download
+# The server answers one request at a time, and socketserver listens with a backlog of 5,
+# which the parallel connections of TensorStore and gcsfs overflow (the kernel's
+# ListenOverflows counter rises through a run of test_gcs_run.py; with this backlog it stays
+# put). A dropped handshake is retried only after a second or more, and on a loaded machine a
+# client could fail a read meanwhile.
+from http import server as http_server
+http_server.HTTPServer.request_queue_size = 1024
 from gcp_storage_emulator.server import create_server
 server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket="{BUCKET}")
 server.start()

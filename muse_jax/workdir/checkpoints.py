@@ -111,7 +111,13 @@ def restore_params(workdir: str, abstract: Any, *, what: str, step: Optional[int
   checkpointer = ocp.PyTreeCheckpointer()
   logger, level = _quiet_absl()
   try:
-    meta = checkpointer.metadata(path).item_metadata
+    # The handler's own reader: the checkpointer's `metadata` logs a read error and returns
+    # None, which would hide why (a missing file, a storage error) behind "holds no params".
+    try:
+      meta = ocp.PyTreeCheckpointHandler().metadata(paths.resolve(path))
+    except (FileNotFoundError, ValueError) as e:
+      raise ValueError(f"cannot read the checkpoint metadata in {path}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     tree = getattr(meta, "tree", meta)
     if not isinstance(tree, dict) or "params" not in tree:
       raise ValueError(f"{path} holds no `params`; is {workdir} a muse_jax training workdir?")

@@ -1,6 +1,7 @@
 """The cascaded pipeline end to end on tiny random-weight checkpoints (configs/pipeline_tiny.py)."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -247,6 +248,17 @@ def test_mismatched_checkpoint_names_the_parameter(tiny_run):
     cfg.model.hidden_size = 48
   with pytest.raises(ValueError, match=r"base checkpoint .* has shape .* config needs"):
     loading.load_stage_params(cfg, os.path.join(root, "base"), name="base")
+
+
+def test_an_unreadable_checkpoint_says_why(tiny_run, tmp_path):
+  root, config, _ = tiny_run
+  workdir = str(tmp_path / "base")
+  shutil.copytree(os.path.join(root, "base"), workdir)
+  os.remove(os.path.join(workdir, "checkpoints", "1", "state", "_METADATA"))
+  cfg = loading.stage_config(config.pipeline.base)
+  with pytest.raises(ValueError, match=r"cannot read the checkpoint metadata in "
+                     r".*/checkpoints/1/state: Metadata file .*_METADATA.* does not exist"):
+    loading.load_stage_params(cfg, workdir, name="base")
 
 
 def test_saved_config_json_wins_for_shapes(tiny_run):
