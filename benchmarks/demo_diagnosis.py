@@ -4,7 +4,8 @@ r"""Which stage of a finished demo loses what: the detector on each stage's imag
       [--split=train --num=64 --seed=0]
 
 For the demo's first --num evaluation captions of --split (the captions its samples stage
-scores), prints the detector's accuracy per attribute on:
+scores; `validation`: the train-like validation captions that settings may be chosen on,
+config eval.validation_seed_offset), prints the detector's accuracy per attribute on:
   dataset, low-res      the scenes drawn at the base stage's size, upsampled (nearest) to the
                         output size: what the low-res grid can show at all;
   tokenizer, low-res    the tokenizer's reconstructions of those, upsampled;
@@ -28,7 +29,7 @@ ATTRIBUTES = ("count", "colour", "shape", "position", "overall")
 def main(argv=None):
   from benchmarks.sample_quality import demo_parser
   p = demo_parser(__doc__)
-  p.add_argument("--split", default="train", choices=("train", "heldout"))
+  p.add_argument("--split", default="train", choices=("train", "heldout", "validation"))
   p.add_argument("--num", type=int, default=64, help="captions (the first of the split's)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed")
   args = p.parse_args(argv)
@@ -39,18 +40,19 @@ def main(argv=None):
 
   import jax.numpy as jnp
   import numpy as np
-  from muse_jax.data.shapes import dataset as shapes
+  from muse_jax.data.shapes.render import render
   from muse_jax.demo import images as I
   from muse_jax.demo.runner import Demo
   from muse_jax.evaluation import compositional
 
   demo = Demo(runpy.run_path(args.config)["get_config"](), args.workdir)
   pipe = demo.load_pipeline()
-  examples = demo.eval_captions(args.split)[:args.num]
+  if args.split == "validation":
+    examples = demo.caption_scenes("train", args.num,
+                                   int(demo.config.eval.validation_seed_offset))
+  else:
+    examples = demo.eval_captions(args.split)[:args.num]
   captions = [ex.caption for ex in examples]
-  s = demo.cfgs["precompute"].data.shapes
-  seed = int(demo.config.seed) + int(demo.config.eval.caption_seed_offset)
-  start = int(s.num_train) if args.split == "train" else 0
   factor = pipe.image_size // pipe.lo_size
 
   def up(images):
@@ -60,13 +62,11 @@ def main(argv=None):
     r = compositional.evaluate(I.to_uint8(np.asarray(images, np.float32)), captions)
     print(f"{name:22s} " + "  ".join(f"{k} {100 * r[k]:5.1f}%" for k in ATTRIBUTES))
 
-  # The same scenes drawn natively at the base stage's size.
-  low = np.stack([shapes.generate(start + i, args.split, seed, pipe.lo_size,
-                                  max_count=int(s.max_count),
-                                  two_group_prob=float(s.two_group_prob)).image
-                  for i in range(len(captions))]).astype(np.float32) / 255.0
+  # The same scenes drawn natively at the base stage's size, as the precompute draws them.
+  low = np.stack([render(ex.objects, pipe.lo_size) for ex in examples]).astype(np.float32) / 255
   real = np.stack([ex.image for ex in examples]).astype(np.float32) / 255.0
-  tokens_lo, tokens_hi = pipe.encode_image(real)
+  tokens_lo = np.asarray(pipe.vq_lo.encode(low)).reshape(len(examples), -1)
+  _, tokens_hi = pipe.encode_image(real)
   print(f"{len(captions)} {args.split} captions of {args.workdir}; {pipe.lo_size} px base, "
         f"{pipe.image_size} px output")
   score("dataset, low-res", up(low))

@@ -149,6 +149,10 @@ def test_demo_configs_link_the_stages(module, tmp_path):
   assert cfgs["precompute"].sr_tokenizer.resolution == cfgs["sr"].model.grid_size * f
   assert cfgs["sr"].model.lowres_grid_size == cfgs["base"].model.grid_size
   assert cfgs["base"].data.reader == cfgs["sr"].data.reader == "numpy"  # no TensorFlow
+  # The tokenizer trains on the scenes that the precompute tokenizes.
+  from muse_jax.data.shapes.dataset import scene_options
+  assert (scene_options(cfgs["tokenizer"].data.shapes) ==
+          scene_options(cfgs["precompute"].data.shapes))
   if module is demo_gpu:  # cuDNN flash attention takes the cross-attention keys
     assert cfgs["base"].model.text_length % 64 == 0
     assert (cfgs["sr"].model.lowres_grid_size ** 2 + cfgs["sr"].model.text_length) % 64 == 0

@@ -32,6 +32,9 @@ def data_config() -> ml_collections.ConfigDict:
   c.shapes.seed = 0
   c.shapes.max_count = 4  # objects per group, 1..4
   c.shapes.two_group_prob = 0.5  # share of "A <relation> B" scenes
+  # Objects and the gaps between them this many times their default size (same scenes and
+  # captions): > 1 keeps shapes legible at small resolutions.
+  c.shapes.object_scale = 1.0
   # 0: scenes are drawn by the preprocessing threads (num_workers); > 0: by that many spawned
   # processes, in order, the same records (drawing is Python that holds the GIL, so threads
   # share one core's worth of it).

@@ -307,7 +307,7 @@ def make_source(data) -> Source:
     c = data.shapes
     num = c.num_train if c.split == "train" else c.num_heldout
     return ShapesSource(c.split, int(num), int(c.seed), tuple(data.resolutions),
-                        int(c.max_count), float(c.two_group_prob), int(c.get("processes", 0)))
+                        **shapes.scene_options(c), processes=int(c.get("processes", 0)))
   if data.source == "tfds":
     c = data.tfds
     return TFDSSource(c.name, c.data_dir, c.split, c.image_key, c.caption_key, c.id_key)

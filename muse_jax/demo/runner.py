@@ -198,26 +198,29 @@ class Demo:
   def eval_captions(self, split: str) -> list:
     """`eval.num_captions` scenes of `split` (train-like: indices after the training set)."""
     e = self.config.eval
-    return self._scenes(split, int(e.num_captions), int(e.caption_seed_offset))
+    return self.caption_scenes(split, int(e.num_captions), int(e.caption_seed_offset))
 
   def validation_captions(self) -> list:
     """`eval.validation_captions` scenes of the train split for choosing guidance: the
     train-like captions' indices at their own seed (seed + eval.validation_seed_offset), so
     neither training scenes nor evaluation captions, and never the held-out split."""
     e = self.config.eval
-    return self._scenes("train", int(e.validation_captions), int(e.validation_seed_offset))
+    return self.caption_scenes("train", int(e.validation_captions),
+                               int(e.validation_seed_offset))
 
-  def _scenes(self, split: str, n: int, seed_offset: int) -> list:
+  def caption_scenes(self, split: str, n: int, seed_offset: int) -> list:
+    """`n` scenes of `split` at shapes seed + `seed_offset` (on the train split, indexed past
+    the training scenes)."""
     start = int(self.cfgs["precompute"].data.shapes.num_train) if split == "train" else 0
     seed = int(self.config.seed) + seed_offset
     return [self.scene(start + i, split, seed) for i in range(n)]
 
   def scene(self, index: int, split: str, seed: int):
     """Shapes example `index` of `split` at the SR output size, drawn from the training
-    scenes' distribution (objects per group, share of two-group scenes)."""
+    scenes' distribution (objects per group, share of two-group scenes, object size)."""
     s = self.cfgs["precompute"].data.shapes
     return shapes.generate(index, split, seed, int(self.config.image_size),
-                           max_count=int(s.max_count), two_group_prob=float(s.two_group_prob))
+                           **shapes.scene_options(s))
 
 
 def loss_summary(workdir: str) -> dict:

@@ -7,6 +7,7 @@ import os
 import ml_collections
 
 from muse_jax.configs.checks import ConfigError
+from muse_jax.data.shapes import dataset as shapes
 from muse_jax.demo.constants import SPLITS
 from muse_jax.models import t5, vqgan as V
 
@@ -47,6 +48,8 @@ def stage_configs(config, workdir: str) -> dict:
   vq.seed = int(config.seed)
   vq.data.image_size = hi
   vq.discriminator.image_size = hi
+  # The tokenizer learns the scenes that the precompute will tokenize.
+  vq.data.shapes.update(shapes.scene_options(config.precompute.data.shapes))
 
   pre = copy(config.precompute)
   tok_dir = os.path.join(workdir, "tokenizer")

@@ -38,6 +38,7 @@ from muse_jax.configs import common_vqgan
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data.batch import Feature
 from muse_jax.data.images import ImageSource
+from muse_jax.data.shapes import dataset as shapes
 from muse_jax.encoders.vq_tokenizer import load_vq_params
 from muse_jax.models import quantizer as Q, vqgan as V
 from muse_jax.models.discriminator import Discriminator, DiscriminatorConfig
@@ -186,7 +187,8 @@ class VQGANStage(Stage):
                        process_count=process_count,
                        num_batches=cfg.train.eval_batches if split == "eval" else None,
                        # eval rewinds to its first batch at every evaluation: drawn serially
-                       num_workers=int(cfg.data.num_workers) if split == "train" else 0)
+                       num_workers=int(cfg.data.num_workers) if split == "train" else 0,
+                       scenes=shapes.scene_options(cfg.data.shapes))
 
   # --- losses --------------------------------------------------------------------------------
   def _perceptual(self, lp, x, x_hat):

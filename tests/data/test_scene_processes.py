@@ -22,6 +22,7 @@ from muse_jax.configs import common_data
 from muse_jax.data import preprocess, raw_sources
 from muse_jax.data.batch import IndexedRowsSource
 from muse_jax.data.images import ImageSource
+from muse_jax.data.shapes import dataset as shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -163,3 +164,16 @@ def test_no_worker_outlives_its_main_process(how):
     except ProcessLookupError:
       pass
     proc.wait()
+
+
+def test_image_batches_draw_the_scenes_asked_for_on_workers_too():
+  scenes = dict(max_count=1, two_group_prob=0.0, object_scale=1.5)
+  kw = dict(seed=3, split="train", global_batch=4, scenes=scenes)
+  want = np.stack([shapes.generate(i, "train", 3, 32, **scenes).image for i in range(8)])
+  assert not np.array_equal(want, np.stack([shapes.generate(i, "train", 3, 32).image
+                                            for i in range(8)]))
+  for workers in (0, 2):
+    source = ImageSource("shapes", 32, num_workers=workers, **kw)
+    got = np.concatenate([next(source)["images"] for _ in range(2)])
+    source.close()
+    np.testing.assert_array_equal(got, want)

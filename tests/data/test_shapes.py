@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from muse_jax.data.shapes import dataset as shapes, grammar, layout, render
+from muse_jax.evaluation import detector
 
 
 def test_same_seed_and_index_give_same_example():
@@ -53,7 +54,7 @@ def test_caption_round_trip_and_layout_rules():
     assert seen == counts
     for i, a in enumerate(ex.objects):
       for b in ex.objects[i + 1:]:
-        assert layout._apart(a, b), (ex.caption, a, b)
+        assert layout._apart(a, b, layout.MIN_GAP), (ex.caption, a, b)
     means = [(np.mean([o.cx for o in ex.objects if (o.colour, o.shape) == g.pair]),
               np.mean([o.cy for o in ex.objects if (o.colour, o.shape) == g.pair]))
              for g in ex.scene.groups]
@@ -118,6 +119,24 @@ def test_layouts_are_the_datasets_own():
         digest.update(repr((layout.layout_scene(scene, rng), rng.random())).encode())
   assert digest.hexdigest() == (
       "00588fd374947849710d9f57def36fe50f051f9b7d702dfc3a058b5b38f642bb")
+
+
+def test_object_scale_draws_the_same_scene_larger_and_still_apart():
+  ratios = []
+  for i in range(60):
+    kw = dict(max_count=2, two_group_prob=0.3)
+    ex = shapes.generate(i, shapes.SPLITS[i % 2], 3, 64, **kw)
+    big = shapes.generate(i, shapes.SPLITS[i % 2], 3, 64, object_scale=1.5, **kw)
+    assert big.scene == ex.scene and big.caption == ex.caption
+    assert all(layout._apart(a, b, layout.MIN_GAP * 1.5)
+               for j, a in enumerate(big.objects) for b in big.objects[j + 1:])
+    assert all(0 <= v <= 1 for o in big.objects for v in o.box)
+    ratios.append(np.mean([o.size for o in big.objects]) / np.mean([o.size for o in ex.objects]))
+    assert detector.score(big.image, big.caption)["overall"]
+  # Sizes are drawn anew (and shrink in crowded scenes), so the ratio varies around the scale.
+  assert np.median(ratios) > 1.4 and min(ratios) > 1.0
+  with pytest.raises(ValueError, match="object_scale"):
+    shapes.generate(0, "train", object_scale=0.0)
 
 
 def test_block_uniforms_equal_scalar_draws_across_blocks():

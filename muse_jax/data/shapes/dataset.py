@@ -99,12 +99,20 @@ def _sample_scene(rng: np.random.Generator, split: str, max_count: int,
 # --- Dataset --------------------------------------------------------------------------------
 
 
+def scene_options(section) -> dict:
+  """The `generate` keywords that a config's `shapes` section sets: which scenes it draws."""
+  return dict(max_count=int(section.max_count), two_group_prob=float(section.two_group_prob),
+              object_scale=float(section.object_scale))
+
+
 def generate(index: int, split: str = "train", seed: int = 0,
              resolution: int | Sequence[int] = 64, max_count: int = MAX_COUNT,
-             two_group_prob: float = 0.5) -> ShapesExample:
+             two_group_prob: float = 0.5, object_scale: float = 1.0) -> ShapesExample:
   """Example `index` of `split`: same arguments, same scene, caption and pixels.
 
   With a sequence of resolutions, `image` is {resolution: image}, all of the same scene.
+  `object_scale` draws the objects (and the gaps between them) that many times larger
+  (layout.layout_scene); the scene and caption are those of scale 1.
   """
   if split not in SPLITS:
     raise ValueError(f"unknown shapes split {split!r}; use one of {SPLITS}")
@@ -112,7 +120,7 @@ def generate(index: int, split: str = "train", seed: int = 0,
     raise ValueError(f"max_count must be in [1, {MAX_COUNT}], got {max_count}")
   rng = np.random.default_rng([seed, SPLITS.index(split), index])
   scene = _sample_scene(rng, split, max_count, two_group_prob)
-  objects = layout_scene(scene, rng)
+  objects = layout_scene(scene, rng, object_scale=object_scale)
   if isinstance(resolution, (int, np.integer)):
     image = render(objects, int(resolution))
   else:
@@ -130,13 +138,14 @@ class ShapesDataset:
 
   def __init__(self, split: str = "train", num_examples: int = 10_000, seed: int = 0,
                resolution: int | Sequence[int] = 64, max_count: int = MAX_COUNT,
-               two_group_prob: float = 0.5):
+               two_group_prob: float = 0.5, object_scale: float = 1.0):
     if split not in SPLITS:
       raise ValueError(f"unknown shapes split {split!r}; use one of {SPLITS}")
     if num_examples < 0:
       raise ValueError(f"num_examples must be >= 0, got {num_examples}")
     self.split, self.num_examples, self.seed = split, num_examples, seed
     self.resolution, self.max_count, self.two_group_prob = resolution, max_count, two_group_prob
+    self.object_scale = object_scale
 
   def __len__(self) -> int:
     return self.num_examples
@@ -145,7 +154,7 @@ class ShapesDataset:
     if not 0 <= index < self.num_examples:
       raise IndexError(f"index {index} out of range for {self.num_examples} examples")
     return generate(index, self.split, self.seed, self.resolution, self.max_count,
-                    self.two_group_prob)
+                    self.two_group_prob, self.object_scale)
 
   def __iter__(self) -> Iterator[ShapesExample]:
     return self.shard(0, 1)

@@ -4,6 +4,8 @@ Layouts are in normalised image coordinates (y downwards), so one layout renders
 resolution. They are checked against the same reading rules the detector uses
 (`grammar.classify_position`, `classify_relation`), with a margin, so a caption is always
 true of its image. Objects never touch (a gap of at least `MIN_GAP` of the image side).
+`object_scale` draws objects, and the gaps between them, that many times larger: a scene
+whose shapes must stay legible at a small resolution (the CPU demo's 32 px base stage).
 
 This module is numpy only: it must import where TensorFlow is not installed.
 """
@@ -115,8 +117,8 @@ class _Uniforms:
     self._state = bg.state
 
 
-def _place_group(u: _Uniforms, group: Group, region, size_range, target,
-                 placed) -> list[ShapeObject] | None:
+def _place_group(u: _Uniforms, group: Group, region, size_range, target, placed,
+                 gap: float) -> list[ShapeObject] | None:
   """Scatter `group` inside `region` without touching `placed`, then shift toward `target`."""
   x0, y0, x1, y1 = region
   # Boxes as (x0, y0, x1, y1) tuples, computed as ShapeObject.box does: the rejection loop is
@@ -132,7 +134,7 @@ def _place_group(u: _Uniforms, group: Group, region, size_range, target,
     for _ in range(100):
       cx, cy = u.uniform(x0 + h, x1 - h), u.uniform(y0 + h, y1 - h)
       box = (cx - h, cy - h, cx + h, cy + h)
-      if not any(_touch(box, b) for b in others):
+      if not any(_touch(box, b, gap) for b in others):
         objs.append(ShapeObject(group.colour, group.shape, cx, cy, size))
         boxes.append(box)
         others.append(box)
@@ -150,48 +152,54 @@ def _place_group(u: _Uniforms, group: Group, region, size_range, target,
   sx = float(np.clip(tx - mx, lo_x, hi_x))
   sy = float(np.clip(ty - my, lo_y, hi_y))
   shifted = [dataclasses.replace(o, cx=o.cx + sx, cy=o.cy + sy) for o in objs]
-  if not all(_apart(a, b) for a in shifted for b in placed):
+  if not all(_apart(a, b, gap) for a in shifted for b in placed):
     return None
   return shifted
 
 
-def _touch(a, b) -> bool:
-  """Boxes (x0, y0, x1, y1) closer than MIN_GAP on both axes."""
-  return (a[2] + MIN_GAP > b[0] and b[2] + MIN_GAP > a[0] and
-          a[3] + MIN_GAP > b[1] and b[3] + MIN_GAP > a[1])
+def _touch(a, b, gap: float) -> bool:
+  """Boxes (x0, y0, x1, y1) closer than `gap` on both axes."""
+  return (a[2] + gap > b[0] and b[2] + gap > a[0] and
+          a[3] + gap > b[1] and b[3] + gap > a[1])
 
 
-def _apart(a: ShapeObject, b: ShapeObject) -> bool:
-  return not _touch(a.box, b.box)
+def _apart(a: ShapeObject, b: ShapeObject, gap: float) -> bool:
+  return not _touch(a.box, b.box, gap)
 
 
 def _mean_centre(objs: Sequence[ShapeObject]) -> tuple[float, float]:
   return (float(np.mean([o.cx for o in objs])), float(np.mean([o.cy for o in objs])))
 
 
-def layout_scene(scene: Scene, rng: np.random.Generator,
-                 max_tries: int = 200) -> tuple[ShapeObject, ...]:
+def layout_scene(scene: Scene, rng: np.random.Generator, max_tries: int = 200,
+                 object_scale: float = 1.0) -> tuple[ShapeObject, ...]:
   """Object placements for `scene` whose reading (position/relation) is clear by a margin.
 
-  Draws from `rng` as scalar `rng.uniform` calls would, leaving it in the same state.
+  Draws from `rng` as scalar `rng.uniform` calls would, leaving it in the same state. Objects
+  and gaps are `object_scale` times the default; objects shrink on repeated failures, so a
+  large scale still lays out crowded scenes, only more slowly.
   """
+  if not object_scale > 0:
+    raise ValueError(f"object_scale must be > 0, got {object_scale}")
   validate_scene(scene)
   u = _Uniforms(rng)
   try:
-    return _layout(scene, u, max_tries)
+    return _layout(scene, u, max_tries, object_scale)
   finally:
     u.sync()
 
 
-def _layout(scene: Scene, u: _Uniforms, max_tries: int) -> tuple[ShapeObject, ...]:
-  lo, hi = _size_range(scene.num_objects)
+def _layout(scene: Scene, u: _Uniforms, max_tries: int,
+            object_scale: float) -> tuple[ShapeObject, ...]:
+  lo, hi = (v * object_scale for v in _size_range(scene.num_objects))
+  gap = MIN_GAP * object_scale
   for attempt in range(max_tries):
     # Shrink objects a little on repeated failures so crowded scenes always fit.
     shrink = 1.0 - 0.3 * attempt / max_tries
     size_range = (lo * shrink, hi * shrink)
     if len(scene.groups) == 1:
       region, target = _SINGLE_REGIONS[scene.position]
-      objs = _place_group(u, scene.groups[0], region, size_range, target, [])
+      objs = _place_group(u, scene.groups[0], region, size_range, target, [], gap)
       if objs and _position_clear(*_mean_centre(objs), scene.position, LAYOUT_MARGIN):
         return tuple(objs)
       continue
@@ -204,10 +212,12 @@ def _layout(scene: Scene, u: _Uniforms, max_tries: int) -> tuple[ShapeObject, ..
                "right": (0.7, 0.8)}[half]
       across = (jitter - 0.08, jitter + 0.08)
       targets.append((across, along) if vertical else (along, across))
-    objs_a = _place_group(u, scene.groups[0], _HALVES[half_a], size_range, targets[0], [])
+    objs_a = _place_group(u, scene.groups[0], _HALVES[half_a], size_range, targets[0], [],
+                          gap)
     if not objs_a:
       continue
-    objs_b = _place_group(u, scene.groups[1], _HALVES[half_b], size_range, targets[1], objs_a)
+    objs_b = _place_group(u, scene.groups[1], _HALVES[half_b], size_range, targets[1], objs_a,
+                          gap)
     if not objs_b:
       continue
     if _relation_clear(_mean_centre(objs_a), _mean_centre(objs_b), scene.relation,

@@ -25,13 +25,13 @@ class ShapesSource:
 
   def __init__(self, split: str, num_examples: int, seed: int, resolutions: Sequence[int],
                max_count: int = shapes.MAX_COUNT, two_group_prob: float = 0.5,
-               processes: int = 0, chunk: int = 64):
+               object_scale: float = 1.0, processes: int = 0, chunk: int = 64):
     if processes < 0:
       raise ValueError(f"data.shapes.processes={processes}: use 0 (preprocessing threads) or "
                        "more")
     self.dataset = shapes.ShapesDataset(split, num_examples, seed,
                                         tuple(int(r) for r in resolutions), max_count,
-                                        two_group_prob)
+                                        two_group_prob, object_scale)
     self.processes, self.chunk = processes, chunk
     self._pool: workers.ProcessPool | None = None
 
