@@ -66,7 +66,7 @@ def main(argv=None):
   low = np.stack([render(ex.objects, pipe.lo_size) for ex in examples]).astype(np.float32) / 255
   real = np.stack([ex.image for ex in examples]).astype(np.float32) / 255.0
   tokens_lo = np.asarray(pipe.vq_lo.encode(low)).reshape(len(examples), -1)
-  _, tokens_hi = pipe.encode_image(real)
+  tokens_hi = np.asarray(pipe.vq_hi.encode(real)).reshape(len(examples), -1)
   print(f"{len(captions)} {args.split} captions of {args.workdir}; {pipe.lo_size} px base, "
         f"{pipe.image_size} px output")
   score("dataset, low-res", up(low))

@@ -11,6 +11,18 @@ Read by `muse_jax.data.raw_sources.iterate_examples` (which validates it).
 import ml_collections
 
 
+def scenes_config() -> ml_collections.ConfigDict:
+  """Which `shapes` scenes are drawn (`shapes.scene_options`): the precompute's data.shapes
+  and the vqgan stage's data.shapes both hold these keys."""
+  c = ml_collections.ConfigDict()
+  c.max_count = 4  # objects per group, 1..4
+  c.two_group_prob = 0.5  # share of "A <relation> B" scenes
+  # Objects and the gaps between them this many times their default size (same scenes and
+  # captions): > 1 keeps shapes legible at small resolutions.
+  c.object_scale = 1.0
+  return c
+
+
 def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # 'shapes' | 'tfds' | 'tfrecord' | 'folder' | 'webdataset' | 'parquet'; only the matching
@@ -30,11 +42,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.shapes.num_train = 10_000
   c.shapes.num_heldout = 1_000
   c.shapes.seed = 0
-  c.shapes.max_count = 4  # objects per group, 1..4
-  c.shapes.two_group_prob = 0.5  # share of "A <relation> B" scenes
-  # Objects and the gaps between them this many times their default size (same scenes and
-  # captions): > 1 keeps shapes legible at small resolutions.
-  c.shapes.object_scale = 1.0
+  c.shapes.update(scenes_config())
   # 0: scenes are drawn by the preprocessing threads (num_workers); > 0: by that many spawned
   # processes, in order, the same records (drawing is Python that holds the GIL, so threads
   # share one core's worth of it).

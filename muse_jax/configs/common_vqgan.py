@@ -12,7 +12,7 @@ are marked "not in Muse" with the source of the default.
 """
 import ml_collections
 
-from muse_jax.configs import common
+from muse_jax.configs import common, common_data
 
 
 def vqgan_model(kind: str = "f16", **overrides) -> ml_collections.ConfigDict:
@@ -119,8 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
       image_size=256,
       num_workers=0,                 # >0: draw the next training batches on that many spawned
                                      # processes (same batches; scenes are GIL-bound Python)
-      # Which `shapes` scenes (the keys of common_data's data.shapes of the same names).
-      shapes=ml_collections.ConfigDict(dict(max_count=4, two_group_prob=0.5, object_scale=1.0)),
+      shapes=common_data.scenes_config(),  # which `shapes` scenes
   ))
   c.train.update(dict(batch_size=256, num_steps=1_000_000, eval_every=5000, eval_batches=4,
                       image_grid_every=5000, image_grid_size=8))
