@@ -158,6 +158,27 @@ def test_demo_configs_link_the_stages(module, tmp_path):
     assert (cfgs["sr"].model.lowres_grid_size ** 2 + cfgs["sr"].model.text_length) % 64 == 0
 
 
+@pytest.mark.parametrize("module", [demo_cpu, demo_gpu])
+def test_demo_configs_lay_out_their_most_crowded_scenes(module):
+  """Every position and relation with the most objects the config draws, at its object size:
+  a size that cannot fit them stops precompute partway through."""
+  import numpy as np
+  from muse_jax.data.shapes import grammar, layout
+  opts = module.get_config().precompute.data.shapes
+  n, groups = int(opts.max_count), []
+  for shape in grammar.SHAPES:
+    group = grammar.Group(n, "red", shape)
+    scenes = [grammar.Scene((group,), position=p) for p in grammar.POSITIONS]
+    if opts.two_group_prob > 0:
+      other = grammar.Group(n, "blue", grammar.SHAPES[0])
+      scenes += [grammar.Scene((group, other), relation=r) for r in grammar.RELATIONS]
+    groups += scenes
+  for seed, scene in enumerate(groups * 2):
+    objs = layout.layout_scene(scene, np.random.default_rng(seed),
+                               object_scale=float(opts.object_scale))
+    assert len(objs) == scene.num_objects
+
+
 def test_guidance_sweep_entries_are_a_scale_or_a_base_sr_pair():
   from muse_jax.demo.evaluate import sweep_name, sweep_scales
   assert sweep_scales(2) == (2.0, 2.0) and sweep_name(2.0, 2.0) == "2"
