@@ -137,6 +137,33 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   assert f"overall {100 * cascade['overall']:5.1f}%" in rows["cascade"]
 
 
+def test_a_stage_stopped_partway_counts_the_time_of_every_run(tmp_path, monkeypatch):
+  """A run killed in a stage (a time limit, a preemption) keeps the time it spent there, and
+  the run that finishes the stage adds it to the stage's seconds."""
+  import time
+  now = [1000.0]
+  monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+  workdir = str(tmp_path / "demo")
+
+  def stopped_in_precompute():
+    now[0] += 7.0
+    raise KeyboardInterrupt
+
+  first = demo.Demo(micro_config(), workdir, stream=io.StringIO())
+  first.finish("tokenizer", 5.0)
+  monkeypatch.setattr(first, "train_stage", lambda stage: None)
+  monkeypatch.setattr(first, "precompute", stopped_in_precompute)
+  with pytest.raises(KeyboardInterrupt):
+    first.run()
+  second = demo.Demo(micro_config(), workdir, stream=io.StringIO())
+  assert second.state["stopped_seconds"] == {"precompute": 7.0}
+  second.finish("precompute", 3.0)
+  third = demo.Demo(micro_config(), workdir)
+  assert third.state["stages"]["precompute"]["seconds"] == 10.0
+  assert third.state["stages"]["tokenizer"]["seconds"] == 5.0
+  assert third.state["stopped_seconds"] == {}
+
+
 @pytest.mark.parametrize("module", [demo_cpu, demo_gpu])
 def test_demo_configs_link_the_stages(module, tmp_path):
   cfgs = demo.stage_configs(module.get_config(), str(tmp_path))

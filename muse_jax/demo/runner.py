@@ -47,7 +47,7 @@ class Demo:
     if os.path.exists(self.state_path):
       with open(self.state_path) as fh:
         self.state = json.load(fh)
-    self.t0 = time.perf_counter()
+    self.t0 = self._since_finish = time.perf_counter()
     self.pipeline = None
 
   # --- bookkeeping -------------------------------------------------------------------------
@@ -71,7 +71,20 @@ class Demo:
     return self.state["stages"].get(stage)
 
   def finish(self, stage: str, seconds: float, **result) -> None:
+    """Records `stage` as done; its seconds include those of earlier runs that stopped in it."""
+    seconds += self.state.get("stopped_seconds", {}).pop(stage, 0.0)
     self.state["stages"][stage] = {"seconds": round(seconds, 2), **result}
+    self._save_state()
+    self._since_finish = time.perf_counter()
+
+  def _record_stopped(self) -> None:
+    """Keeps the time this run spent in the stage it stopped in (preempted, killed by a time
+    limit, failed), so that the stage's seconds count every run that worked on it."""
+    stage = next((s for s in STEPS if s not in self.state["stages"]), None)
+    if stage is None:
+      return
+    stopped = self.state.setdefault("stopped_seconds", {})
+    stopped[stage] = round(stopped.get(stage, 0.0) + time.perf_counter() - self._since_finish, 2)
     self._save_state()
 
   def path(self, *parts) -> str:
@@ -89,13 +102,17 @@ class Demo:
     import jax
     self.log("tokenizer", f"workdir {self.workdir}; JAX {jax.__version__} on "
              f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
-    self.train_stage("tokenizer")
-    self.precompute()
-    self.write_eval_captions()
-    self.train_stage("base")
-    self.train_stage("sr")
-    self.samples()
-    self.edits()
+    try:
+      self.train_stage("tokenizer")
+      self.precompute()
+      self.write_eval_captions()
+      self.train_stage("base")
+      self.train_stage("sr")
+      self.samples()
+      self.edits()
+    except BaseException:
+      self._record_stopped()
+      raise
     return self.report()
 
   def train_stage(self, stage: str) -> None:
