@@ -55,10 +55,11 @@ Writes to WORKDIR:
 Resuming. Rerunning the same command skips finished stages (a training stage is finished when
 its newest checkpoint reached train.num_steps, precompute when its manifest exists, the others
 when demo_state.json records them); an interrupted training stage resumes from its checkpoint
-and an interrupted precompute skips its finished shards. Raising a stage's num_steps (with
-its train.schedule_steps: a run keeps its first schedule) and rerunning continues that stage;
-downstream stages are not redone by themselves: delete their
-entries in demo_state.json (or use a new workdir) after changing an earlier stage.
+and an interrupted precompute skips its finished shards. A stage's timing counts every run
+that worked on it: a run that stops inside a stage keeps the time it spent there. Raising a
+stage's num_steps (with its train.schedule_steps: a run keeps its first schedule) and rerunning
+continues that stage; downstream stages are not redone by themselves: delete their entries in
+demo_state.json (or use a new workdir) after changing an earlier stage.
 
 Exit status: 0 done; 2 bad config; 3 non-finite loss; 143 stopped by SIGTERM (rerun to resume).
 
