@@ -211,7 +211,8 @@ def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int =
         f"{1e3 * latency_s:.1f} ms latency (idle/launch gaps {1e3 * latency_s - busy_ms:.1f} "
         "ms); " + ", ".join(f"{c} {d / 1e3:.1f}" for c, d in by_cat.most_common()), flush=True)
   for name, dur in by_name.most_common(top):
-    print(f"      {dur / 1e3:7.3f} ms {count[name] // calls:5d}x {dur / max(count[name] // calls, 1):6.1f}"
+    per_call = count[name] // calls
+    print(f"      {dur / 1e3:7.3f} ms {per_call:5d}x {dur / max(per_call, 1):6.1f}"
           f" us  [{category(name)}] {name[:90]}", flush=True)
   return dict(latency_ms=1e3 * latency_s, busy_ms=busy_ms,
               by_category_ms={c: d / 1e3 for c, d in by_cat.items()})

@@ -12,8 +12,9 @@ hidden 1024 / MLP 4096 (Sec. 1, 3, Table 6); those widths with standard layers g
 4 attention heads of 128 (the heads' 512 channels are projected from and back to 576), for
 269,192,576 parameters (pinned in tests/models/test_superres.py). The encoder has the decoder's
 width. Attention over 4096 tokens is most of the step, and cuDNN's flash kernels run fastest at
-a head width of 128 (docs/performance.md; other head shapes in docs/experiments.md). Paper recipe as for the base model: Adafactor, lr 1e-4, wd 0.045,
-b1 0.9, b2 0.96, 5k warmup, cosine, batch 512, 10% text dropout.
+a head width of 128 (docs/performance.md; other head shapes in docs/experiments.md). Paper
+recipe as for the base model: Adafactor, lr 1e-4, wd 0.045, b1 0.9, b2 0.96, 5k warmup, cosine,
+batch 512, 10% text dropout.
 Memory: 4096 high-res tokens per example; use attention=auto (cuDNN flash on GPUs; the cross
 KV length 256 + 128 = 384 is a multiple of 64) and --config.model.remat=full if the step OOMs.
 Layers are unrolled: a train step is faster and needs less memory than scanned (python

@@ -14,8 +14,8 @@ and Triton needs powers of two: `supported()` says whether a shape qualifies.
 Differentiable: the backward pass is XLA's (`jax.nn.dot_product_attention`, a recompute), so
 training with it is correct but not fast; the trainers use cuDNN. `pallas_call` is not
 partitioned by XLA's sharding propagation, so under a multi-device `jit` its operands are
-gathered; the samplers run on one device. Off NVIDIA GPUs (or with `interpret=True`) the same kernel is interpreted: the
-CPU tests.
+gathered; the samplers run on one device. Off NVIDIA GPUs (or with `interpret=True`) the same
+kernel is interpreted: the CPU tests.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ embeddings, with the batch sharded over the mesh (a global batch in multi-proces
 
 Models are built from config: `tokenizer.weights` = '' initialises the VQ tokenizer randomly
 from `tokenizer.seed` (tests, benchmarks, demos), otherwise it is a vqgan workdir (whose saved
-config.json gives the model's shapes) or a diffusers VQModel; the text encoder follows `text_encoder` (muse_jax/configs/common_t5.py).
+config.json gives the model's shapes) or a diffusers VQModel; the text encoder follows
+`text_encoder` (muse_jax/configs/common_t5.py).
 """
 from __future__ import annotations
 

@@ -231,7 +231,8 @@ class Pipeline:
 
   def _fn(self, stage: str, mode: str):
     loaded = getattr(self, stage)
-    return stage_fns.stage_fn(loaded.model_def, stage, mode, self.options(stage, mode), loaded.mask_id)
+    return stage_fns.stage_fn(loaded.model_def, stage, mode, self.options(stage, mode),
+                              loaded.mask_id)
 
   def _keys(self, seed: int):
     key = (jax.random.key(seed) if self.rng_impl is None else

@@ -42,7 +42,8 @@ def vqgan_config_from_diffusers(cfg: dict[str, Any], **overrides) -> V.VQGANConf
     problems.append(f"norm_type={cfg['norm_type']!r} (need group)")
   if cfg.get("mid_block_add_attention", True):
     problems.append("mid_block_add_attention=True (muse_jax tokenizers have no attention)")
-  for k, want in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+  for k, want in (("down_block_types", "DownEncoderBlock2D"),
+                  ("up_block_types", "UpDecoderBlock2D")):
     bad = [t for t in cfg.get(k, [want]) if t != want]
     if bad:
       problems.append(f"{k} contains {bad} (need {want})")

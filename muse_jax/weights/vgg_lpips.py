@@ -11,7 +11,8 @@ unexpected or misshapen is an error naming the keys. To build the file once, out
   sd = {f"features.{k}": v for k, v in torchvision.models.vgg16(weights="IMAGENET1K_V1")
         .features.state_dict().items()}
   sd.update(torch.load("lpips/weights/v0.1/vgg.pth"))   # your own trusted copy
-  safetensors.torch.save_file({k: v.float().contiguous() for k, v in sd.items()}, "lpips_vgg16.safetensors")
+  safetensors.torch.save_file({k: v.float().contiguous() for k, v in sd.items()},
+                              "lpips_vgg16.safetensors")
 muse_jax itself never unpickles.
 """
 from __future__ import annotations

@@ -24,8 +24,8 @@ class WorkdirWriteError(RuntimeError):
 
 def describe(error: BaseException) -> str:
   """One line for a failure: '[Errno 28] No space left on device' when an OSError is inside
-  `error` (Orbax wraps them; TensorStore names them os_error_code), else the type and first line of the innermost
-  exception (the most specific one)."""
+  `error` (Orbax wraps them; TensorStore names them os_error_code), else the type and first
+  line of the innermost exception (the most specific one)."""
   chain, e = [], error
   while e is not None and all(e is not c for c in chain):
     chain.append(e)

@@ -4,7 +4,8 @@ Each step directory holds `state` (the sharded train state, written by every pro
 (the process-0 JSON position of the input iterator) and `integrity` (JSON: the state is
 finite, per-leaf checksums, a digest of `data`; see integrity.py). Saves are asynchronous
 (only the device-to-host copy blocks), atomic (Orbax writes to a temporary directory and
-renames it; on gs://, which has no rename, a step counts once its commit_success.txt exists) and the last `keep` steps are kept. Unfinished saves are ignored on restore.
+renames it; on gs://, which has no rename, a step counts once its commit_success.txt exists)
+and the last `keep` steps are kept. Unfinished saves are ignored on restore.
 Restoring takes the *target* shardings, so a run saved on one mesh restores onto another.
 
 Guarantees:

@@ -72,10 +72,14 @@ with torch.no_grad():
 # pytorch-fid builds it, Mixed blocks swapped for FIDInception*), with the download replaced by
 # our random state dict.
 fid = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
-for name, block in (("Mixed_5b", PI.FIDInceptionA(192, 32)), ("Mixed_5c", PI.FIDInceptionA(256, 64)),
-                    ("Mixed_5d", PI.FIDInceptionA(288, 64)), ("Mixed_6b", PI.FIDInceptionC(768, 128)),
-                    ("Mixed_6c", PI.FIDInceptionC(768, 160)), ("Mixed_6d", PI.FIDInceptionC(768, 160)),
-                    ("Mixed_6e", PI.FIDInceptionC(768, 192)), ("Mixed_7b", PI.FIDInceptionE_1(1280)),
+for name, block in (("Mixed_5b", PI.FIDInceptionA(192, 32)),
+                    ("Mixed_5c", PI.FIDInceptionA(256, 64)),
+                    ("Mixed_5d", PI.FIDInceptionA(288, 64)),
+                    ("Mixed_6b", PI.FIDInceptionC(768, 128)),
+                    ("Mixed_6c", PI.FIDInceptionC(768, 160)),
+                    ("Mixed_6d", PI.FIDInceptionC(768, 160)),
+                    ("Mixed_6e", PI.FIDInceptionC(768, 192)),
+                    ("Mixed_7b", PI.FIDInceptionE_1(1280)),
                     ("Mixed_7c", PI.FIDInceptionE_2(2048))):
   setattr(fid, name, block)
 state = randomise(fid).state_dict()

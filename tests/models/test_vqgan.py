@@ -149,7 +149,8 @@ def test_tokenizer_api_sharded_and_padded():
   rng = np.random.default_rng(0)
   imgs = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)  # 3 images on 8 devices
   ids = np.asarray(tok.encode(imgs))
-  want = jax.jit(lambda p, x: fm.bind(p).encode(x))(p, jnp.asarray(imgs, jnp.float32) / 255.0 * 2 - 1)
+  x = jnp.asarray(imgs, jnp.float32) / 255.0 * 2 - 1
+  want = jax.jit(lambda p, x: fm.bind(p).encode(x))(p, x)
   np.testing.assert_array_equal(ids, want)
   np.testing.assert_array_equal(tok.encode(imgs.astype(np.float32) / 255.0), ids)
   out = np.asarray(tok.decode(ids))
