@@ -9,7 +9,6 @@ elementwise/fusion, copies, collectives, other) and prints the table, then what 
 fusions compute (output shape and ops, from the compiled step's optimized HLO). The raw trace
 stays in --out for Perfetto/TensorBoard.
 """
-import collections
 import os
 import sys
 import tempfile
@@ -19,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.trace_summary import category, device_events, fusion_summaries  # noqa: E402
+from benchmarks.trace_summary import category, fusion_summaries, kernel_times  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 flags.DEFINE_integer("steps", 3, "Profiled steps (after compile and 2 warm-up steps).")
@@ -51,29 +50,21 @@ def main(_):
         state, m = step(state, batch, np.int32(2 + i))
       jax.block_until_ready(m)
 
-  by_name = collections.Counter()
-  count = collections.Counter()
-  for name, dur in device_events(FLAGS.out):
-    by_name[name] += dur
-    count[name] += 1
+  by_cat, by_name, count = kernel_times(FLAGS.out, FLAGS.steps)  # per step
   total = sum(by_name.values())
-  by_cat = collections.Counter()
-  for name, dur in by_name.items():
-    by_cat[category(name)] += dur
-  per_step = total / FLAGS.steps / 1e3
-  print(f"== device time per step: {per_step:.1f} ms (sum of kernel durations)")
+  print(f"== device time per step: {total / 1e3:.1f} ms (sum of kernel durations)")
   for cat, dur in by_cat.most_common():
-    print(f"  {cat:<20} {dur / FLAGS.steps / 1e3:8.2f} ms  {100 * dur / total:5.1f}%")
+    print(f"  {cat:<20} {dur / 1e3:8.2f} ms  {100 * dur / total:5.1f}%")
   print(f"== top {FLAGS.top} kernels (ms per step, calls per step)")
   for name, dur in by_name.most_common(FLAGS.top):
-    print(f"  {dur / FLAGS.steps / 1e3:8.3f} ms {count[name] // FLAGS.steps:5d}x  "
+    print(f"  {dur / 1e3:8.3f} ms {count[name] // FLAGS.steps:5d}x  "
           f"[{category(name)}] {name[:110]}")
   fusions = [n for n, _ in by_name.most_common() if category(n) == "fusion/elementwise"]
   described = fusion_summaries(hlo, fusions[:FLAGS.fusions])
   if described:
     print(f"== the {len(described)} largest fusions: output <- ops (optimized HLO)")
     for name, text in described.items():
-      print(f"  {by_name[name] / FLAGS.steps / 1e3:8.3f} ms  {name}: {text[:200]}")
+      print(f"  {by_name[name] / 1e3:8.3f} ms  {name}: {text[:200]}")
 
 
 if __name__ == "__main__":

@@ -190,22 +190,16 @@ def profile_calls(compiled, args, trace_dir: str, latency_s: float, calls: int =
   `top` kernels by time (ms per call, launches per call, us per launch); returns the latency,
   the summed kernel time and the time per kernel category (ms per call). The optimized HLO is
   written beside the trace (TRACE_DIR/optimized_hlo.txt) to look up what each fusion holds."""
-  import collections
   import jax
-  from benchmarks.trace_summary import category, device_events
+  from benchmarks.trace_summary import category, kernel_times
   os.makedirs(trace_dir, exist_ok=True)
   with open(os.path.join(trace_dir, "optimized_hlo.txt"), "w") as f:
     f.write(compiled.as_text())
   with jax.profiler.trace(trace_dir):
     for _ in range(calls):
       jax.block_until_ready(compiled(*args))
-  by_cat, by_name, count, n = (collections.Counter(), collections.Counter(),
-                               collections.Counter(), 0)
-  for name, dur in device_events(trace_dir):
-    by_cat[category(name)] += dur / calls
-    by_name[name] += dur / calls
-    count[name] += 1
-    n += 1
+  by_cat, by_name, count = kernel_times(trace_dir, calls)
+  n = sum(count.values())
   busy_ms = sum(by_cat.values()) / 1e3
   print(f"    profile: {n / calls:.0f} kernels/call, kernel time {busy_ms:.1f} ms of "
         f"{1e3 * latency_s:.1f} ms latency (idle/launch gaps {1e3 * latency_s - busy_ms:.1f} "

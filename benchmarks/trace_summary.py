@@ -44,6 +44,18 @@ def device_events(trace_dir: str):
       yield e["name"], float(e["dur"])
 
 
+def kernel_times(trace_dir: str, calls: int):
+  """The device kernels of `calls` identical profiled calls: microseconds per call by category
+  and by kernel name, and each kernel's launches over all the calls."""
+  by_cat, by_name, launches = (collections.Counter(), collections.Counter(),
+                               collections.Counter())
+  for name, dur in device_events(trace_dir):
+    by_cat[category(name)] += dur / calls
+    by_name[name] += dur / calls
+    launches[name] += 1
+  return by_cat, by_name, launches
+
+
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(")
 

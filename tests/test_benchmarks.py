@@ -115,6 +115,25 @@ def test_profile_names_what_each_fusion_computes():
                                       "multiply"}
 
 
+def test_kernel_times_average_the_profiled_calls_per_call(tmp_path):
+  """Only the GPU's kernels count, per call, by category and by name; launches are totals."""
+  import gzip
+  import json
+  sys.path.insert(0, ROOT)
+  from benchmarks.trace_summary import kernel_times
+  meta = [{"ph": "M", "name": "process_name", "pid": p, "args": {"name": n}}
+          for p, n in ((1, "/device:GPU:0"), (2, "/host:CPU"))]
+  kernels = [("nvjet_gemm", 30.0), ("loop_add_fusion", 4.0), ("flash_fwd", 10.0)] * 2
+  events = meta + [{"ph": "X", "pid": 1, "name": n, "dur": d} for n, d in kernels]
+  events.append({"ph": "X", "pid": 2, "name": "nvjet_gemm", "dur": 1000.0})  # host: ignored
+  with gzip.open(tmp_path / "x.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  by_cat, by_name, launches = kernel_times(str(tmp_path), calls=2)
+  assert by_cat == {"matmul": 30.0, "fusion/elementwise": 4.0, "attention": 10.0}
+  assert by_name == {"nvjet_gemm": 30.0, "loop_add_fusion": 4.0, "flash_fwd": 10.0}
+  assert launches == {"nvjet_gemm": 2, "loop_add_fusion": 2, "flash_fwd": 2}
+
+
 def test_evaluate_benchmark_times_each_network_and_projects_an_fid():
   out = subprocess.run([sys.executable, "benchmarks/evaluate.py", "--tiny"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)

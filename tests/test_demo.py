@@ -192,15 +192,14 @@ def test_demo_configs_lay_out_their_most_crowded_scenes(module):
   import numpy as np
   from muse_jax.data.shapes import grammar, layout
   opts = module.get_config().precompute.data.shapes
-  n, groups = int(opts.max_count), []
+  n, scenes = int(opts.max_count), []
   for shape in grammar.SHAPES:
     group = grammar.Group(n, "red", shape)
-    scenes = [grammar.Scene((group,), position=p) for p in grammar.POSITIONS]
+    scenes += [grammar.Scene((group,), position=p) for p in grammar.POSITIONS]
     if opts.two_group_prob > 0:
       other = grammar.Group(n, "blue", grammar.SHAPES[0])
       scenes += [grammar.Scene((group, other), relation=r) for r in grammar.RELATIONS]
-    groups += scenes
-  for seed, scene in enumerate(groups * 2):
+  for seed, scene in enumerate(scenes * 2):
     objs = layout.layout_scene(scene, np.random.default_rng(seed),
                                object_scale=float(opts.object_scale))
     assert len(objs) == scene.num_objects
