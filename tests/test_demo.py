@@ -206,7 +206,7 @@ def test_demo_configs_lay_out_their_most_crowded_scenes(module):
 
 
 def test_guidance_sweep_entries_are_a_scale_or_a_base_sr_pair():
-  from muse_jax.demo.evaluate import sweep_name, sweep_scales
+  from muse_jax.demo.validation import sweep_name, sweep_scales
   assert sweep_scales(2) == (2.0, 2.0) and sweep_name(2.0, 2.0) == "2"
   assert sweep_scales((3, 0)) == (3.0, 0.0) and sweep_name(3.0, 0.0) == "3/0"
   with pytest.raises(ValueError, match="pair"):
@@ -236,7 +236,7 @@ def test_validation_captions_are_their_own_train_split_scenes(tmp_path):
 
 def test_guidance_is_chosen_on_validation_and_sweeps_need_it(tmp_path):
   from muse_jax.configs.checks import ConfigError
-  from muse_jax.demo.evaluate import choose_guidance, guidance_candidates, headline_guidance
+  from muse_jax.demo.validation import choose_guidance, guidance_candidates, headline_guidance
   assert list(guidance_candidates((1.0, 1.0), (0.5, (1, 1), (3, 0)))) == ["1", "0", "0.5", "3/0"]
   acc = lambda x: {"overall": x}  # noqa: E731
   assert choose_guidance({"1": acc(0.5), "0": acc(0.7), "2": acc(0.7)}, "1") == "0"

@@ -15,18 +15,13 @@ import time
 
 import numpy as np
 
-from muse_jax.configs.checks import ConfigError
 from muse_jax.data.shapes import dataset as shapes, grammar
 from muse_jax.demo import images as I
-from muse_jax.demo.constants import GUIDANCE, SPLITS, grid_name
+from muse_jax.demo.constants import GUIDANCE, SPLITS, acc_line, grid_name
+from muse_jax.demo.validation import headline_guidance, score_validation
 from muse_jax.evaluation import compositional, detector
 from muse_jax.sampling import editing
 from muse_jax.sampling.image_io import save_grid
-
-
-def acc_line(r: dict) -> str:
-  return " ".join(f"{k} {100 * r[k]:.1f}%" for k in ("count", "colour", "shape", "position",
-                                                      "overall"))
 
 
 def evaluate_by_objects(images, captions) -> tuple[dict, dict]:
@@ -51,106 +46,6 @@ def evaluate_by_objects(images, captions) -> tuple[dict, dict]:
   for i, sc in enumerate(scenes):
     by.setdefault(sc.num_objects, []).append(i)
   return mean(range(len(rows))), {str(n): mean(idx) for n, idx in sorted(by.items())}
-
-
-def sweep_scales(entry) -> tuple[float, float]:
-  """(base, SR) guidance of one `eval.guidance_sweep` entry: a number (both stages) or a
-  (base, SR) pair."""
-  if isinstance(entry, (tuple, list)):
-    if len(entry) != 2:
-      raise ValueError(f"eval.guidance_sweep entry {entry!r}: use a number or a (base, sr) pair")
-    return float(entry[0]), float(entry[1])
-  return float(entry), float(entry)
-
-
-def sweep_name(base: float, sr: float) -> str:
-  """metrics.json key of a sweep entry: '2' (both stages) or '3/0' (base 3, SR 0)."""
-  return f"{base:g}" if base == sr else f"{base:g}/{sr:g}"
-
-
-def check_eval_config(config) -> None:
-  """ConfigError (exit 2) for `eval` settings that cannot work, before any stage runs.
-
-  Guidance is chosen on the validation captions only: a sweep or `use_chosen_guidance`
-  without them would have nothing honest to choose on, and the validation scenes must be
-  drawn with a seed of their own (neither training's nor the train-like eval captions').
-  """
-  e = config.eval
-  n = int(e.validation_captions)
-  if n < 0:
-    raise ConfigError(f"eval.validation_captions={n}: use 0 (off) or a number of captions")
-  if n == 0 and tuple(e.guidance_sweep):
-    raise ConfigError("eval.guidance_sweep is scored on the validation captions only: set "
-                      "eval.validation_captions (e.g. 256) or leave the sweep empty")
-  if n == 0 and e.use_chosen_guidance:
-    raise ConfigError("eval.use_chosen_guidance needs eval.validation_captions > 0 (the "
-                      "guidance is chosen on them)")
-  offset = int(e.validation_seed_offset)
-  if n and offset in (0, int(e.caption_seed_offset)):
-    raise ConfigError(f"eval.validation_seed_offset={offset}: use a value other than 0 "
-                      f"(training's scenes) and eval.caption_seed_offset "
-                      f"({int(e.caption_seed_offset)}, the train-like evaluation captions)")
-  for entry in e.guidance_sweep:
-    try:
-      sweep_scales(entry)
-    except (TypeError, ValueError) as err:
-      raise ConfigError(str(err)) from err
-
-
-def guidance_candidates(default: tuple[float, float], sweep) -> dict:
-  """{sweep_name: (base, SR)} scored on the validation captions: the config's guidance first,
-  then none, then the `eval.guidance_sweep` entries (each setting once)."""
-  out: dict = {}
-  for scales in (default, (0.0, 0.0), *map(sweep_scales, sweep)):
-    out.setdefault(sweep_name(*scales), scales)
-  return out
-
-
-def choose_guidance(scores: dict, default_name: str) -> str:
-  """The name in `scores` ({name: accuracy dict}) with the best `overall`; a tie goes to the
-  config's default, then to the earlier entry."""
-  best = default_name
-  for name, acc in scores.items():
-    if acc["overall"] > scores[best]["overall"]:
-      best = name
-  return best
-
-
-def headline_guidance(default: tuple[float, float], validation: dict | None,
-                      use_chosen: bool) -> tuple[tuple[float, float], bool]:
-  """((base, SR), chosen_on_validation): the guidance of the evaluation splits' `cfg` rows."""
-  if use_chosen and validation:
-    g = validation["chosen_guidance"]
-    return (float(g["base"]), float(g["sr"])), True
-  return default, False
-
-
-def score_validation(demo, sample, default: tuple[float, float]) -> dict:
-  """Detector accuracy of every guidance candidate on the validation captions, and the best.
-
-  `sample(captions, (base, sr))` -> uint8 images. Returns metrics.json's `validation`."""
-  e = demo.config.eval
-  captions = [ex.caption for ex in demo.validation_captions()]
-  candidates = guidance_candidates(default, e.guidance_sweep)
-  default_name = sweep_name(*default)
-  demo.log("samples", f"validation: {len(captions)} train-split captions of their own (shapes "
-           f"seed + {int(e.validation_seed_offset)}), neither training's nor the evaluation's; "
-           f"guidance {', '.join(candidates)} scored on them only")
-  scores = {}
-  for name, scales in candidates.items():
-    scores[name] = compositional.evaluate(sample(captions, scales), captions)
-    demo.log("samples", f"validation guidance {name}"
-             + (" (the config's)" if name == default_name else "") + ": "
-             + acc_line(scores[name]))
-  chosen = choose_guidance(scores, default_name)
-  use = bool(e.use_chosen_guidance)
-  demo.log("samples", f"validation: chosen guidance {chosen} (best all four; ties go to the "
-           "config's); " + ("the evaluation samples use it (eval.use_chosen_guidance)" if use
-                            else f"the evaluation samples use the config's {default_name} "
-                            "(eval.use_chosen_guidance=False: the choice is only reported)"))
-  base, sr = candidates[chosen]
-  return {"captions": captions, "sweep": scores, "default": default_name, "chosen": chosen,
-          "chosen_guidance": {"base": base, "sr": sr}}
 
 
 def run_samples(demo) -> None:

@@ -35,7 +35,7 @@ def write_report(demo) -> dict:
                                                              False)},
       # eval.validation_captions: the config's guidance, none and eval.guidance_sweep scored on
       # train-split captions of their own (`sweep`, keyed '<both>' or '<base>/<sr>',
-      # evaluate.sweep_name), and the best of them (`chosen`); {} when off. Guidance is chosen
+      # validation.sweep_name), and the best of them (`chosen`); {} when off. Guidance is chosen
       # here, never on the evaluation captions.
       "validation": samples.get("validation", {}),
       "samples": {split: {"grid": grid_name(split, "cfg"),

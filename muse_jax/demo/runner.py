@@ -14,7 +14,8 @@ import ml_collections
 
 from muse_jax.data.shapes import dataset as shapes
 from muse_jax.demo.constants import SPLITS, STATE_FILE, STEPS
-from muse_jax.demo.evaluate import check_eval_config, run_edits, run_samples
+from muse_jax.demo.evaluate import run_edits, run_samples
+from muse_jax.demo.validation import check_eval_config
 from muse_jax.demo.report import write_report
 from muse_jax.demo.stage_configs import (eval_captions_file, fingerprint, stage_configs,
                                          tokenizer_factor)
