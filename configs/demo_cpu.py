@@ -169,6 +169,13 @@ def get_config():
       # True: the evaluation splits' `cfg` rows use the guidance chosen on validation (and
       # metrics.json guidance_scale says so); False: the config's, the choice only reported.
       use_chosen_guidance=False,
+      # Sampling temperatures for the validation captions only, scored after the guidance
+      # sweep at the guidance the evaluation uses (sampling.temperature is scored too; each
+      # entry samples the validation captions once more). `temperature_end`, if set, stays.
+      temperature_sweep=(),
+      # True: both evaluation rows sample at the temperature chosen on validation
+      # (metrics.json temperature says so); False: sampling.temperature.
+      use_chosen_temperature=False,
   ))
   c.edits = ml_collections.ConfigDict(dict(png_scale=4))
   return c

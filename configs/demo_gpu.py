@@ -7,7 +7,7 @@ inpaint.png, outpaint.png, maskfree.png, metrics.json) at the same resolutions (
 32px base), with a wider tokenizer, larger transformers trained for longer in
 bfloat16 with fused attention where cuDNN takes it (`attention=auto`), 64x the precompute data
 (262,144 training scenes), 1024 evaluation captions per split and 256 validation captions to
-choose guidance on (docs/demo.md#choosing-guidance). Needs no TensorFlow:
+choose guidance and temperature on (docs/demo.md#choosing-guidance). Needs no TensorFlow:
 precompute writes its records without it and training reads them with the numpy reader. Its
 time and results per attribute and per object count, with and without guidance, and each
 stage's train/eval gap: docs/demo.md.
@@ -77,18 +77,19 @@ def get_config():
   c.sr.eval.samples.update(dict(every=4000, num=256, batch_size=256))
 
   # Guidance 1.0 for both stages: light guidance (0.5-1) scored best in earlier guidance sweeps
-  # (0.5, 1, 2, 3, 3/0, 0/3; docs/demo.md) and 3 worst (stray fragments break counting). Those
-  # sweeps scored the evaluation captions, held-out ones included, so 1.0 stays the reported
-  # default; the validation captions below check it on scenes of their own.
-  # Temperature 1 as in the measured run (demo_cpu's 0.25 was chosen on its own validation
-  # captions, for its own models).
+  # (0.5, 1, 2, 3, 3/0, 0/3; docs/demo.md) and 3 worst (stray fragments break counting).
   c.sampling.update(dict(base_steps=16, sr_steps=8, guidance_scale=1.0, sr_guidance_scale=1.0,
                          temperature=1.0))
   c.sampling.editing.mask_free_iterations = 50
   # 1024 captions per split: a rate's binomial standard error is at most 1.6 points.
-  # Guidance is chosen on 256 validation captions (train-split scenes of their own) from 1.0,
-  # none, 0.5 and 2.0: a quarter of the evaluation's samples and two more sampler compiles.
-  # --config.eval.use_chosen_guidance=True samples the evaluation's `cfg` rows at the choice.
+  # The evaluation samples at the guidance and then the temperature that scored best on 256
+  # validation captions (train-split scenes of their own; docs/demo.md#choosing-guidance):
+  # guidance 1.0, none, 0.5 and 2.0, then temperatures 1, 0.5 and 0.25 (0.25 scored best on
+  # another run's stages; docs/experiments.md), so no setting of the evaluation rows is chosen
+  # on the evaluation captions. Each entry compiles the samplers once more and samples the
+  # validation captions once more.
   c.eval.update(dict(num_captions=1024, batch_size=256, grid_images=64,
-                     validation_captions=256, guidance_sweep=(0.5, 2.0)))
+                     validation_captions=256, guidance_sweep=(0.5, 2.0),
+                     use_chosen_guidance=True, temperature_sweep=(0.5, 0.25),
+                     use_chosen_temperature=True))
   return c

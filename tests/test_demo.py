@@ -36,7 +36,8 @@ def micro_config():
   # 3 validation captions against 2 per evaluation split: the counts tell the sets apart.
   c.eval.update(dict(num_captions=2, batch_size=1, grid_images=2, grid_columns=2,
                      validation_captions=3, guidance_sweep=((1.5, 0.0),),
-                     use_chosen_guidance=True))
+                     use_chosen_guidance=True, temperature_sweep=(0.0,),
+                     use_chosen_temperature=True))
   c.edits.png_scale = 1
   return c
 
@@ -88,6 +89,17 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   assert val["chosen"] == "1" or val["sweep"]["1"]["overall"] < best
   assert saved["guidance_scale"] == {**val["chosen_guidance"], "chosen_on_validation": True}
   assert "validation guidance 1.5/0: " in log and "validation: chosen guidance" in log
+  # Then temperature, at the chosen guidance: the config's 0.25 (that guidance's row above,
+  # not sampled again) and the sweep's 0, and the evaluation samples at the choice.
+  assert list(val["temperature_sweep"]) == ["0.25", "0"]
+  assert val["temperature_guidance"] == val["chosen"]
+  assert val["temperature_sweep"]["0.25"] == val["sweep"][val["chosen"]]
+  assert "validation temperature 0: " in log and "validation temperature 0.25" not in log
+  t_best = max(r["overall"] for r in val["temperature_sweep"].values())
+  t_name = "0" if val["chosen_temperature"] == 0 else "0.25"
+  assert val["temperature_sweep"][t_name]["overall"] == t_best
+  assert saved["temperature"] == {"value": val["chosen_temperature"],
+                                  "chosen_on_validation": True}
   assert set(saved["edits"]) == {"inpaint", "outpaint", "maskfree"}
   assert set(saved["stage_seconds"]) >= set(demo.STEPS) - {"report"}
   assert saved["training"]["base"]["steps"] == 3
@@ -236,23 +248,36 @@ def test_validation_captions_are_their_own_train_split_scenes(tmp_path):
 
 def test_guidance_is_chosen_on_validation_and_sweeps_need_it(tmp_path):
   from muse_jax.configs.checks import ConfigError
-  from muse_jax.demo.validation import choose_guidance, guidance_candidates, headline_guidance
+  from muse_jax.demo.validation import (choose_best, guidance_candidates, headline_guidance,
+                                       headline_temperature, temperature_candidates)
   assert list(guidance_candidates((1.0, 1.0), (0.5, (1, 1), (3, 0)))) == ["1", "0", "0.5", "3/0"]
   acc = lambda x: {"overall": x}  # noqa: E731
-  assert choose_guidance({"1": acc(0.5), "0": acc(0.7), "2": acc(0.7)}, "1") == "0"
-  assert choose_guidance({"0": acc(0.7), "1": acc(0.7), "2": acc(0.6)}, "1") == "1"  # tie
+  assert choose_best({"1": acc(0.5), "0": acc(0.7), "2": acc(0.7)}, "1") == "0"
+  assert choose_best({"0": acc(0.7), "1": acc(0.7), "2": acc(0.6)}, "1") == "1"  # tie
+  assert temperature_candidates(1.0, (0.5, 1, 0.25)) == {"1": 1.0, "0.5": 0.5, "0.25": 0.25}
   val = {"chosen": "0.5", "chosen_guidance": {"base": 0.5, "sr": 0.5}}
   assert headline_guidance((1.0, 1.0), val, True) == ((0.5, 0.5), True)
   assert headline_guidance((1.0, 1.0), val, False) == ((1.0, 1.0), False)
+  assert headline_temperature(1.0, {"chosen_temperature": 0.25}, True) == (0.25, True)
+  assert headline_temperature(1.0, {"chosen_temperature": 0.25}, False) == (1.0, False)
   for key, value, match in (("validation_captions", 0, "guidance_sweep"),
                             ("validation_seed_offset", 1, "caption_seed_offset"),
                             ("validation_seed_offset", 0, "training"),
-                            ("guidance_sweep", ((1, 2, 3),), "pair")):
+                            ("guidance_sweep", ((1, 2, 3),), "pair"),
+                            ("temperature_sweep", (-1.0,), ">= 0"),
+                            ("temperature_sweep", ("a",), ">= 0")):
     c = micro_config()
     c.eval[key] = value
     with pytest.raises(ConfigError, match=match):
       demo.Demo(c, str(tmp_path))
   c = micro_config()
-  c.eval.update(dict(validation_captions=0, guidance_sweep=()))
+  c.eval.update(dict(validation_captions=0, guidance_sweep=(), temperature_sweep=(),
+                     use_chosen_temperature=False))
   with pytest.raises(ConfigError, match="use_chosen_guidance"):
+    demo.Demo(c, str(tmp_path))
+  c.eval.update(dict(use_chosen_guidance=False, temperature_sweep=(0.5,)))
+  with pytest.raises(ConfigError, match="temperature_sweep is scored on the validation"):
+    demo.Demo(c, str(tmp_path))
+  c.eval.update(dict(temperature_sweep=(), use_chosen_temperature=True))
+  with pytest.raises(ConfigError, match="use_chosen_temperature"):
     demo.Demo(c, str(tmp_path))

@@ -18,9 +18,10 @@ Stages, run in order in this one process through the library APIs (one JAX start
                  seen in training), with and without classifier-free guidance; the detector
                  (muse_jax.evaluation) scores each image for count, colour, shape, position.
                  With `eval.validation_captions`, guidance (the config's, none and
-                 `eval.guidance_sweep`) is first scored and chosen on that many train-split
-                 captions of their own, never on the evaluation captions
-                 (`eval.use_chosen_guidance` samples the evaluation at the choice).
+                 `eval.guidance_sweep`), then temperature (`eval.temperature_sweep`), is
+                 first scored and chosen on that many train-split captions of their own,
+                 never on the evaluation captions (`eval.use_chosen_guidance` and
+                 `eval.use_chosen_temperature` sample the evaluation at the choice).
   6. edits       one inpainting, one outpainting and one mask-free edit of dataset images.
   7. report      WORKDIR/metrics.json.
 
@@ -41,7 +42,7 @@ Writes to WORKDIR:
   inpaint.png, outpaint.png, maskfree.png  input | mask (grey = regenerated) | output; input |
                                            output for the mask-free edit
   metrics.json     detector accuracy per attribute for {train, heldout} x {cfg, no_cfg}, the
-                   validation captions' guidance settings and the choice among them, the
+                   validation captions' guidance and temperature settings and the choices, the
                    detector on the dataset images and on their tokenizer reconstructions (the
                    ceilings), first/last training losses, stage timings, command and configs
   tokenizer/ precompute/ base/ sr/         the stage workdirs (checkpoints, metrics.jsonl, ...);

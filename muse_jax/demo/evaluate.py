@@ -6,7 +6,8 @@ and on text-to-image samples with and without classifier-free guidance (also per
 objects in the caption, 1-8); PNG grids and .npz. With `eval.validation_captions`, first the
 guidance settings (the config's, none, `eval.guidance_sweep`) are scored on that separate
 validation set of train-split scenes, and the best is chosen there, never on the evaluation
-captions (`eval.use_chosen_guidance`: the evaluation samples then use it).
+captions (`eval.use_chosen_guidance`: the evaluation samples then use it); likewise the sampling
+temperature (`eval.temperature_sweep`, `eval.use_chosen_temperature`; muse_jax.demo.validation).
 `run_edits(demo)`: one inpainting, one outpainting and one mask-free edit of dataset images.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from muse_jax.data.shapes import dataset as shapes, grammar
 from muse_jax.demo import images as I
 from muse_jax.demo.constants import GUIDANCE, SPLITS, acc_line, grid_name
-from muse_jax.demo.validation import headline_guidance, score_validation
+from muse_jax.demo.validation import (headline_guidance, headline_temperature,
+                                      score_validation)
 from muse_jax.evaluation import compositional, detector
 from muse_jax.sampling import editing
 from muse_jax.sampling.image_io import save_grid
@@ -56,22 +58,30 @@ def run_samples(demo) -> None:
   pipe = demo.load_pipeline()
   s = pipe.sampling
   default = (float(s.guidance_scale), float(s.sr_guidance_scale))
+  default_t = float(s.temperature)
 
-  def sample(captions, scales):
+  def sample(captions, scales, temperature):
     with s.unlocked():
       s.guidance_scale, s.sr_guidance_scale = scales
+      s.temperature = temperature
     return I.to_uint8(I.generate_batched(pipe, captions, int(e.batch_size),
                                          int(demo.config.seed)))
 
   t = time.perf_counter()
-  validation = score_validation(demo, sample, default) if int(e.validation_captions) else None
+  validation = (score_validation(demo, sample, default, default_t)
+                if int(e.validation_captions) else None)
   guided, chosen = headline_guidance(default, validation, bool(e.use_chosen_guidance))
+  temperature, t_chosen = headline_temperature(default_t, validation,
+                                               bool(e.use_chosen_temperature))
   demo.log("samples", f"{e.num_captions} train-like + {e.num_captions} held-out captions, "
            f"with CFG (guidance {guided[0]:g}/{guided[1]:g}, "
            + ("chosen on the validation captions" if chosen else "the config's")
-           + f") and without; {s.base_steps} base + {s.sr_steps} SR steps; {pipe.image_size}px")
+           + f") and without, temperature {temperature:g} ("
+           + ("chosen on the validation captions" if t_chosen else "the config's")
+           + f"); {s.base_steps} base + {s.sr_steps} SR steps; {pipe.image_size}px")
   result = {"guidance_scale": guided[0], "sr_guidance_scale": guided[1],
-            "guidance_chosen_on_validation": chosen}
+            "guidance_chosen_on_validation": chosen, "temperature": temperature,
+            "temperature_chosen_on_validation": t_chosen}
   if validation:
     result["validation"] = validation
   for split in SPLITS:
@@ -89,7 +99,7 @@ def run_samples(demo) -> None:
     demo.log("samples", f"{split} tokenizer reconstructions: "
              + acc_line(split_res["tokenizer_reconstructions"]))
     for mode in GUIDANCE:
-      images = sample(captions, guided if mode == "cfg" else (0.0, 0.0))
+      images = sample(captions, guided if mode == "cfg" else (0.0, 0.0), temperature)
       split_res[mode], split_res[f"{mode}_by_objects"] = evaluate_by_objects(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
@@ -99,6 +109,7 @@ def run_samples(demo) -> None:
     result[split] = split_res
   with s.unlocked():
     s.guidance_scale, s.sr_guidance_scale = default
+    s.temperature = default_t
   seconds = time.perf_counter() - t
   demo.finish("samples", seconds, **result)
   demo.log("samples", f"done in {seconds:.0f} s")

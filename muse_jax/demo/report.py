@@ -33,10 +33,17 @@ def write_report(demo) -> dict:
                          "sr": samples.get("sr_guidance_scale"),
                          "chosen_on_validation": samples.get("guidance_chosen_on_validation",
                                                              False)},
+      # The sampling temperature of both rows: the config's, or the one chosen on the
+      # validation captions (eval.use_chosen_temperature).
+      "temperature": {"value": samples.get("temperature"),
+                      "chosen_on_validation": samples.get("temperature_chosen_on_validation",
+                                                          False)},
       # eval.validation_captions: the config's guidance, none and eval.guidance_sweep scored on
       # train-split captions of their own (`sweep`, keyed '<both>' or '<base>/<sr>',
       # validation.sweep_name), and the best of them (`chosen`); {} when off. Guidance is chosen
-      # here, never on the evaluation captions.
+      # here, never on the evaluation captions. Then the config's temperature and
+      # eval.temperature_sweep at the evaluation's guidance (`temperature_guidance`):
+      # `temperature_sweep`, keyed by temperature, and `chosen_temperature`.
       "validation": samples.get("validation", {}),
       "samples": {split: {"grid": grid_name(split, "cfg"),
                           "grid_no_cfg": grid_name(split, "no_cfg"),
@@ -155,7 +162,7 @@ def gap_table(gaps: dict) -> str:
 def accuracy_table(accuracy: dict, reference: dict | None = None,
                    validation: dict | None = None) -> str:
   """Percent per attribute: one row per split x guidance, the validation captions' guidance
-  settings (the chosen one marked) and the tokenizer reconstructions."""
+  and temperature settings (the chosen ones marked) and the tokenizer reconstructions."""
   lines = [f"{'':26s}" + "".join(f"{m:>10s}" for m in ATTRIBUTES)]
 
   def row(name, r):
@@ -165,6 +172,9 @@ def accuracy_table(accuracy: dict, reference: dict | None = None,
       row(f"{split} {mode}", accuracy[split][mode])
   for name, r in (validation or {}).get("sweep", {}).items():
     row(f"validation {name}" + (" chosen" if name == validation["chosen"] else ""), r)
+  chosen_t = (validation or {}).get("chosen_temperature")
+  for name, r in (validation or {}).get("temperature_sweep", {}).items():
+    row(f"validation t={name}" + (" chosen" if float(name) == chosen_t else ""), r)
   for split in reference or {}:
     row(f"{split} tokenizer recon.", reference[split]["tokenizer_reconstructions"])
   return "\n".join(lines)
