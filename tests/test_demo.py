@@ -176,6 +176,34 @@ def test_a_stage_stopped_partway_counts_the_time_of_every_run(tmp_path, monkeypa
   assert third.state["stopped_seconds"] == {}
 
 
+def test_sigterm_outside_a_training_loop_keeps_the_stage_time_and_exits_143(tmp_path,
+                                                                           monkeypatch):
+  """A time limit's SIGTERM that lands between training steps' handlers (in precompute, in a
+  stage's compile) stops the demo with status 143 and the time it spent in that stage."""
+  import signal
+  import time
+  workdir = str(tmp_path / "demo")
+  d = demo.Demo(micro_config(), workdir, stream=io.StringIO())
+  d.finish("tokenizer", 5.0)
+  monkeypatch.setattr(d, "train_stage", lambda stage: None)
+
+  def killed_in_precompute():
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the handler raises between these bytecodes
+      time.sleep(0.01)
+    raise AssertionError("SIGTERM did not stop the stage")
+
+  monkeypatch.setattr(d, "precompute", killed_in_precompute)
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as stop:
+    d.run()
+  assert stop.value.code == 143
+  assert signal.getsignal(signal.SIGTERM) is before
+  assert set(demo.Demo(micro_config(), workdir).state["stopped_seconds"]) == {"precompute"}
+  assert "precompute] stopped by SIGTERM; rerun" in d.stream.getvalue()
+
+
 @pytest.mark.parametrize("module", [demo_cpu, demo_gpu])
 def test_demo_configs_link_the_stages(module, tmp_path):
   cfgs = demo.stage_configs(module.get_config(), str(tmp_path))

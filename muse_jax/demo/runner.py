@@ -5,8 +5,10 @@ samples and edits are in evaluate.py, metrics.json in report.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -30,6 +32,29 @@ from muse_jax.sampling.pipeline import Pipeline
 from muse_jax.training.loop import Trainer
 from muse_jax.training.registry import validate
 from muse_jax.workdir.checkpoints import latest_step
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def _terminate(signum, frame):
+  raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+  """SIGTERM raises SystemExit(143) in the main thread, so that `Demo.run` keeps the time of
+  the stage it stopped in (its default action would end the process at once). A training loop
+  puts its own handler in place while it runs (checkpoint, then stop) and restores this one."""
+  try:
+    prev = signal.signal(signal.SIGTERM, _terminate)
+  except ValueError:  # not the main thread: no signal handling
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, prev)
 
 
 class Demo:
@@ -78,15 +103,17 @@ class Demo:
     self._save_state()
     self._since_finish = time.perf_counter()
 
-  def _record_stopped(self) -> None:
+  def _record_stopped(self) -> str | None:
     """Keeps the time this run spent in the stage it stopped in (preempted, killed by a time
-    limit, failed), so that the stage's seconds count every run that worked on it."""
+    limit, failed), so that the stage's seconds count every run that worked on it. Returns
+    that stage."""
     stage = next((s for s in STEPS if s not in self.state["stages"]), None)
     if stage is None:
-      return
+      return None
     stopped = self.state.setdefault("stopped_seconds", {})
     stopped[stage] = round(stopped.get(stage, 0.0) + time.perf_counter() - self._since_finish, 2)
     self._save_state()
+    return stage
 
   def path(self, *parts) -> str:
     return os.path.join(self.workdir, *parts)
@@ -104,15 +131,18 @@ class Demo:
     self.log("tokenizer", f"workdir {self.workdir}; JAX {jax.__version__} on "
              f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
     try:
-      self.train_stage("tokenizer")
-      self.precompute()
-      self.write_eval_captions()
-      self.train_stage("base")
-      self.train_stage("sr")
-      self.samples()
-      self.edits()
-    except BaseException:
-      self._record_stopped()
+      with _sigterm_exits():
+        self.train_stage("tokenizer")
+        self.precompute()
+        self.write_eval_captions()
+        self.train_stage("base")
+        self.train_stage("sr")
+        self.samples()
+        self.edits()
+    except BaseException as e:
+      stage = self._record_stopped()
+      if isinstance(e, SystemExit) and e.code == EXIT_TERMINATED and stage:
+        self.log(stage, "stopped by SIGTERM; rerun the same command to resume")
       raise
     return self.report()
 
