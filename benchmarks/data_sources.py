@@ -5,7 +5,8 @@
 
 Prints examples/s for
   shapes      generating shapes examples (scene sampling + rendering) at each resolution
-  detector    reading shapes images back with the detector at each resolution
+  detector    scoring shapes images against their captions with the detector at each
+              resolution (`compositional.score_scenes`), on 1 and on --workers threads
   preprocess  decoding + RGB conversion + resize/crop to all resolutions of in-memory JPEGs
               (source size --source_size), on --workers threads
 Not a test: nothing is asserted.
@@ -24,8 +25,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muse_jax.data import preprocess
-from muse_jax.data.shapes import dataset as shapes  # pylint: disable=g-import-not-at-top
-from muse_jax.evaluation import detector  # pylint: disable=g-import-not-at-top
+from muse_jax.data.shapes import dataset as shapes, grammar  # noqa: E402
+from muse_jax.evaluation import compositional  # noqa: E402
 
 
 def _rate(fn, num: int) -> float:
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
   parser.add_argument("--num", type=int, default=200, help="examples per measurement")
   parser.add_argument("--resolutions", default="64,256,512",
                       help="comma-separated square sides")
-  parser.add_argument("--workers", type=int, default=2, help="preprocessing threads")
+  parser.add_argument("--workers", type=int, default=2, help="preprocessing and detector threads")
   parser.add_argument("--source_size", default="1024x768", help="WxH of the JPEGs to preprocess")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
@@ -65,9 +66,14 @@ def main(argv=None) -> None:
     rate = _rate(lambda i, r=res: shapes.generate(i, "train", args.seed, r), args.num)
     print(f"{'shapes':<12} {res:>10} {rate:12.1f}")
   for res in resolutions:
-    images = [shapes.generate(i, "train", args.seed, res).image for i in range(args.num)]
-    rate = _rate(lambda i, imgs=images: detector.read_scene(imgs[i]), args.num)
-    print(f"{'detector':<12} {res:>10} {rate:12.1f}")
+    examples = [shapes.generate(i, "train", args.seed, res) for i in range(args.num)]
+    images = [e.image for e in examples]
+    scenes = [grammar.parse_caption(e.caption) for e in examples]
+    for n in sorted({1, args.workers}):
+      start = time.perf_counter()
+      compositional.score_scenes(images, scenes, threads=n)
+      rate = args.num / (time.perf_counter() - start)
+      print(f"{'detector':<12} {res:>10} {rate:12.1f}   ({n} thread{'s' if n > 1 else ''})")
 
   w, h = (int(v) for v in args.source_size.split("x"))
   data = _jpegs(args.num, (w, h), args.seed)

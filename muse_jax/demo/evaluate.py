@@ -37,7 +37,7 @@ def evaluate_by_objects(images, captions) -> tuple[dict, dict]:
   if len(images) != len(captions) or not captions:
     raise ValueError(f"got {len(images)} images for {len(captions)} captions")
   scenes = [grammar.parse_caption(c) for c in captions]
-  rows = [detector.score_scene(np.asarray(im), sc) for im, sc in zip(images, scenes)]
+  rows = compositional.score_scenes(images, scenes)
 
   def mean(idx):
     out = {m: sum(bool(rows[i][m]) for i in idx) / len(idx) for m in compositional.METRICS}

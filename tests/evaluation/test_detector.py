@@ -106,3 +106,17 @@ def test_evaluate_rejects_bad_input():
     detector.detect_objects(ex.image / 255.0)
   report = compositional.format_report({"train": compositional.evaluate([ex.image], [ex.caption])})
   assert "100.0%" in report
+
+
+def test_threads_read_the_same_results_in_the_same_order():
+  """compositional.score_scenes on threads: each image's result, in the images' order, as the
+  serial loop gives it (wrong-caption pairs included, so the results differ per image)."""
+  examples = [shapes.generate(i, "train", 3, 64) for i in range(12)]
+  images = [e.image for e in examples]
+  scenes = [grammar.parse_caption(e.caption) for e in examples]
+  scenes = scenes[:6] + scenes[7:] + scenes[6:7]  # half the pairs wrong
+  serial = [detector.score_scene(im, sc) for im, sc in zip(images, scenes)]
+  assert len({r["overall"] for r in serial}) == 2
+  assert compositional.score_scenes(images, scenes, threads=4) == serial
+  assert compositional.score_scenes(iter(images), scenes, threads=3) == serial
+  assert compositional.score_scenes(images, scenes, threads=1) == serial
