@@ -9,6 +9,12 @@ MFU = analytic model FLOPs (6*N*tokens-style count of every matmul incl. attenti
 muse_jax/training/flops.py) / (step time x devices x peak). XLA's own FLOP count of the compiled
 step is printed beside it (it includes rematerialised recomputation).
 
+A demo stage, as `python -m muse_jax.demo` builds it from a demo config (synthetic batches of
+its shapes; no evaluation of samples):
+
+  python benchmarks/train_step.py --config=configs/demo_gpu.py --demo_stage=base \
+      [--config.base.model.hidden_size=768 --config.base.model.num_heads=12]
+
 Multi-process (one process per GPU): run it under launch/local.py, which adds the
 jax.distributed flags; process 0 prints. --result_json=FILE also writes the figures as JSON
 (benchmarks/scaling.py reads them).
@@ -28,6 +34,8 @@ config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config
 flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("result_json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_enum("demo_stage", None, ["base", "sr"],
+                  "--config is a demo config (configs/demo_*.py): time this stage of it.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -43,10 +51,15 @@ def main(_):
   from muse_jax.training.flops import peak_flops_per_device
   from muse_jax.training.loop import Trainer
 
-  cfg = FLAGS.config
-  cfg.train.tensorboard = False
-  cfg.train.eval_every = 0
   with tempfile.TemporaryDirectory() as tmp:
+    cfg = FLAGS.config
+    if FLAGS.demo_stage:
+      from muse_jax.demo.stage_configs import stage_configs
+      cfg = stage_configs(cfg, tmp)[FLAGS.demo_stage]
+      cfg.data.source = "synthetic"
+      cfg.eval.samples.every = 0
+    cfg.train.tensorboard = False
+    cfg.train.eval_every = 0
     t = Trainer(cfg, tmp)
     b = int(cfg.train.batch_size)
     state, batch = t.fresh_state_and_batch()
@@ -58,8 +71,8 @@ def main(_):
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
     for i in range(FLAGS.warmup):
-      state, m = compiled(state, batch, np.int32(i))
-    jax.block_until_ready(m)
+      state, _ = compiled(state, batch, np.int32(i))
+    jax.block_until_ready(state)  # also with --warmup=0
     t0 = time.perf_counter()
     for i in range(FLAGS.steps):
       state, m = compiled(state, batch, np.int32(FLAGS.warmup + i))

@@ -3,6 +3,7 @@ runs, so the scripts that measure the GPU figures of docs/performance.md (benchm
 attention.py, dispatch.py, evaluate.py) keep working and keep their table layout without a
 GPU."""
 import os
+import re
 import subprocess
 import sys
 
@@ -169,3 +170,19 @@ def test_input_reader_benchmark_prints_every_part(tmp_path):
       ["memory", "grain, 4 records"], ["memory", "grain, 4,000 records"]]
   assert float(rows[0][2].split()[0].replace(",", "")) > 0
   assert rows[5][2].startswith("position 2,000: ")
+
+
+def test_train_step_benchmark_times_a_demo_stage_as_the_demo_builds_it():
+  """--demo_stage: the stage config muse_jax.demo derives from a demo config (its codebook,
+  grids and text shapes filled in), with the demo config's own overrides applied."""
+  out = subprocess.run(
+      [sys.executable, "benchmarks/train_step.py", "--config=configs/demo_cpu.py",
+       "--demo_stage=sr", "--config.sr.train.batch_size=8", "--config.sr.model.num_layers=1",
+       "--steps=1", "--warmup=0"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1)
+              for line in out.stdout.split("== train_step\n", 1)[1].splitlines() if line)
+  assert rows["batch (global / per device)"].startswith("8 / ")
+  assert rows["attention / remat / scan"] == "xla / none / False"  # demo_cpu's SR model
+  assert float(rows["step time"].split()[0]) > 0
