@@ -1,13 +1,22 @@
-r"""The demo's sample evaluation re-run on a finished demo workdir, e.g. with FP8 projections.
+r"""The demo's sample evaluation re-run on a finished demo workdir, e.g. with FP8 projections,
+or with one stage trained anew.
 
   python benchmarks/sample_quality.py --config=configs/demo_cpu.py --workdir=demo_out \
       --out=/tmp/eval_fp8 --fp8
+  python benchmarks/sample_quality.py --config=variant.py --workdir=demo_gpu_out \
+      --out=/tmp/wide_base --retrain=base
 
 Links the trained stages of WORKDIR (tokenizer, precompute, base, sr) into OUT, then runs the
 demo's `samples` stage there (`muse_jax.demo.evaluate.run_samples`: the detector's accuracy on
-train-like and held-out captions, with and without CFG), with `model.fp8_matmuls` set on the
-base and SR stages when --fp8 is given (muse_jax/models/fp8.py). WORKDIR is only read. Compare
-with the same command without --fp8 (or with WORKDIR's own metrics.json).
+train-like and held-out captions, with and without CFG, and the validation captions' choices
+when --config has them), with `model.fp8_matmuls` set on the base and SR stages when --fp8 is
+given (muse_jax/models/fp8.py). --retrain=base (or sr, or base,sr) trains that stage in OUT
+with --config's settings instead of linking it, on WORKDIR's tokenizer and precompute: a
+variant of one stage, scored with the other as it was (the SR stage trains on the dataset's
+own low-res tokens, not on the base stage's samples, so either can change alone). --config
+must make the same tokenizer and precompute as WORKDIR's (its other stage settings may
+differ). WORKDIR is only read. Compare with the same command without --fp8 or --retrain (or
+with WORKDIR's own metrics.json).
 """
 import argparse
 import json
@@ -35,7 +44,12 @@ def main(argv=None):
   p = demo_parser(__doc__)
   p.add_argument("--out", required=True, help="a new directory for this evaluation")
   p.add_argument("--fp8", action="store_true", help="model.fp8_matmuls on base and SR")
+  p.add_argument("--retrain", default="", help="comma-separated stages (base, sr) to train "
+                 "in OUT with --config's settings instead of linking WORKDIR's")
   args = p.parse_args(argv)
+  retrain = [s.strip() for s in args.retrain.split(",") if s.strip()]
+  if any(s not in ("base", "sr") for s in retrain):
+    p.error(f"--retrain={args.retrain}: use base, sr or base,sr")
   from muse_jax.demo.evaluate import run_samples
   from muse_jax.demo.runner import Demo
   src, out = os.path.abspath(args.workdir), os.path.abspath(args.out)
@@ -46,11 +60,15 @@ def main(argv=None):
     raise SystemExit(f"{out} already holds an evaluation (demo_state.json); pick a new --out")
   os.makedirs(out, exist_ok=True)
   for name in LINKED:
-    if not os.path.exists(os.path.join(out, name)):
+    if name not in retrain and not os.path.exists(os.path.join(out, name)):
       os.symlink(os.path.join(src, name), os.path.join(out, name))
   config = runpy.run_path(args.config)["get_config"]()
   demo = Demo(config, out)
+  if retrain:
+    demo.write_eval_captions()  # the stages' evaluation during training reads them
   for name in ("base", "sr"):
+    if name in retrain:
+      demo.train_stage(name)
     with demo.cfgs[name].unlocked():
       demo.cfgs[name].model.fp8_matmuls = bool(args.fp8)
   run_samples(demo)

@@ -135,6 +135,7 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
   try:
     import demo_diagnosis
+    import sample_quality
   finally:
     sys.path.pop(0)
   printed = io.StringIO()
@@ -147,6 +148,33 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
                         "cascade"]
   cascade = saved["accuracy"]["train"]["cfg"]
   assert f"overall {100 * cascade['overall']:5.1f}%" in rows["cascade"]
+
+  # benchmarks/sample_quality.py --retrain=base: a variant base stage (two layers) trained in a
+  # new directory on the workdir's tokenizer and precompute, scored with its SR stage as it was.
+  variant = tmp_path / "variant.py"
+  variant.write_text(
+      "from tests.test_demo import micro_config\n\n\n"
+      "def get_config():\n"
+      "  c = micro_config()\n"
+      "  c.base.model.num_layers = 2\n"
+      "  c.base.eval.samples.every = 0\n"
+      "  c.eval.update(dict(validation_captions=0, guidance_sweep=(), temperature_sweep=(),\n"
+      "                     use_chosen_guidance=False, use_chosen_temperature=False))\n"
+      "  return c\n")
+  out_dir = tmp_path / "variant_out"
+  monkeypatch.setattr(sys, "stdout", io.StringIO())
+  sample_quality.main([f"--config={variant}", f"--workdir={workdir}", f"--out={out_dir}",
+                       "--retrain=base"])
+  monkeypatch.undo()
+  assert os.path.islink(out_dir / "sr") and os.path.islink(out_dir / "precompute")
+  assert not os.path.islink(out_dir / "base")
+  with open(out_dir / "demo_state.json") as f:
+    variant_state = json.load(f)["stages"]
+  with open(os.path.join(workdir, "demo_state.json")) as f:
+    source_state = json.load(f)["stages"]
+  assert variant_state["base"]["steps"] == 3
+  assert variant_state["base"]["config_sha"] != source_state["base"]["config_sha"]
+  assert variant_state["samples"]["heldout"]["cfg"]["num_examples"] == 2
 
 
 def test_a_stage_stopped_partway_counts_the_time_of_every_run(tmp_path, monkeypatch):
