@@ -91,8 +91,8 @@ def mismatch(recorded: dict, state: Any, data_state: dict) -> Optional[str]:
   if recorded.get("format") != FORMAT:
     return f"unknown integrity record format {recorded.get('format')!r}"
   now = summarize(state, data_state)
-  if not now["finite"]:
-    return "the restored state holds NaN or Inf"
+  # The checksums first: an array whose bytes changed is named, also when the change made it
+  # non-finite (a flipped exponent bit, a corrupted compressed block).
   want, got = recorded["checksums"], now["checksums"]
   if set(want) != set(got):
     extra = sorted(set(want) ^ set(got))
@@ -102,4 +102,6 @@ def mismatch(recorded: dict, state: Any, data_state: dict) -> Optional[str]:
       return f"checksum mismatch in {key} (its data changed after it was saved)"
   if recorded.get("data_sha256") not in (None, now["data_sha256"]):
     return "checksum mismatch in the input position (data item)"
+  if not now["finite"]:
+    return "the restored state holds NaN or Inf"
   return None
