@@ -1,6 +1,8 @@
 """Names shared by the demo's modules: its steps, files, splits and guidance modes, and the
 log's accuracy line."""
 
+from muse_jax.evaluation.compositional import METRICS
+
 # The demo's steps, in order: its training stages plus precompute, sampling, edits, report.
 STEPS = ("tokenizer", "precompute", "base", "sr", "samples", "edits", "report")
 STATE_FILE = "demo_state.json"
@@ -15,5 +17,5 @@ def grid_name(split: str, mode: str) -> str:
 
 
 def acc_line(r: dict) -> str:
-  return " ".join(f"{k} {100 * r[k]:.1f}%" for k in ("count", "colour", "shape", "position",
-                                                      "overall"))
+  """One log line of an accuracy dict: each attribute and `overall` in percent."""
+  return " ".join(f"{k} {100 * r[k]:.1f}%" for k in METRICS)
