@@ -86,21 +86,28 @@ def main(argv=None):
     env.setdefault("JAX_PLATFORMS", "cpu")
     extra = ["--cpu_collectives=gloo"]
   procs, pumps = [], []
-  signalled = []
+  signalled = []  # signals the launcher received, in order
+  forwarded = 0  # how many of them went to the processes
 
-  def forward(signum, frame):
-    signalled.append(signum)
-    for p in procs:
-      if p.poll() is None:
-        p.send_signal(signum)
+  def forward_pending():
+    nonlocal forwarded
+    while forwarded < len(signalled):
+      for p in procs:
+        if p.poll() is None:
+          p.send_signal(signalled[forwarded])
+      forwarded += 1
 
-  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  # The handler only records the signal and the polling loop below passes it on: sent from
+  # the handler, a signal that came while the processes were being started would miss the
+  # later ones, which would then run on and keep the launcher waiting.
+  previous = {s: signal.signal(s, lambda signum, frame: signalled.append(signum))
+              for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     for i in range(args.num_processes):
       full = [sys.executable, *cmd, f"--coordinator_address=localhost:{port}",
               f"--num_processes={args.num_processes}", f"--process_id={i}", *extra]
       # Own process group: a Ctrl-C in the terminal reaches the processes once, through
-      # `forward`, not twice (a second Ctrl-C means "stop without saving").
+      # the launcher, not twice (a second Ctrl-C means "stop without saving").
       env_i = dict(env)
       if args.gpus_per_process:
         k = args.gpus_per_process
@@ -112,6 +119,7 @@ def main(argv=None):
       procs.append(p)
     status = 0
     while [p.poll() for p in procs].count(None):  # polls every process
+      forward_pending()
       failed = [p for p in procs if p.returncode]  # in the order they were seen to fail
       if failed and not signalled:
         status = _status(failed[0].returncode)
