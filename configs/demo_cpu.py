@@ -149,13 +149,13 @@ def get_config():
                          temperature=0.25))
   c.sampling.editing.mask_free_iterations = 24
   c.eval = ml_collections.ConfigDict(dict(
-      num_captions=64,        # per split (train-like, held-out)
+      num_captions=256,       # per split: a rate's binomial standard error is at most 3.1 points
       batch_size=64,          # sampling batch
       caption_seed_offset=1,  # eval scenes: shapes seed = seed + this
       grid_images=32,         # images in samples_<split>.png
       grid_columns=8,
       rng_impl="",            # '' = JAX default PRNG
-      # Choosing guidance on a validation split (issue #18: the evaluation captions, held-out
+      # Choosing guidance on a validation split (the evaluation captions, held-out
       # ones above all, must not tune settings). validation_captions train-split scenes at
       # shapes seed + validation_seed_offset (neither training's scenes nor the evaluation
       # captions) score the config's guidance, none and each guidance_sweep entry, and the
