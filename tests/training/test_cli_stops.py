@@ -71,8 +71,15 @@ def test_orbax_save_errors_logged_by_asyncio_are_dropped_and_others_kept():
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
   wd = str(tmp_path)
   args = ["--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000"]
-  proc = subprocess.Popen(train_cmd(wd, *args), cwd=REPO, env=cli_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # As a terminal starts it, with Ctrl-C's default action, even where this test runs as a
+  # background job of a shell without job control: its children start with SIGINT ignored,
+  # which the trainer then keeps (as under nohup). A handler here is reset by exec.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen(train_cmd(wd, *args), cwd=REPO, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    signal.signal(signal.SIGINT, previous)
   wait_for_step(wd, 5, proc)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
