@@ -98,3 +98,15 @@ def test_each_process_gets_its_own_gpus_and_nvlink_multicast_stays_off():
                        capture_output=True, text=True, timeout=60)
   assert out.returncode == 0, out.stdout + out.stderr
   assert "[0] 3,5 0" in out.stdout and "[1] 6,7 0" in out.stdout, out.stdout
+
+
+def test_a_signal_while_processes_are_still_starting_reaches_every_one():
+  """The signal comes once the first of many processes is ready, while the launcher may still
+  be starting the others: every one must get it (each exits 130, whether its handler was
+  installed yet or not), and the launcher must not wait on one that never heard of it."""
+  proc = launch(",".join(["sleep"] * 16))
+  while not proc.stdout.readline().endswith("ready\n"):
+    pass
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 128 + signal.SIGINT, out
