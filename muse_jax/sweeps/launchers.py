@@ -48,10 +48,22 @@ def _run(cmd: list[str]) -> int:
   """Runs the trainer in its own session and passes SIGINT and SIGTERM on to it, so that a
   Ctrl-C reaches it once and it saves a checkpoint before exiting (subprocess.call would kill
   it on Ctrl-C instead). Returns its status (128 + N when signal N ended it)."""
-  proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
-  previous = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum))
-              for s in (signal.SIGINT, signal.SIGTERM)}
+  proc = None
+  early = []  # signals that came before the trainer was started: passed on once it is
+
+  def forward(signum, frame):
+    if proc is None:
+      early.append(signum)
+    else:
+      proc.send_signal(signum)
+
+  # Installed before the trainer starts: a Ctrl-C in between would otherwise end this process
+  # and leave the trainer, in its own session, running on.
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+    for signum in early:
+      proc.send_signal(signum)
     rc = proc.wait()
   finally:
     for s, handler in previous.items():
