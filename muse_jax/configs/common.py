@@ -32,6 +32,8 @@ def transformer_model(**overrides) -> ml_collections.ConfigDict:
       remat="none",          # none | full | dots | dots_no_batch
       scan_layers=True,
       fp8_matmuls=False,     # sampling only: e4m3 for the post-norm projections (models/fp8.py)
+      text_pos_embed=False,  # a learned position embedding added to the projected text (not
+                             #   in the paper; for text features that keep little word order)
   ))
   m.update(overrides)
   return m

@@ -45,7 +45,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from muse_jax.models import layers as L
-from muse_jax.models.transformer import ACT, BlockStack, TransformerConfig
+from muse_jax.models.transformer import (ACT, BlockStack, TransformerConfig, text_context,
+                                         text_pos_param)
 from muse_jax.parallel.sharding import constrain
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,6 +97,7 @@ class SuperResTransformer(nnx.Module):
                                     use_bias=True, **kw)
     self.context_norm = L.RMSNorm(d, **kw)
     self.null_context = L.param(rngs, emb_init, (d,), ("embed",), p.param_dtype)
+    self.text_pos_embed = text_pos_param(cfg, rngs, emb_init, p.param_dtype)
     # High-res masked decoder.
     self.token_embed = L.param(rngs, emb_init, (cfg.codebook_size + 1, d), ("vocab", "embed"),
                                p.param_dtype)
@@ -107,12 +109,7 @@ class SuperResTransformer(nnx.Module):
 
   def embed_text(self, text, text_len):
     """Projected text [B, S, D]; rows with text_len == 0 hold the null vector at position 0."""
-    ctx = self.context_norm(self.text_proj(text))
-    null = (text_len == 0)[:, None, None]
-    pos0 = (jnp.arange(ctx.shape[1]) == 0)[None, :, None]
-    ctx = jnp.where(null & pos0, self.null_context[...].astype(ctx.dtype), ctx)
-    ctx = jnp.where(null & ~pos0, 0, ctx)
-    return ctx, jnp.maximum(text_len, 1).astype(jnp.int32)
+    return text_context(self, text, text_len)
 
   def encode_lowres(self, tokens_lo, *, dropout_key=None):
     """Low-res tokens [B, T_lo] int32 -> encoded [B, T_lo, D] (compute dtype)."""

@@ -72,6 +72,7 @@ class TransformerConfig:
   remat: str = "none"
   scan_layers: bool = True
   fp8_matmuls: bool = False  # sampling only: muse_jax/models/fp8.py
+  text_pos_embed: bool = False  # a learned position embedding on the projected text
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | Any):
@@ -91,6 +92,37 @@ def unstack_layers(state, num_layers: int) -> tuple:
   pieces = jax.tree.map(split, state)
   return tuple(jax.tree.map(lambda parts, i=i: parts[i], pieces,
                             is_leaf=lambda v: isinstance(v, list)) for i in range(num_layers))
+
+
+def text_context(model, text, text_len):
+  """Projected text [B, S, D] and its valid length [B] (>= 1), for a model with `text_proj`,
+  `context_norm`, `null_context` and, if its config asks, `text_pos_embed` [text_length, D].
+
+  Rows with text_len == 0 (the null condition) hold the null vector at position 0 and zeros
+  elsewhere. The position embedding is added after the norm, to the text rows only.
+  """
+  ctx = model.context_norm(model.text_proj(text))
+  if getattr(model, "text_pos_embed", None) is not None:
+    ctx = ctx + model.text_pos_embed[...][:ctx.shape[1]].astype(ctx.dtype)[None]
+  null = (text_len == 0)[:, None, None]
+  pos0 = (jnp.arange(ctx.shape[1]) == 0)[None, :, None]
+  ctx = jnp.where(null & pos0, model.null_context[...].astype(ctx.dtype), ctx)
+  ctx = jnp.where(null & ~pos0, 0, ctx)
+  return ctx, jnp.maximum(text_len, 1).astype(jnp.int32)
+
+
+def text_pos_param(cfg, rngs, init, param_dtype):
+  """The `text_pos_embed` parameter [text_length, D] if `cfg.text_pos_embed`, else None.
+
+  The frozen T5 features carry word order only through their attention mixing; a random
+  encoder's mixing is near-uniform, so captions that differ only in which colour goes with
+  which shape give nearly the same set of features. A learned position per text slot lets the
+  cross-attention bind neighbouring words (docs/demo.md).
+  """
+  if not cfg.text_pos_embed:
+    return None
+  return L.param(rngs, init, (int(cfg.text_length), int(cfg.hidden_size)), (None, "embed"),
+                 param_dtype)
 
 
 def _dropout(x, rate, key):
@@ -234,6 +266,7 @@ class MaskedTransformer(nnx.Module):
                                     use_bias=True, rngs=rngs, precision=p)
     self.context_norm = L.RMSNorm(d, rngs=rngs, precision=p)
     self.null_context = L.param(rngs, emb_init, (d,), ("embed",), p.param_dtype)
+    self.text_pos_embed = text_pos_param(cfg, rngs, emb_init, p.param_dtype)
     self.stack = BlockStack(cfg, rngs=rngs, precision=p)
     self.final_norm = L.RMSNorm(d, rngs=rngs, precision=p)
     self.head = L.DenseGeneral((d,), (cfg.codebook_size,), in_axes=("embed",),
@@ -241,13 +274,7 @@ class MaskedTransformer(nnx.Module):
 
   def embed_context(self, text, text_len):
     """Project text to model width; rows with text_len == 0 become the null context."""
-    ctx = self.context_norm(self.text_proj(text))
-    null = (text_len == 0)
-    pos0 = (jnp.arange(ctx.shape[1]) == 0)[None, :, None]
-    null_vec = self.null_context[...].astype(ctx.dtype)
-    ctx = jnp.where(null[:, None, None] & pos0, null_vec, ctx)
-    ctx = jnp.where(null[:, None, None] & ~pos0, 0, ctx)
-    ctx_len = jnp.maximum(text_len, 1).astype(jnp.int32)
+    ctx, ctx_len = text_context(self, text, text_len)
     return constrain(ctx, ACT), ctx_len
 
   def encode_context(self, text, text_len):

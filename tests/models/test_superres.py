@@ -226,3 +226,19 @@ def test_lowres_skip_adds_the_covering_low_res_token_to_each_input(tiny):
     model.decode(tokens, None, ctx_len, cache=cache)
   with pytest.raises(ValueError, match="multiple of lowres_grid_size"):
     build(lowres_skip=True, grid_size=6, lowres_grid_size=4)
+
+
+def test_text_position_embedding_is_added_to_the_text_rows_only():
+  c, fm = build(text_pos_embed=True)
+  params = random_params(fm, seed=3)
+  off = {k: v for k, v in params.items() if k != "text_pos_embed"}
+  _, fm_off = build()
+  tokens, tokens_lo, text, text_len = inputs(c)
+  on, on_len = forward(fm, "encode_context")(params, tokens_lo, text, text_len)
+  ref, ref_len = forward(fm_off, "encode_context")(off, tokens_lo, text, text_len)
+  t_lo = c.model.lowres_grid_size ** 2
+  np.testing.assert_array_equal(on_len, ref_len)
+  np.testing.assert_allclose(on[:, :t_lo], ref[:, :t_lo], atol=1e-6)
+  # row 0 has all its text valid; row 2 is the null condition, untouched
+  np.testing.assert_allclose(on[0, t_lo:], ref[0, t_lo:] + params["text_pos_embed"], atol=1e-5)
+  np.testing.assert_allclose(on[2], ref[2], atol=1e-6)

@@ -167,3 +167,30 @@ def test_unstacked_layers_and_their_gradient_equal_indexing():
     np.testing.assert_array_equal(layer["b"]["v"], state["b"]["v"][i])
   g_split, g_index = (jax.grad(loss)(state, s) for s in (True, False))
   jax.tree.map(np.testing.assert_array_equal, g_split, g_index)
+
+
+@pytest.mark.parametrize("text_pos_embed", [False, True])
+def test_text_position_embedding_makes_word_order_matter(text_pos_embed):
+  # The cross-attention has no positions of its own: without the option, reversing the valid
+  # text rows gives the same logits; with it, different ones. The null condition stays the
+  # learned null vector alone either way.
+  c, fm, params = build(text_pos_embed=text_pos_embed)
+  assert ("text_pos_embed" in params) == text_pos_embed
+  if text_pos_embed:
+    assert params["text_pos_embed"].shape == (c.model.text_length, c.model.hidden_size)
+    params = {**params, "text_pos_embed": jax.random.normal(
+        jax.random.key(5), params["text_pos_embed"].shape)}
+  tokens, text, _ = inputs(c, b=1)
+  n = 5
+  text = text.at[:, n:].set(0)
+  reversed_text = text.at[:, :n].set(text[:, :n][:, ::-1])
+  text_len = jnp.array([n], jnp.int32)
+  model = fm.bind(params)
+  a = model(tokens, text, text_len)
+  b = model(tokens, reversed_text, text_len)
+  assert (float(jnp.abs(a - b).max()) > 1e-2) == text_pos_embed
+  if not text_pos_embed:
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  ctx, ctx_len = model.encode_context(text, jnp.array([0], jnp.int32))
+  np.testing.assert_allclose(ctx[0, 0], params["null_context"], atol=1e-6)
+  assert int(ctx_len[0]) == 1 and float(jnp.abs(ctx[0, 1:]).max()) == 0.0
