@@ -186,3 +186,19 @@ def test_train_step_benchmark_times_a_demo_stage_as_the_demo_builds_it():
   assert rows["batch (global / per device)"].startswith("8 / ")
   assert rows["attention / remat / scan"] == "xla / none / False"  # demo_cpu's SR model
   assert float(rows["step time"].split()[0]) > 0
+
+
+def test_text_order_benchmark_swaps_the_colours_and_prints_the_ratio():
+  sys.path.insert(0, ROOT)
+  from benchmarks.text_order import swapped_pairs
+  from muse_jax.data.shapes import grammar
+  for a, b in swapped_pairs(8, 0, dict(max_count=4, two_group_prob=0.5, object_scale=1.0)):
+    ga, gb = grammar.parse_caption(a).groups, grammar.parse_caption(b).groups
+    assert a != b and [g.shape for g in ga] == [g.shape for g in gb]
+    assert [g.colour for g in ga] == [g.colour for g in gb][::-1], (a, b)
+  out = subprocess.run(
+      [sys.executable, "benchmarks/text_order.py", "--config=configs/demo_cpu.py", "--num=16"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  ratio = next(l for l in out.stdout.splitlines() if l.startswith("ratio")).split()[1:]
+  assert all(0 < float(v) < 1 for v in ratio), out.stdout
