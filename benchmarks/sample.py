@@ -4,7 +4,8 @@ r"""Sampling latency and images/s of the Muse cascade, with random weights.
   python benchmarks/sample.py --rows=amused   # the aMUSEd-size row only
   python benchmarks/sample.py --tiny          # tiny models: a CPU smoke run in seconds
 
-Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond):
+Rows (classifier-free guidance on: every step is ONE forward on 2B rows, cond + uncond;
+--sr_guidance=0 samples the SR stage without it, one forward on B rows per step):
   base256_b{1,16}     base_632m, 16x16 tokens, 24 steps, then f16 VQ decode to 256 px
   cascade512_b{1,16}  base_632m 24 steps -> sr_268m 8 steps (64x64) -> f8 VQ decode to 512 px
   amused, amused_b16  aMUSEd's size (hidden 1024, 35 layers, 16 heads, MLP 4096, 768-d text
@@ -64,6 +65,9 @@ def parse_args(argv=None):
   p.add_argument("--fp8", action="store_true",
                  help="model.fp8_matmuls: e4m3 post-norm projections (muse_jax/models/fp8.py)")
   p.add_argument("--guidance", type=float, default=4.0, help="CFG scale t (0 = no CFG)")
+  p.add_argument("--sr_guidance", type=float, default=None,
+                 help="the SR stage's CFG scale (default: --guidance; 0 = one forward of B "
+                      "rows per SR step instead of 2B)")
   p.add_argument("--rng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),
                  help="PRNG implementation of the sampling keys")
   p.add_argument("--param_dtype", default="bfloat16", choices=("bfloat16", "float32"))
@@ -240,6 +244,10 @@ def device_rates(device):
   return peak_flops_per_device(device), bw
 
 
+def sr_guidance(args) -> float:
+  return args.guidance if args.sr_guidance is None else args.sr_guidance
+
+
 def forward_flops(cfg, sr: bool) -> float:
   """Model FLOPs of one forward of one example in the sampling loop (context excluded)."""
   from muse_jax.training.flops import block_forward_flops
@@ -311,7 +319,8 @@ def run_row(spec: RowSpec, args):
     hi_start = jnp.full((b, t_hi), int(sm.codebook_size), jnp.int32)
     hi_mask = jnp.ones((b, t_hi), bool)
     sr_fn = functools.partial(sample_stage, sr_def, "sr", "decode",
-                              dict(opts, num_steps=spec.sr_steps), int(sm.codebook_size))
+                              dict(opts, num_steps=spec.sr_steps,
+                                   guidance_scale=sr_guidance(args)), int(sm.codebook_size))
     last_grid = sm.grid_size
   else:
     last_grid = bm.grid_size
@@ -361,7 +370,7 @@ def run_row(spec: RowSpec, args):
                                          if spec.sr is not None else
                                          (base_def, base_params, spec.base, False))
   m = fwd_cfg.model
-  use_cfg = args.guidance != 0
+  use_cfg = (sr_guidance(args) if is_sr else args.guidance) != 0
   rows = 2 * b if use_cfg else b
   steps = spec.sr_steps if is_sr else spec.base_steps
 
@@ -472,6 +481,7 @@ def main(argv=None):
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
   print(f"device: {device}; attention={args.attention} scan={args.scan} "
         f"param_dtype={args.param_dtype} fp8={args.fp8} guidance={args.guidance} "
+        f"sr_guidance={sr_guidance(args)} "
         f"rng={args.rng} xla options={compiler_options(args)}", flush=True)
   rows, base_loops = [], {}
   for spec in specs:

@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("rows,flags", [(("cascade512_b1", "amused"), []),
+@pytest.mark.parametrize("rows,flags", [(("cascade512_b1", "amused"), ["--sr_guidance=0"]),
                                         (("amused",), ["--fp8"])])
 def test_sample_benchmark_prints_a_row_per_requested_configuration(rows, flags):
   out = subprocess.run(
@@ -20,7 +20,9 @@ def test_sample_benchmark_prints_a_row_per_requested_configuration(rows, flags):
        "--runs=1", "--warmup=0"] + flags,
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert f"fp8={bool(flags)}" in out.stdout.splitlines()[0]
+  header = out.stdout.splitlines()[0]
+  assert f"fp8={'--fp8' in flags}" in header
+  assert f"sr_guidance={0.0 if '--sr_guidance=0' in flags else 4.0}" in header
   table = out.stdout.rsplit("\ndevice:", 1)[-1].splitlines()
   header = table[1].split()
   assert header[:3] == ["row", "batch", "px"]
