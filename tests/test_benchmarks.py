@@ -66,7 +66,7 @@ def _row(profile=None):
 
 def test_limit_names_the_profiles_largest_share_of_a_slow_forward():
   sys.path.insert(0, ROOT)
-  from benchmarks.sample import name_limit
+  from benchmarks.sample_report import name_limit
   assert name_limit(_row()) == "forward above floors (77%)"
   # A profile where matmuls take most of the call and no time is idle: the limit names small
   # matmuls. Then one where most of the call is idle: it names the kernel launches.
