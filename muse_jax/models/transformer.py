@@ -102,7 +102,7 @@ def text_context(model, text, text_len):
   elsewhere. The position embedding is added after the norm, to the text rows only.
   """
   ctx = model.context_norm(model.text_proj(text))
-  if getattr(model, "text_pos_embed", None) is not None:
+  if model.text_pos_embed is not None:
     ctx = ctx + model.text_pos_embed[...][:ctx.shape[1]].astype(ctx.dtype)[None]
   null = (text_len == 0)[:, None, None]
   pos0 = (jnp.arange(ctx.shape[1]) == 0)[None, :, None]
