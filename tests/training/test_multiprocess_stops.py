@@ -1,13 +1,13 @@
 """Stops of a two-process run (2 processes x 4 CPU devices over gloo, the tiny config).
 
 A SIGTERM to one process only must stop both at the same step, with one complete checkpoint,
-and the run resumed after five such stops must equal an uninterrupted run bit for bit. A
+and the run resumed after three such stops must equal an uninterrupted run bit for bit. A
 process killed with SIGKILL must make the other exit instead of hanging in a collective:
 JAX's heartbeat ends it (status 134, SIGABRT) within the heartbeat timeout.
 
 Each run is two fresh processes, and starting one (imports, jax.distributed, compiling the
-tiny step) costs most of the time: the stop test starts 7 runs (5 stopped, the resume to the
-end, the uninterrupted reference) and the SIGKILL test 1: together about eight times the
+tiny step) costs most of the time: the stop test starts 5 runs (3 stopped, the resume to the
+end, the uninterrupted reference) and the SIGKILL test 1: together about six times the
 existing two-process test. The signal times are drawn from a seeded generator, so a failure
 reproduces.
 """
@@ -122,7 +122,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_p
   rng = random.Random(23)
   stopped, ref = str(tmp_path / "stopped"), str(tmp_path / "ref")
   saved = []
-  for _ in range(5):
+  for _ in range(3):
     start_step = last_step(stopped)
     procs = start(stopped, logs)
     wait_for(stopped, start_step + rng.randint(1, 4), procs)
