@@ -1,5 +1,8 @@
-"""Test set-up: 8 fake CPU devices, set before JAX is imported anywhere."""
+"""Test set-up: 8 fake CPU devices, set before JAX is imported anywhere, and one persistent
+compilation cache for the whole run."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -7,6 +10,20 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests compile the same tiny steps again: in other test modules (new jitted functions,
+# the same programs) and in the CLI subprocesses they start, which inherit this environment
+# (as do the xdist workers, from the process that sets it first). A fresh directory per run,
+# removed at its end, so no run reads another's entries.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="muse_jax_tests_jit_")
+  _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
+else:
+  _OWN_CACHE = None
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
