@@ -14,11 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # the same programs) and in the CLI subprocesses they start, which inherit this environment
 # (as do the xdist workers, from the process that sets it first). A fresh directory per run,
 # removed at its end, so no run reads another's entries.
+_OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="muse_jax_tests_jit_")
-  _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
-else:
-  _OWN_CACHE = None
+  _OWN_CACHE = tempfile.mkdtemp(prefix="muse_jax_tests_jit_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 
 
 def pytest_unconfigure(config):

@@ -22,7 +22,7 @@ from muse_jax.evaluation import compositional, inputs, runner, scorers
 from muse_jax.evaluation import fid as F
 from tests.evaluation.helpers import shapes_captions, write_inception, write_tiny_clip
 from tests.sampling.test_pipeline import make_tiny_run, spiece  # noqa: F401 (fixture)
-from tests.training.helpers import REPO, cli_env
+from tests.training.helpers import CACHE_EVERY_COMPILE, REPO, cli_env
 from tests.training.test_multiprocess_stops import free_port
 
 N, BATCH, CHUNK = 10, 4, 4   # three chunks: 4, 4 and 2 images (a padded last batch)
@@ -62,9 +62,7 @@ def start_two_processes(f, out, log):
   resumed processes read what the killed ones compiled from a persistent compilation cache."""
   port = free_port()
   env = cli_env(4)
-  env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log), "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  env.update(CACHE_EVERY_COMPILE)
   procs = []
   for i in range(2):
     cmd = evaluate_cmd(f, out, f"--coordinator_address=localhost:{port}", "--num_processes=2",

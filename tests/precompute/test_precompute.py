@@ -19,6 +19,7 @@ from configs import shapes_precompute
 from muse_jax.data import input_pipeline, records
 from muse_jax.data.shapes import dataset as shapes
 from muse_jax.precompute import run as precompute
+from tests.training.helpers import CACHE_EVERY_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 60 train examples in shards of 16 raw records (the last one 12), batches of 8; 16 heldout.
@@ -45,19 +46,13 @@ def _flags(**extra):
   return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A JAX compilation cache shared by this module's subprocesses (each would otherwise
-  compile the same random-init and model ops again)."""
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def _env(devices, cache):
+def _env(devices):
+  """The subprocesses compile the same random-init and model ops: they share the run's
+  compilation cache (tests/conftest.py)."""
   env = dict(os.environ)
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
-             TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+             TF_CPP_MIN_LOG_LEVEL="3", **CACHE_EVERY_COMPILE)
   return env
 
 
@@ -147,11 +142,10 @@ def test_output_records_manifest_and_progress(reference, models):
   assert "precompute train: 60 written of 60 seen" in log
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(reference, models, tmp_path,
-                                                          compile_cache):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(reference, models, tmp_path):
   ref_dir, ref_manifest, _ = reference
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(_cmd(workdir, *_flags()), cwd=REPO, env=_env(8, compile_cache),
+  proc = subprocess.Popen(_cmd(workdir, *_flags()), cwd=REPO, env=_env(8),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   first = os.path.join(workdir, "index", "train-00000-00000.json")
   deadline = time.time() + 240
@@ -211,7 +205,7 @@ def test_rerun_recomputes_finished_shards_that_changed_on_disk(reference, models
       "recomputing it"]
 
 
-def test_two_processes_write_disjoint_complete_outputs(reference, tmp_path, compile_cache):
+def test_two_processes_write_disjoint_complete_outputs(reference, tmp_path):
   ref_dir, ref_manifest, _ = reference
   workdir = tmp_path / "two"
   with socket.socket() as s:
@@ -226,7 +220,7 @@ def test_two_processes_write_disjoint_complete_outputs(reference, tmp_path, comp
   procs = [subprocess.Popen(
       _cmd(workdir, *flags, f"--coordinator_address=localhost:{port}", "--num_processes=2",
            f"--process_id={i}", "--cpu_collectives=gloo"),
-      cwd=REPO, env=_env(4, compile_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
       for i in range(2)]
   outs = [p.communicate(timeout=300)[0].decode() for p in procs]
   for p, out in zip(procs, outs):

@@ -17,7 +17,7 @@ from muse_jax.sampling import bundle, loading
 from muse_jax.sampling.pipeline import Pipeline
 from muse_jax.weights.safetensors_io import WeightsError
 from tests.sampling.test_pipeline import flat, make_tiny_run, spiece  # noqa: F401 (fixture)
-from tests.training.helpers import REPO, cli_env
+from tests.training.helpers import CACHE_EVERY_COMPILE, REPO, cli_env
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,7 @@ def test_the_cli_samples_from_workdirs_and_from_their_bundle_alike(chained_run, 
   second reads the first's compiled functions from a shared JAX cache (the same programs)."""
   root, _ = chained_run
   env = cli_env(1)
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  env.update(CACHE_EVERY_COMPILE)
   common = [sys.executable, "-m", "muse_jax.sample", "--prompt=a red cube", "--steps=2",
             "--sr_steps=2"]
 

@@ -11,6 +11,11 @@ import numpy as np
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Subprocess environment: write every compiled program to the run's compilation cache
+# (tests/conftest.py), however small or quick to compile, so that the next process that
+# compiles the same program reads it instead.
+CACHE_EVERY_COMPILE = dict(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
 def tiny_config(**train):

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from muse_jax.training.loop import Trainer, read_metrics
-from tests.training.helpers import REPO, cli_env, flat, tiny_config, train_cmd
+from tests.training.helpers import (CACHE_EVERY_COMPILE, REPO, cli_env, flat, tiny_config,
+                                    train_cmd)
 
 CHECK_EVERY = 3
 STEPS = 40
@@ -51,10 +52,8 @@ def free_port() -> int:
 def start(workdir, logs, *extra, heartbeat=None):
   """Two processes of one run; each writes stdout+stderr to logs/<run>.<i>.log."""
   env = cli_env(devices=4)
-  # Every run compiles the same step: after the first, the processes read it from this cache.
-  env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(logs, "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  # Every run compiles the same step: after the first, the processes read it from the cache.
+  env.update(CACHE_EVERY_COMPILE)
   port, run = free_port(), sum(f.endswith(".0.log") for f in os.listdir(logs))
   procs = []
   for i in range(2):
