@@ -17,7 +17,9 @@ the main process can still save and stop on its own terms.
 Shutdown: `close()` stops the workers (those busy with work nobody will read end at their
 reply); an unclosed pool is closed when it is garbage-collected or at interpreter exit.
 Workers ignore SIGINT, so a Ctrl-C reaches only the main process, which shuts them down on its
-way out, and each worker exits as soon as the main process is gone (even after a SIGKILL).
+way out, and each worker exits as soon as the main process is gone (even after a SIGKILL). They
+start with SIGINT blocked and ignore it before unblocking it: a Ctrl-C while a worker still
+starts Python and imports the main module would otherwise print its KeyboardInterrupt too.
 
 A program that uses a pool must start from an `if __name__ == "__main__":` guard, as the
 muse_jax entry points do: a spawned worker imports the main module (unless it is a package's
@@ -38,6 +40,7 @@ import threading
 import traceback
 import weakref
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker
 
 
 def warn_workers_lost(what: str) -> None:
@@ -47,7 +50,8 @@ def warn_workers_lost(what: str) -> None:
 
 def _serve(tasks, results) -> None:
   """A worker: run (fn, args) from `tasks`, reply (ok, value or exception) on `results`."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a Ctrl-C held back since the start
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
   parent = multiprocessing.parent_process()
   threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
   while True:
@@ -95,7 +99,14 @@ class _Worker:
     child_results, self.results = ctx.Pipe(duplex=False)[::-1]
     self.process = ctx.Process(target=_serve, args=(child_tasks, child_results), daemon=True,
                                name="muse_jax-worker")
-    self.process.start()
+    # The child inherits this thread's signal mask through the exec. Starting multiprocessing's
+    # resource tracker (the first spawn does) unblocks SIGINT in this thread: it starts first.
+    resource_tracker.ensure_running()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+      self.process.start()
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, held)
     child_tasks.close()
     child_results.close()
     self.pending: collections.deque[Task] = collections.deque()  # sent, reply not read

@@ -114,18 +114,33 @@ def test_a_workers_error_is_raised_in_the_main_process():
 
 
 _CHILD = textwrap.dedent("""
-    import os, multiprocessing, signal, sys
+    import os, multiprocessing, signal, sys, time
     from muse_jax.data.images import ImageSource
+    from muse_jax.data.workers import ProcessPool
+    if __name__ == "__mp_main__" and os.environ.get("STARTED_DIR"):
+      # A spawned worker imports this script before it serves, as it would a training script
+      # that imports JAX at its top: half a second there, after saying so.
+      open(os.path.join(os.environ["STARTED_DIR"], str(os.getpid())), "w").close()
+      time.sleep(0.5)
     if __name__ == "__main__":
       # A terminal's Ctrl-C, even where this test runs with SIGINT ignored (a background job).
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      source = ImageSource("shapes", 32, seed=0, split="train", global_batch=2, num_workers=2)
-      next(source)
+      starting = sys.argv[1] == "interrupt_starting"
+      if starting:  # the pids once both workers are in that half second
+        os.environ["STARTED_DIR"] = sys.argv[2]
+        pool = ProcessPool(2)
+        tasks = [pool.submit(time.sleep, 0) for _ in range(2)]
+        while len(os.listdir(sys.argv[2])) < 2:
+          time.sleep(0.01)
+      else:
+        source = ImageSource("shapes", 32, seed=0, split="train", global_batch=2,
+                             num_workers=2)
+        next(source)
       print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
       if sys.argv[1] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
       while True:
-        next(source)
+        time.sleep(0.01) if starting else next(source)
 """)
 
 
@@ -138,19 +153,23 @@ def _alive(pid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("how", ["kill", "interrupt"])
-def test_no_worker_outlives_its_main_process(how):
-  """A main process killed outright or stopped by Ctrl-C leaves no drawing process behind."""
-  proc = subprocess.Popen([sys.executable, "-c", _CHILD, how], cwd=ROOT, text=True,
+@pytest.mark.parametrize("how", ["kill", "interrupt", "interrupt_starting"])
+def test_no_worker_outlives_its_main_process(how, tmp_path):
+  """A main process killed outright or stopped by Ctrl-C leaves no drawing process behind, and
+  a Ctrl-C prints the main process's traceback alone, also while its workers start."""
+  script, started = tmp_path / "child.py", tmp_path / "started"
+  script.write_text(_CHILD)
+  started.mkdir()
+  proc = subprocess.Popen([sys.executable, str(script), how, str(started)], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           start_new_session=True)
   try:
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2
-    if how == "interrupt":
+    if how != "kill":
       os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole group
     _, err = proc.communicate(timeout=30)  # a live orphan would hold the pipes open
-    if how == "interrupt":
+    if how != "kill":
       # Python ends on an uncaught KeyboardInterrupt by SIGINT; the workers print nothing.
       assert proc.returncode == -signal.SIGINT, err
       assert err.count("Traceback") == 1 and "KeyboardInterrupt" in err, err
