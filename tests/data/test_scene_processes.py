@@ -129,7 +129,8 @@ _CHILD = textwrap.dedent("""
       if starting:  # the pids once both workers are in that half second
         os.environ["STARTED_DIR"] = sys.argv[2]
         pool = ProcessPool(2)
-        tasks = [pool.submit(time.sleep, 0) for _ in range(2)]
+        for _ in range(2):
+          pool.submit(time.sleep, 0)
         while len(os.listdir(sys.argv[2])) < 2:
           time.sleep(0.01)
       else:
@@ -139,8 +140,10 @@ _CHILD = textwrap.dedent("""
       print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
       if sys.argv[1] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+      while starting:
+        time.sleep(0.01)
       while True:
-        time.sleep(0.01) if starting else next(source)
+        next(source)
 """)
 
 

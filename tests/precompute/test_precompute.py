@@ -19,7 +19,7 @@ from configs import shapes_precompute
 from muse_jax.data import input_pipeline, records
 from muse_jax.data.shapes import dataset as shapes
 from muse_jax.precompute import run as precompute
-from tests.training.helpers import CACHE_EVERY_COMPILE
+from tests.training.helpers import CACHE_EVERY_COMPILE, cli_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 60 train examples in shards of 16 raw records (the last one 12), batches of 8; 16 heldout.
@@ -49,11 +49,7 @@ def _flags(**extra):
 def _env(devices):
   """The subprocesses compile the same random-init and model ops: they share the run's
   compilation cache (tests/conftest.py)."""
-  env = dict(os.environ)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
-             TF_CPP_MIN_LOG_LEVEL="3", **CACHE_EVERY_COMPILE)
-  return env
+  return {**cli_env(devices), **CACHE_EVERY_COMPILE}
 
 
 def _cmd(workdir, *flags):
