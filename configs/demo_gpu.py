@@ -5,8 +5,8 @@ COMMAND: python -m muse_jax.demo --config=configs/demo_gpu.py --workdir=demo_gpu
 Same stages and outputs as configs/demo_cpu.py (samples_train.png, samples_heldout.png,
 inpaint.png, outpaint.png, maskfree.png, metrics.json) at the same resolutions (64px SR output,
 32px base), with a wider tokenizer, larger transformers trained for longer in
-bfloat16 with fused attention where cuDNN takes it (`attention=auto`), 64x the precompute data
-(262,144 training scenes), 1024 evaluation captions per split and 256 validation captions to
+bfloat16 with fused attention where cuDNN takes it (`attention=auto`), 96x the precompute data
+(393,216 training scenes), 1024 evaluation captions per split and 256 validation captions to
 choose guidance and temperature on (docs/demo.md#choosing-guidance). Needs no TensorFlow:
 precompute writes its records without it and training reads them with the numpy reader. Its
 time and results per attribute and per object count, with and without guidance, and each
@@ -45,7 +45,7 @@ def get_config():
   # demo_cpu's one group of at most two.
   # Objects at their default size (demo_cpu draws them 1.5x): the tokenizer's reconstructions
   # of these 64 px scenes read right on every attribute, and eight objects fit the canvas.
-  p.data.shapes.update(dict(num_train=262144, num_heldout=1024, max_count=4,
+  p.data.shapes.update(dict(num_train=393216, num_heldout=1024, max_count=4,
                             two_group_prob=0.5, object_scale=1.0))
   p.data.num_workers = 8
   # The scenes themselves on 12 spawned processes (the same records): the preprocessing
@@ -62,13 +62,13 @@ def get_config():
                            mlp_dim=2048, dtype="bfloat16", attention="auto",
                            text_pos_embed=True))
   c.base.optimizer.update(dict(learning_rate=1e-3, warmup_steps=200))
-  # About 10 passes over the scenes: the eval loss still falls at the end.
-  c.base.train.update(dict(batch_size=256, num_steps=10000, log_every=100, eval_every=1000,
+  # About 8.5 passes over the scenes: the eval loss still falls at the end.
+  c.base.train.update(dict(batch_size=256, num_steps=13000, log_every=100, eval_every=1000,
                            eval_batches=4))
   c.base.checkpoint.update(dict(every_steps=1000))
   # Accuracy curves: 256 captions per split twice per stage; each evaluation decodes and scores
   # its samples on the host while the GPU waits, so more would cost the demo's time limit.
-  c.base.eval.samples.update(dict(every=5000, num=256, batch_size=256))
+  c.base.eval.samples.update(dict(every=6500, num=256, batch_size=256))
 
   # lowres_skip as in demo_cpu (inherited; stated here). It raises the held-out captions' fully
   # right rate, most at guidance 3 (docs/demo.md compares runs with and without it).
@@ -76,25 +76,27 @@ def get_config():
                          head_dim=64, mlp_dim=1024, dtype="bfloat16", attention="auto",
                          lowres_skip=True, text_pos_embed=True))
   c.sr.optimizer.update(dict(learning_rate=1e-3, warmup_steps=200))
-  c.sr.train.update(dict(batch_size=128, num_steps=8000, log_every=100, eval_every=1000,
+  c.sr.train.update(dict(batch_size=128, num_steps=11000, log_every=100, eval_every=1000,
                          eval_batches=4))
   c.sr.checkpoint.update(dict(every_steps=1000))
-  c.sr.eval.samples.update(dict(every=4000, num=256, batch_size=256))
+  c.sr.eval.samples.update(dict(every=5500, num=256, batch_size=256))
 
-  # Guidance 1.0 for both stages: light guidance (0.5-1) scored best in earlier guidance sweeps
-  # (0.5, 1, 2, 3, 3/0, 0/3; docs/demo.md) and 3 worst (stray fragments break counting).
-  c.sampling.update(dict(base_steps=16, sr_steps=8, guidance_scale=1.0, sr_guidance_scale=1.0,
-                         temperature=1.0))
+  # Guidance 0.5 on both stages and temperature 0.25: the settings that 256 validation captions
+  # chose for this config's stages with 262,144 scenes and 10,000 / 8000 steps (docs/demo.md);
+  # they are the tie-breakers of the sweeps below, and the guidance sweep is scored at this
+  # temperature.
+  c.sampling.update(dict(base_steps=16, sr_steps=8, guidance_scale=0.5, sr_guidance_scale=0.5,
+                         temperature=0.25))
   c.sampling.editing.mask_free_iterations = 50
   # 1024 captions per split: a rate's binomial standard error is at most 1.6 points.
-  # The evaluation samples at the guidance and then the temperature that scored best on 256
+  # The evaluation samples at the guidance and then the temperature that score best on 256
   # validation captions (train-split scenes of their own; docs/demo.md#choosing-guidance):
-  # guidance 1.0, none, 0.5 and 2.0, then temperatures 1, 0.5 and 0.25 (0.25 scored best on
-  # another run's stages; docs/experiments.md), so no setting of the evaluation rows is chosen
-  # on the evaluation captions. Each entry compiles the samplers once more and samples the
-  # validation captions once more.
+  # guidance 0.5, none, 1.0, 0.25 and 0.5 with an unguided SR stage (half the SR stage's rows:
+  # its speed is in docs/performance.md), then temperatures 0.25, 0.5 and 0.1, so no setting
+  # of the evaluation rows is chosen on the evaluation captions. Each entry compiles the
+  # samplers once more and samples the validation captions once more.
   c.eval.update(dict(num_captions=1024, batch_size=256, grid_images=64,
-                     validation_captions=256, guidance_sweep=(0.5, 2.0),
-                     use_chosen_guidance=True, temperature_sweep=(0.5, 0.25),
+                     validation_captions=256, guidance_sweep=(1.0, 0.25, (0.5, 0.0)),
+                     use_chosen_guidance=True, temperature_sweep=(0.5, 0.1),
                      use_chosen_temperature=True))
   return c
