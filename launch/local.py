@@ -4,9 +4,10 @@ r"""Run N training processes on this machine, as a multi-host job would (jax.dis
       -m muse_jax.train --config=configs/tiny.py --workdir=/tmp/run
 
 Process i gets --coordinator_address=localhost:PORT --num_processes=N --process_id=i (and, on
-CPU, --cpu_collectives=gloo with XLA_FLAGS for the fake device count; on GPU,
---gpus_per_process=K gives process i its own K GPUs through CUDA_VISIBLE_DEVICES). Output of
-process i is prefixed with [i]. NVLink multicast stays off (NCCL_NVLS_ENABLE=0 unless set).
+CPU, --cpu_collectives=gloo with XLA_FLAGS for the fake device count, the caller's other XLA
+flags kept; on GPU, --gpus_per_process=K gives process i its own K GPUs through
+CUDA_VISIBLE_DEVICES). Output of process i is prefixed with [i]. NVLink multicast stays off
+(NCCL_NVLS_ENABLE=0 unless set).
 
 Like a cluster scheduler: as soon as one process exits with a non-zero status, the others are
 stopped (SIGTERM, then SIGKILL after --grace seconds), since a multi-process job cannot go on
@@ -31,6 +32,13 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+def with_device_count(xla_flags: str, devices: int) -> str:
+  """`xla_flags` with its fake CPU device count set to `devices` and every other flag kept."""
+  kept = [f for f in xla_flags.split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
 
 
 def _pump(i, stream):
@@ -82,7 +90,7 @@ def main(argv=None):
   gpus = visible.split(",") if visible else [str(g) for g in range(1024)]
   extra = []
   if args.devices_per_process:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices_per_process}"
+    env["XLA_FLAGS"] = with_device_count(env.get("XLA_FLAGS", ""), args.devices_per_process)
     env.setdefault("JAX_PLATFORMS", "cpu")
     extra = ["--cpu_collectives=gloo"]
   procs, pumps = [], []

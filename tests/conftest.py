@@ -1,13 +1,14 @@
-"""Test set-up: 8 fake CPU devices, set before JAX is imported anywhere, and one persistent
-compilation cache for the whole run."""
+"""Test set-up: 8 fake CPU devices and the test XLA flags (tests/xla_env.py), set before JAX is
+imported anywhere, and one persistent compilation cache for the whole run."""
 import os
 import shutil
 import tempfile
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+from tests.xla_env import xla_flags
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Many tests compile the same tiny steps again: in other test modules (new jitted functions,

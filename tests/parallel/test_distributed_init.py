@@ -18,6 +18,8 @@ import threading
 
 import pytest
 
+from tests.xla_env import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r"""
@@ -67,7 +69,7 @@ def base_env() -> dict:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("SLURM_", "TPU_", "MEGASCALE_", "JAX_", "JOB_COMPLETION"))}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS="--xla_force_host_platform_device_count=3")
+             XLA_FLAGS=xla_flags(3))
   return env
 
 

@@ -100,6 +100,19 @@ def test_each_process_gets_its_own_gpus_and_nvlink_multicast_stays_off():
   assert "[0] 3,5 0" in out.stdout and "[1] 6,7 0" in out.stdout, out.stdout
 
 
+def test_fake_cpu_devices_replace_only_the_device_count_in_xla_flags():
+  code = "import os; print(os.environ['XLA_FLAGS'], os.environ['JAX_PLATFORMS'])"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env["XLA_FLAGS"] = "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8"
+  out = subprocess.run([sys.executable, "launch/local.py", "--num_processes=2",
+                        "--devices_per_process=3", "--", "-c", code], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  for i in range(2):
+    assert (f"[{i}] --xla_dump_to=/tmp/d --xla_force_host_platform_device_count=3 cpu"
+            in out.stdout), out.stdout
+
+
 def test_a_signal_while_processes_are_still_starting_reaches_every_one():
   """The signal comes once the first of many processes is ready, while the launcher may still
   be starting the others: every one must get it (each exits 130, whether its handler was

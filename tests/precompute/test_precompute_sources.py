@@ -13,6 +13,7 @@ import pytest
 from muse_jax.data import manifest as manifest_lib, records
 from muse_jax.precompute import run as precompute
 from tests.data import source_files
+from tests.xla_env import xla_flags
 
 # Tiny data at 32 px, batches of 8 (the 8 fake devices), shards of 4 raw records.
 TINY = {"tokenizer.resolution": 32, "sr_tokenizer.resolution": 0, "data.min_size": 16,
@@ -194,7 +195,7 @@ def test_the_webdataset_config_runs_from_the_command_line(tmp_path):
            "text_encoder.weights_format": "random", "precompute.spiece_vocab_size": 48,
            **{k: v for k, v in TINY.items() if k != "precompute.log_every"}}
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS="cpu", PYTHONPATH=root)
   out = subprocess.run(
       [sys.executable, "-m", "muse_jax.precompute", "--config=configs/precompute_webdataset.py",

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from configs import tiny
+from tests.xla_env import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Subprocess environment: write every compiled program to the run's compilation cache
@@ -28,7 +29,7 @@ def tiny_config(**train):
 
 def cli_env(devices: int = 8) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(devices)
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env["PYTHONUNBUFFERED"] = "1"

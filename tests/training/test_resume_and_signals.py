@@ -118,9 +118,7 @@ def test_two_process_run_trains_checkpoints_and_matches_one_process(tmp_path):
           "--config.eval.samples.batch_size=8", "--config.eval.samples.sampling.base_steps=2"]
   launcher = [sys.executable, "launch/local.py", "--num_processes=2",
               "--devices_per_process=4", "--"] + train_cmd(two, *args)[1:]
-  env = cli_env()
-  env.pop("XLA_FLAGS")
-  proc = subprocess.run(launcher, cwd=REPO, env=env, capture_output=True, text=True,
+  proc = subprocess.run(launcher, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stdout[-4000:]
   assert "[0] Done: 6 steps" in proc.stdout and "[1]" in proc.stdout
