@@ -8,6 +8,8 @@ import pytest
 
 from configs import demo_cpu, demo_gpu
 from muse_jax import demo
+from muse_jax.data.shapes import dataset as shapes, grammar
+from muse_jax.demo.evaluate import evaluate_breakdowns
 from muse_jax.training.registry import validate
 
 
@@ -77,6 +79,16 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
           saved["accuracy"][split][mode]["overall"] * 2)
     assert f"{split} guidance" not in log  # the sweep is not scored on evaluation captions
     assert saved["reference"][split]["dataset_images"]["overall"] > 0.5
+  # Per held-out pair: the held-out split only, each pair over the captions that have it.
+  scenes = [grammar.parse_caption(c) for c in saved["samples"]["heldout"]["captions"]]
+  counts = {" ".join(p): sum(p in {g.pair for g in sc.groups} for sc in scenes)
+            for p in shapes.HELDOUT_PAIRS}
+  assert list(saved["accuracy_by_heldout_pair"]) == ["heldout"]
+  for mode in ("cfg", "no_cfg"):
+    by_pair = saved["accuracy_by_heldout_pair"]["heldout"][mode]
+    assert {p: r["num_examples"] for p, r in by_pair.items()} == {
+        p: n for p, n in counts.items() if n}
+  assert "all four (colour) by held-out pair" in log
   # Guidance is chosen on the validation captions only, and (use_chosen_guidance) the
   # evaluation's cfg rows are sampled at the choice.
   val = saved["validation"]
@@ -175,6 +187,26 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
   assert variant_state["base"]["steps"] == 3
   assert variant_state["base"]["config_sha"] != source_state["base"]["config_sha"]
   assert variant_state["samples"]["heldout"]["cfg"]["num_examples"] == 2
+
+
+def test_breakdowns_per_object_count_and_held_out_pair():
+  examples = [shapes.generate(i, "heldout", seed=3, resolution=64, max_count=2)
+              for i in range(12)]
+  images = [ex.image for ex in examples]
+  captions = [ex.caption for ex in examples]
+  overall, by_objects, by_pair = evaluate_breakdowns(images, captions)
+  assert overall["overall"] == 1.0 and overall["num_examples"] == 12
+  assert sum(r["num_examples"] for r in by_objects.values()) == 12
+  assert by_pair and set(by_pair) <= {" ".join(p) for p in shapes.HELDOUT_PAIRS}
+  for pair, r in by_pair.items():
+    with_pair = [ex for ex in examples if tuple(pair.split()) in {g.pair for g in ex.scene.groups}]
+    assert r["num_examples"] == len(with_pair) and r["overall"] == 1.0
+  # Each image scored against the next one's caption: the pairs' rates follow those captions.
+  _, _, shifted = evaluate_breakdowns(images[1:] + images[:1], captions)
+  assert set(shifted) == set(by_pair)
+  assert min(r["overall"] for r in shifted.values()) < 1.0
+  train = [shapes.generate(i, "train", seed=3, resolution=64, max_count=2) for i in range(4)]
+  assert evaluate_breakdowns([ex.image for ex in train], [ex.caption for ex in train])[2] == {}
 
 
 def test_a_stage_stopped_partway_counts_the_time_of_every_run(tmp_path, monkeypatch):

@@ -3,11 +3,12 @@
 `run_samples(demo)`: for `eval.num_captions` train-like and as many held-out captions, the
 detector's accuracy on the dataset images, on their tokenizer reconstructions (the ceilings)
 and on text-to-image samples with and without classifier-free guidance (also per number of
-objects in the caption, 1-8); PNG grids and .npz. With `eval.validation_captions`, first the
-guidance settings (the config's, none, `eval.guidance_sweep`) are scored on that separate
-validation set of train-split scenes, and the best is chosen there, never on the evaluation
-captions (`eval.use_chosen_guidance`: the evaluation samples then use it); likewise the sampling
-temperature (`eval.temperature_sweep`, `eval.use_chosen_temperature`; muse_jax.demo.validation).
+objects in the caption, 1-8, and per held-out colour-shape pair); PNG grids and .npz. With
+`eval.validation_captions`, first the guidance settings (the config's, none,
+`eval.guidance_sweep`) are scored on that separate validation set of train-split scenes, and
+the best is chosen there, never on the evaluation captions (`eval.use_chosen_guidance`: the
+evaluation samples then use it); likewise the sampling temperature (`eval.temperature_sweep`,
+`eval.use_chosen_temperature`; muse_jax.demo.validation).
 `run_edits(demo)`: one inpainting, one outpainting and one mask-free edit of dataset images.
 """
 from __future__ import annotations
@@ -26,12 +27,16 @@ from muse_jax.sampling import editing
 from muse_jax.sampling.image_io import save_grid
 
 
-def evaluate_by_objects(images, captions) -> tuple[dict, dict]:
-  """Detector accuracy of `images` against `captions`, overall and per number of objects.
+def evaluate_breakdowns(images, captions) -> tuple[dict, dict, dict]:
+  """Detector accuracy of `images` against `captions`, overall, per number of objects and per
+  held-out pair.
 
-  Returns (overall, by_objects): `overall` is compositional.evaluate's dict; `by_objects` maps
-  the caption's total object count ('1'..'8', over all its groups) to the same dict for those
-  captions. Each image is read once.
+  Returns (overall, by_objects, by_heldout_pair): `overall` is compositional.evaluate's dict;
+  `by_objects` maps the caption's total object count ('1'..'8', over all its groups) to the
+  same dict for those captions; `by_heldout_pair` maps each held-out colour-shape pair
+  ('yellow square') that some caption has to the same dict for the captions that have it (a
+  caption of two held-out pairs counts in both; {} for train-split captions). Each image is
+  read once.
   """
   captions = list(captions)
   if len(images) != len(captions) or not captions:
@@ -44,10 +49,13 @@ def evaluate_by_objects(images, captions) -> tuple[dict, dict]:
     out["num_examples"] = len(idx)
     return out
 
-  by = {}
+  by, by_pair = {}, {}
   for i, sc in enumerate(scenes):
     by.setdefault(sc.num_objects, []).append(i)
-  return mean(range(len(rows))), {str(n): mean(idx) for n, idx in sorted(by.items())}
+    for pair in sorted({g.pair for g in sc.groups} & shapes.HELDOUT_PAIRS):
+      by_pair.setdefault(" ".join(pair), []).append(i)
+  return (mean(range(len(rows))), {str(n): mean(idx) for n, idx in sorted(by.items())},
+          {p: mean(idx) for p, idx in sorted(by_pair.items())})
 
 
 def run_samples(demo) -> None:
@@ -100,7 +108,8 @@ def run_samples(demo) -> None:
              + acc_line(split_res["tokenizer_reconstructions"]))
     for mode in GUIDANCE:
       images = sample(captions, guided if mode == "cfg" else (0.0, 0.0), temperature)
-      split_res[mode], split_res[f"{mode}_by_objects"] = evaluate_by_objects(images, captions)
+      (split_res[mode], split_res[f"{mode}_by_objects"],
+       split_res[f"{mode}_by_heldout_pair"]) = evaluate_breakdowns(images, captions)
       np.savez_compressed(demo.path(f"samples_{split}_{mode}.npz"), images=images,
                           captions=np.asarray(captions))
       save_grid(images[:n_grid], demo.path(grid_name(split, mode)), int(e.grid_columns),

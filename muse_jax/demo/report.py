@@ -14,18 +14,23 @@ ATTRIBUTES = ("count", "colour", "shape", "position", "overall")
 def write_report(demo) -> dict:
   st = demo.state["stages"]
   samples = st.get("samples", {})
-  accuracy, by_objects, reference = {}, {}, {}
+  accuracy, by_objects, by_pair, reference = {}, {}, {}, {}
   for split in SPLITS:
     if split in samples:
       accuracy[split] = {m: samples[split][m] for m in GUIDANCE}
       if all(f"{m}_by_objects" in samples[split] for m in GUIDANCE):
         by_objects[split] = {m: samples[split][f"{m}_by_objects"] for m in GUIDANCE}
+      if any(samples[split].get(f"{m}_by_heldout_pair") for m in GUIDANCE):
+        by_pair[split] = {m: samples[split][f"{m}_by_heldout_pair"] for m in GUIDANCE}
       reference[split] = {k: samples[split][k] for k in ("dataset_images",
                                                          "tokenizer_reconstructions")}
   metrics = {
       "accuracy": accuracy,
       # The same per number of objects in the caption ('1'..'8', all groups together).
       "accuracy_by_objects": by_objects,
+      # The same per held-out colour-shape pair, over the captions that have it (held-out
+      # split only: train-split captions have none).
+      "accuracy_by_heldout_pair": by_pair,
       "reference": reference,
       # The guidance of the `cfg` rows: the config's, or the one chosen on the validation
       # captions (eval.use_chosen_guidance).
@@ -88,7 +93,9 @@ def write_report(demo) -> dict:
   demo.log("report", f"wrote {demo.path(METRICS_FILE)}; stage seconds "
            + ", ".join(f"{k} {v:.0f}" for k, v in metrics["stage_seconds"].items())
            + "\n" + accuracy_table(accuracy, reference, metrics["validation"])
-           + "\n" + objects_table(by_objects) + "\n" + gap_table(metrics["generalisation"]))
+           + "\n" + breakdown_table(by_objects, "all four (count) by objects", "count", int)
+           + "\n" + breakdown_table(by_pair, "all four (colour) by held-out pair", "colour")
+           + "\n" + gap_table(metrics["generalisation"]))
   return metrics
 
 
@@ -135,15 +142,19 @@ def accuracy_curve(path: str) -> list[dict]:
   return rows
 
 
-def objects_table(by_objects: dict) -> str:
-  """Percent fully right (and right on count) per number of objects in the caption."""
-  ns = sorted({n for split in by_objects.values() for r in split.values() for n in r}, key=int)
-  lines = [f"{'all four (count) by objects':26s}" + "".join(f"{n:>13s}" for n in ns)]
-  for split, modes in by_objects.items():
+def breakdown_table(by: dict, title: str, attribute: str, key=str) -> str:
+  """Percent fully right (and right on `attribute`) per caption group: one row per split and
+  guidance, one column per group (`by`: split -> guidance -> group -> accuracy dict), the
+  columns sorted by `key`."""
+  ns = sorted({n for split in by.values() for r in split.values() for n in r}, key=key)
+  width = max([13] + [len(n) + 1 for n in ns])
+  head = len(title) + 1
+  lines = [f"{title:{head}s}" + "".join(f"{n:>{width}s}" for n in ns)]
+  for split, modes in by.items():
     for mode, r in modes.items():
-      lines.append(f"{split + ' ' + mode:26s}" + "".join(
-          f"{100 * r[n]['overall']:6.1f} ({100 * r[n]['count']:3.0f})" if n in r else " " * 13
-          for n in ns))
+      lines.append(f"{split + ' ' + mode:{head}s}" + "".join(
+          f"{100 * r[n]['overall']:6.1f} ({100 * r[n][attribute]:3.0f})".rjust(width)
+          if n in r else " " * width for n in ns))
   return "\n".join(lines)
 
 
