@@ -89,28 +89,30 @@ def test_all_succeeding_gives_zero():
   assert out.count("ready") == 2
 
 
-def test_each_process_gets_its_own_gpus_and_nvlink_multicast_stays_off():
-  code = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['NCCL_NVLS_ENABLE'])"
-  env = {k: v for k, v in os.environ.items() if k != "NCCL_NVLS_ENABLE"}
-  env["CUDA_VISIBLE_DEVICES"] = "3,5,6,7"
-  out = subprocess.run([sys.executable, "launch/local.py", "--num_processes=2",
-                        "--gpus_per_process=2", "--", "-c", code], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=60)
+def environment_seen(variables: tuple[str, ...], flag: str, unset: str, **env) -> str:
+  """What two launched processes print of `variables`, launched with `flag`, `unset` removed
+  from and `env` added to the launcher's environment."""
+  code = f"import os; print(*(os.environ[v] for v in {variables!r}))"
+  env = {**{k: v for k, v in os.environ.items() if k != unset}, **env}
+  out = subprocess.run([sys.executable, "launch/local.py", "--num_processes=2", flag, "--",
+                        "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=60)
   assert out.returncode == 0, out.stdout + out.stderr
-  assert "[0] 3,5 0" in out.stdout and "[1] 6,7 0" in out.stdout, out.stdout
+  return out.stdout
+
+
+def test_each_process_gets_its_own_gpus_and_nvlink_multicast_stays_off():
+  out = environment_seen(("CUDA_VISIBLE_DEVICES", "NCCL_NVLS_ENABLE"), "--gpus_per_process=2",
+                         "NCCL_NVLS_ENABLE", CUDA_VISIBLE_DEVICES="3,5,6,7")
+  assert "[0] 3,5 0" in out and "[1] 6,7 0" in out, out
 
 
 def test_fake_cpu_devices_replace_only_the_device_count_in_xla_flags():
-  code = "import os; print(os.environ['XLA_FLAGS'], os.environ['JAX_PLATFORMS'])"
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  env["XLA_FLAGS"] = "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8"
-  out = subprocess.run([sys.executable, "launch/local.py", "--num_processes=2",
-                        "--devices_per_process=3", "--", "-c", code], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=60)
-  assert out.returncode == 0, out.stdout + out.stderr
+  out = environment_seen(
+      ("XLA_FLAGS", "JAX_PLATFORMS"), "--devices_per_process=3", "JAX_PLATFORMS",
+      XLA_FLAGS="--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8")
   for i in range(2):
-    assert (f"[{i}] --xla_dump_to=/tmp/d --xla_force_host_platform_device_count=3 cpu"
-            in out.stdout), out.stdout
+    assert f"[{i}] --xla_dump_to=/tmp/d --xla_force_host_platform_device_count=3 cpu" in out, out
 
 
 def test_a_signal_while_processes_are_still_starting_reaches_every_one():
