@@ -5,10 +5,9 @@ COMMAND: python -m muse_jax.train --config=configs/base_3b.py --workdir=DIR \
            --config.mesh.data=1
 The head count is not published: 16 heads of 128. Parameters: 3.264B (3,264,266,240). On many
 devices, shard params with FSDP (mesh.fsdp) and recompute activations (remat=dots_no_batch) as
-memory needs. Layers stay scanned: at 48 layers, unlike base_632m's 16, an unrolled step is
-slower on one H200 (why is not profiled; python benchmarks/train_step.py
---config=configs/base_3b.py --config.train.batch_size=64 --config.model.scan_layers=False;
-docs/performance.md, docs/experiments.md).
+memory needs. Layers are scanned, which compiles fastest for TPU slices (docs/scaling.md). On
+GPUs with the memory for it, --config.model.scan_layers=False --config.model.remat=none makes
+the step faster (docs/performance.md, "base_3b: scanned or unrolled").
 """
 from muse_jax.configs import common
 

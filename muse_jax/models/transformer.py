@@ -13,8 +13,9 @@ cross-attention always has a valid key and never produces NaNs.
 Layers are stored stacked (leading `layers` axis); `scan_layers` chooses `lax.scan` (fast compiles
 for deep models) or an unrolled loop over the same parameters, so checkpoints work with both.
 Unrolled, a train step avoids the scan's stacked residual buffers and loop-carry copies: faster
-on an H200 at 16 layers (base_632m), slower at 48 (base_3b) (python benchmarks/train_step.py
---config=configs/base_632m.py [--config.model.scan_layers=True]; docs/performance.md).
+at 16 layers (base_632m) and at 48 (base_3b) on one GPU; scanned, deep models compile faster
+(python benchmarks/train_step.py --config=configs/base_3b.py
+[--config.model.scan_layers=False]; docs/performance.md).
 """
 from __future__ import annotations
 
