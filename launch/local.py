@@ -80,7 +80,8 @@ def main(argv=None):
   parser.add_argument("command", nargs=argparse.REMAINDER,
                       help="python arguments after --, e.g. -m muse_jax.train ...")
   args = parser.parse_args(argv)
-  cmd = [a for a in args.command if a != "--"]
+  # Only the separator goes: a later "--" belongs to the command (e.g. a sweep's overrides).
+  cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
   if not cmd:
     parser.error("give the python command after --")
   port = args.port or free_port()

@@ -215,7 +215,7 @@ def run():
   written = save_images(result.images, FLAGS.out)
   what = FLAGS.edit or "generate"
   print(f"{what}: wrote {', '.join(written)} ({size}x{size}) in {t_run:.1f} s "
-        f"(loading {t_load:.1f} s; base {pipe.base.name} step {pipe.base.step}"
+        f"(loading {t_load:.1f} s; base step {pipe.base.step}"
         f"{'' if pipe.sr is None else f', sr step {pipe.sr.step}'})")
   return written
 

@@ -3,6 +3,13 @@ r"""Train a Muse stage (vqgan, base or sr) from a config; resumes from WORKDIR's
   python -m muse_jax.train --config=configs/tiny.py --workdir=/tmp/run \
       [--config.train.num_steps=40 --config.train.batch_size=16 ...]
 
+At the paper's sizes, on your data: precompute VQ tokens and T5 features of your images and
+captions into shards (python -m muse_jax.precompute --help; configs/precompute_<source>.py),
+then train the transformer on them:
+
+  python -m muse_jax.train --config=configs/base_632m.py --workdir=RUNS/base \
+      --config.data.source=precomputed --config.data.path=SHARDS
+
 The config's `stage` picks what is trained. Any config value can be overridden with
 --config.<section>.<key>=VALUE. Pointing --workdir at a directory that holds checkpoints
 resumes from the newest one (parameters, optimizer, step and input position).

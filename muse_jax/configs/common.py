@@ -26,7 +26,7 @@ def transformer_model(**overrides) -> ml_collections.ConfigDict:
       text_dim=4096,         # T5-XXL width
       text_length=128,       # padded text length (cuDNN flash wants a multiple of 64)
       dropout=0.0,
-      attention="xla",       # xla | cudnn | auto
+      attention="xla",       # xla | cudnn | pallas | auto
       dtype="bfloat16",      # compute dtype
       param_dtype="float32",
       remat="none",          # none | full | dots | dots_no_batch

@@ -22,8 +22,9 @@ feature, or whose sizes or values disagree with the spec: `decode_example` raise
 Encoding is deterministic (features sorted by name, packed int64), so the same inputs give the
 same bytes; TensorFlow's parsers read these records and TensorFlow-written Examples of this
 layout read here. TFRecord framing: uint64 length LE, masked CRC32C of the length, data, masked
-CRC32C of the data. CRC32C is computed with numpy, lane-parallel (tens of MB/s), so this module
-needs only numpy and ml_dtypes.
+CRC32C of the data. CRC32C comes from google-crc32c's C extension where it is installed
+(requirements.txt), else from a lane-parallel numpy version (tens of MB/s), so the module runs
+with numpy and ml_dtypes alone.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_slurm_dry_run_two_nodes_of_eight_gpus_runs_one_process_per_gpu():
   summary, _, srun = proc.stdout.strip().splitlines()
   assert summary == "# 2 node(s) x 8 task(s) = 16 processes, 16 GPUs (8 per node)"
   cmd = shlex.split(srun)
-  assert cmd[:3] == ["srun", "--nodes=2", "--ntasks-per-node=8"]
+  assert cmd[:4] == ["srun", "--nodes=2", "--ntasks-per-node=8", "--cpus-per-task=8"]
   assert "--kill-on-bad-exit=0" in cmd
   i = cmd.index("-m")
   assert cmd[i - 1:] == [".venv/bin/python", "-m", "muse_jax.train",
@@ -88,6 +88,7 @@ def test_slurm_dry_run_in_the_container_image_and_with_one_process_per_node():
   assert "--container-image=reg/muse_jax:1" in cmd and "--container-mounts=/shared:/shared" in cmd
   assert "--container-workdir=/opt/muse_jax" in cmd and cmd[cmd.index("-m") - 1] == "python"
   assert "--ntasks-per-node=1" in run(SLURM_NTASKS_PER_NODE="1").stdout
+  assert "--cpus-per-task=16" in run(SLURM_CPUS_PER_TASK="16").stdout
   bad = run(SLURM_NTASKS_PER_NODE="4", SLURM_GPUS_ON_NODE="8")
   assert bad.returncode == 2 and "one task per GPU" in bad.stderr
 

@@ -101,6 +101,14 @@ def environment_seen(variables: tuple[str, ...], flag: str, unset: str, **env) -
   return out.stdout
 
 
+def test_a_double_dash_after_the_separator_reaches_the_command():
+  out = subprocess.run([sys.executable, "launch/local.py", "--num_processes=1", "--", "-c",
+                        "import sys; print(sys.argv[1:3])", "--", "--x=1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "['--', '--x=1']" in out.stdout, out.stdout
+
+
 def test_each_process_gets_its_own_gpus_and_nvlink_multicast_stays_off():
   out = environment_seen(("CUDA_VISIBLE_DEVICES", "NCCL_NVLS_ENABLE"), "--gpus_per_process=2",
                          "NCCL_NVLS_ENABLE", CUDA_VISIBLE_DEVICES="3,5,6,7")
