@@ -11,11 +11,12 @@ point. Every point is checked the way the trainer will read it:
 A point that fails stops the whole sweep with one line naming the point and the key.
 
 Each point's workdir is WORKDIR_ROOT/<readable keys>-<hash>: the readable part is the last
-part of each key with its value (shortened, file-name safe), the hash the first 8 hex digits
-of the SHA-256 of the full override set (full keys, values as the config holds them). Values
-that look alike (a long value cut short, 'a/b' and 'a_b') get different workdirs, while
-the same point always gets the same one, so rerunning a sweep resumes every point from its
-checkpoints. Two points with the same overrides (1e-3 and 0.001 are one value) are an error.
+part of each key (more of it where two keys end alike) with its value (shortened, file-name
+safe), the hash the first 8 hex digits of the SHA-256 of the full override set (full keys,
+values as the config holds them). Values that look alike (a long value cut short, 'a/b' and
+'a_b') get different workdirs, while the same point always gets the same one, so rerunning a
+sweep resumes every point from its checkpoints. Two points with the same overrides (1e-3 and
+0.001 are one value) are an error.
 """
 from __future__ import annotations
 
@@ -164,10 +165,24 @@ def _readable(value) -> str:
   return text[:24]
 
 
+def _labels(keys) -> dict[str, str]:
+  """Each key by its shortest dotted suffix that no other key ends with: `learning_rate`, but
+  `train.batch_size` and `samples.batch_size` where both are swept."""
+  parts = {k: k.split(".") for k in keys}
+  labels = {}
+  for k, p in parts.items():
+    n = 1
+    while n < len(p) and any(q[-n:] == p[-n:] for j, q in parts.items() if j != k):
+      n += 1
+    labels[k] = ".".join(p[-n:])
+  return labels
+
+
 def point_name(overrides: dict) -> str:
   canonical = json.dumps(overrides, sort_keys=True, separators=(",", ":"), default=repr)
   digest = hashlib.sha256(canonical.encode()).hexdigest()[:HASH_DIGITS]
-  readable = ",".join(f"{k.split('.')[-1]}={_readable(v)}" for k, v in sorted(overrides.items()))
+  labels = _labels(overrides)
+  readable = ",".join(f"{labels[k]}={_readable(v)}" for k, v in sorted(overrides.items()))
   return f"{readable[:96] or 'base'}-{digest}"
 
 

@@ -79,6 +79,10 @@ def test_workdir_names_are_readable_hashed_stable_and_never_collide(tmp_path):
   same = _sweep_file(tmp_path, [{"optimizer.learning_rate": 1}, {"optimizer.learning_rate": 1.0}])
   with pytest.raises(SweepError, match="sweep points 0 and 1 are the same point"):
     expand(TINY, same, "/runs")
+  # Keys that end alike are named by as much of their path as tells them apart.
+  two = _sweep_file(tmp_path, [{"train.batch_size": 8, "eval.samples.batch_size": 4}])
+  (p,) = expand(TINY, two, "/runs")[1]
+  assert p.name.startswith("samples.batch_size=4,train.batch_size=8-"), p.name
   one = _sweep_file(tmp_path, [{"optimizer.learning_rate": 1, "mesh.rules": (("a", None),)}])
   (p,) = expand(TINY, one, "/runs")[1]
   assert p.flags == ("--config.mesh.rules=(('a', None),)", "--config.optimizer.learning_rate=1.0")
