@@ -13,10 +13,13 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax.configs.checks import ConfigError, check_transformer
+from muse_jax.data.batch import Feature
+from muse_jax.data.token_sources import make_source
 from muse_jax.models.functional import functionalize
 from muse_jax.models.transformer import REMAT_POLICIES, TransformerConfig
 from muse_jax.parallel import sharding as shd
@@ -68,6 +71,18 @@ class MaskedTokenStage(Stage):
   @abc.abstractmethod
   def apply_model(self, model, inputs, dropout_key):
     """logits [B, T, V] for the masked `inputs[target_key]`."""
+
+  def features(self):
+    """The image tokens and the text; a stage that reads more adds its own."""
+    m = self.config.model
+    return {
+        "tokens": Feature((m.grid_size ** 2,), np.int32, ("act_batch", None)),
+        "text": Feature((m.text_length, m.text_dim), np.float32, ("act_batch", None, None)),
+        "text_len": Feature((), np.int32, ("act_batch",)),
+    }
+
+  def make_source(self, split, process_index, process_count):
+    return make_source(self, split, process_index, process_count)
 
   # --- state -------------------------------------------------------------------------------
   def init_state(self, key):

@@ -15,7 +15,6 @@ import numpy as np
 from muse_jax.configs import common_sr
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data.batch import Feature
-from muse_jax.data.token_sources import make_source
 from muse_jax.models.superres import SuperResConfig, SuperResTransformer
 from muse_jax.training.flops import block_forward_flops
 from muse_jax.training.masked_stage import MaskedTokenStage
@@ -76,15 +75,8 @@ class SuperResStage(MaskedTokenStage):
 
   def features(self):
     m = self.config.model
-    return {
-        "tokens": Feature((m.grid_size ** 2,), np.int32, ("act_batch", None)),
-        "tokens_lo": Feature((m.lowres_grid_size ** 2,), np.int32, ("act_batch", None)),
-        "text": Feature((m.text_length, m.text_dim), np.float32, ("act_batch", None, None)),
-        "text_len": Feature((), np.int32, ("act_batch",)),
-    }
-
-  def make_source(self, split, process_index, process_count):
-    return make_source(self, split, process_index, process_count)
+    lowres = Feature((m.lowres_grid_size ** 2,), np.int32, ("act_batch", None))
+    return {**super().features(), "tokens_lo": lowres}
 
   def flops_per_example(self):
     return sr_transformer_train_flops(self.config.model)
