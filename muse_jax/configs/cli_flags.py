@@ -19,6 +19,22 @@ from absl import flags
 EXIT_USER_ERROR = 2  # muse_jax.cli documents the statuses; 2 = a user or config error
 
 
+def flag_value(value) -> str:
+  """VALUE of `--config.key=VALUE` that parses back to `value` (lists, as config.json holds
+  tuples, are written as tuples)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (list, tuple)):
+    return repr(_tuples(value))
+  if isinstance(value, float):
+    return repr(value)
+  return str(value)
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _unquote(text: str) -> str:
   """ml_collections wraps a KeyError's repr in another error: undo the layers of quoting."""
   for _ in range(3):

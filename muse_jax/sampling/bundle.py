@@ -90,7 +90,7 @@ def _stage_params(section, name: str, root: Optional[str], which: str):
                      f"{want} stage")
   params, step, source = loading.restore_stage_params(
       config, workdir, step=section.step, which=which, name=name,
-      config_name=str(section.config))
+      config_name=str(section.config), model_overrides=section.model)
   return config, params, {"step": int(step), "params": source,
                           "source": str(paths.resolve(workdir))}
 

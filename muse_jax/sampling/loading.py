@@ -110,7 +110,8 @@ def load_transformer(section, name: str, root: Optional[str] = None) -> LoadedSt
                        f"config; pipeline.{name} needs a {'base' if name == 'base' else 'sr'} "
                        "training config")
     params, step = load_stage_params(config, workdir, step=section.step, name=name,
-                                     config_name=str(section.config))
+                                     config_name=str(section.config),
+                                     model_overrides=section.model)
   return sampling_stage(name, config, params, step)
 
 
@@ -173,7 +174,7 @@ def load_vq(section, name: str, root: Optional[str], mesh: Mesh):
     raise ValueError(f"pipeline.{name}.config={section.config!r} is a {config.stage!r} "
                      "config; tokenizers need a vqgan training config")
   params, _ = load_stage_params(config, workdir, step=section.step, name=name,
-                                config_name=str(section.config))
+                                config_name=str(section.config), model_overrides=section.model)
   return VQTokenizer(V.VQGANConfig.from_config(config.model), params, mesh)
 
 
@@ -183,7 +184,8 @@ def single_device_mesh() -> Mesh:
 
 def restore_stage_params(config, workdir: str, *, step: Optional[int] = None,
                          which: str = "auto", mesh: Optional[Mesh] = None, name: str = "",
-                         config_name: str = "") -> tuple[Any, int, str]:
+                         config_name: str = "",
+                         model_overrides=None) -> tuple[Any, int, str]:
   """Restores only the parameters of the stage `config` describes from its training workdir.
 
   Args:
@@ -194,6 +196,7 @@ def restore_stage_params(config, workdir: str, *, step: Optional[int] = None,
     mesh: parameters are replicated over it; None = the first local device only.
     name: the stage's role in messages ('base', 'sr', 'vq_lo', ...).
     config_name: the training config's name, for the "train it with ..." hint.
+    model_overrides: the pipeline section's `model` overrides, for the same hint.
 
   Returns:
     (params as a nested dict of jax.Arrays, the step restored, 'ema' or 'raw').
@@ -201,7 +204,7 @@ def restore_stage_params(config, workdir: str, *, step: Optional[int] = None,
   abstract = stage_model(stored_config(config)).abstract_params()
   return checkpoints.restore_params(
       workdir, abstract, what=name or config.stage, step=step, which=which, mesh=mesh,
-      config_name=config_name or f"<{config.stage} config>")
+      config_name=config_name or f"<{config.stage} config>", model_overrides=model_overrides)
 
 
 def load_stage_params(config, workdir: str, **kwargs) -> tuple[Any, int]:

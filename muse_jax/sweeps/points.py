@@ -32,7 +32,7 @@ from absl import flags
 from ml_collections import config_dict, config_flags
 
 from muse_jax import paths
-from muse_jax.configs.cli_flags import flag_error_message
+from muse_jax.configs.cli_flags import flag_error_message, flag_value
 from muse_jax.workdir.access import describe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,15 +65,6 @@ class Point:
 
   def train_args(self, config: str) -> list[str]:
     return [f"--config={config}", f"--workdir={self.workdir}", *self.flags]
-
-
-def flag_value(value) -> str:
-  """VALUE of `--config.key=VALUE` for a value of a config field."""
-  if isinstance(value, bool):
-    return "true" if value else "false"
-  if isinstance(value, (float, tuple)):
-    return repr(value)
-  return str(value)
 
 
 def config_ref(path: str) -> str:

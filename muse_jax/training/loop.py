@@ -54,6 +54,15 @@ class TrainResult:
   eval_metrics: dict
 
 
+def console_metrics(stage, metrics: dict) -> dict:
+  """The metrics a progress line shows: those the stage names in `console_metrics` (the ones
+  present, in that order), or all when it names none. metrics.jsonl and TensorBoard get all."""
+  keys = stage.console_metrics
+  if keys is None:
+    return metrics
+  return {k: metrics[k] for k in keys if k in metrics}
+
+
 def check_batch(config, mesh):
   b = int(config.train.batch_size)
   dp = data_parallel_size(mesh)
@@ -191,6 +200,14 @@ class Trainer(StepFunctions):
       reporter.record(s, m)
       return m
 
+    def settle():
+      """Waits for the dispatched step (and checks and records it), so that a following
+      `reporter.paused()` block holds none of its device time."""
+      nonlocal pending
+      if pending is not None:
+        finish(pending)
+        pending = None
+
     try:
       with StopSignals() as signals:
         agreed_stop = AgreedStop(signals, cfg.checkpoint.stop_check_every)
@@ -217,36 +234,39 @@ class Trainer(StepFunctions):
           self.ckpt.poll(collective=logged)
           if logged:
             reporter.scalars(step, m, prefix="train/")
-            reporter.console(step, m, examples_per_step=b, flops_per_step=flops_per_step,
-                             peak_flops=peak)
+            reporter.console(step, console_metrics(self.stage, m), examples_per_step=b,
+                             flops_per_step=flops_per_step, peak_flops=peak)
+          # Evaluation, images, hooks and saves are left out of the rates and the ETA.
           if eval_every > 0 and self.eval_source is not None and (
               step % eval_every == 0 or step == total):
-            eval_metrics = self.evaluate(state)
-            reporter.record(step, eval_metrics, prefix="eval_")
-            reporter.scalars(step, eval_metrics, prefix="eval/")
-            reporter.message(f"eval @ {step}: " + " ".join(
-                f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+            settle()
+            with reporter.paused():
+              eval_metrics = self.evaluate(state)
+              reporter.record(step, eval_metrics, prefix="eval_")
+              reporter.scalars(step, eval_metrics, prefix="eval/")
+              reporter.message(f"eval @ {step}: " + " ".join(
+                  f"{k} {v:.4g}" for k, v in eval_metrics.items()))
           if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
-            for name, grid in self.stage.images(state, local).items():
-              reporter.images(step, name, grid)
+            settle()
+            with reporter.paused():
+              for name, grid in self.stage.images(state, local).items():
+                reporter.images(step, name, grid)
           due = [h for h in self.hooks if h.due(step, total)]
           if due:
-            if pending is not None:  # collectives in the hooks come after this step's
-              finish(pending)
-              pending = None
+            settle()  # also puts the collectives in the hooks after this step's
             ctx = HookContext(step=step, state=state, stage=self.stage, mesh=self.mesh,
                               reporter=reporter, total_steps=total, is_main=self.is_main)
-            for hook in due:
-              hook(ctx)
+            with reporter.paused():
+              for hook in due:
+                hook(ctx)
           stop = agreed_stop(step)
           if stop or step == total or self.ckpt.should_save(step):
-            if pending is not None:
-              finish(pending)
-              pending = None
-            try:
-              self.ckpt.save(step, state, self.train_source.get_state(), force=True)
-            except NonFiniteState as e:
-              raise self._nonfinite(step, str(e)) from None
+            settle()
+            with reporter.paused():
+              try:
+                self.ckpt.save(step, state, self.train_source.get_state(), force=True)
+              except NonFiniteState as e:
+                raise self._nonfinite(step, str(e)) from None
           if stop:
             self.ckpt.wait()
             raise Preempted(step, ckpt_dir, agreed_stop.signum)

@@ -9,6 +9,7 @@ path loses at most that much of the log; the checkpoints are unaffected.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -53,6 +54,8 @@ class Reporter:
     self.stream = stream or sys.stdout
     self.t_start = time.perf_counter()
     self.t_last, self.step_last = self.t_start, start_step
+    self._paused = 0.0  # seconds of the current interval spent in `paused()` blocks
+    self._pause_depth = 0
     self._jsonl = None
     self._lines: list[bytes] | None = None  # a URL workdir's whole log, rewritten on flush
     self._tb = None
@@ -148,19 +151,35 @@ class Reporter:
     """Restart the rate clock at `step`; returns the seconds since the last reset."""
     now = time.perf_counter()
     elapsed = now - self.t_last
-    self.t_last, self.step_last = now, step
+    self.t_last, self.step_last, self._paused = now, step, 0.0
     return elapsed
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Leaves the time spent inside out of the next progress line's rates and ETA, which are
+    to measure training steps only (evaluation, hooks, image grids and checkpoint saves run
+    in here). With asynchronous dispatch the caller first waits for the steps it dispatched,
+    or their device time would be left out too. Nested blocks count once."""
+    self._pause_depth += 1
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._pause_depth -= 1
+      if not self._pause_depth:
+        self._paused += time.perf_counter() - t0
 
   def console(self, step: int, metrics: dict, *, examples_per_step: int, flops_per_step: float,
               peak_flops: float):
-    """One progress line with rates since the previous line; returns the rates."""
+    """One progress line with rates over the training time since the previous line (time in
+    `paused()` blocks left out); returns the rates."""
     now = time.perf_counter()
     steps = step - self.step_last
-    dt = max(now - self.t_last, 1e-9)
+    dt = max(now - self.t_last - self._paused, 1e-9)
     rates = {"steps_per_sec": steps / dt, "examples_per_sec": steps * examples_per_step / dt}
     if peak_flops > 0 and flops_per_step > 0:
       rates["mfu"] = rates["steps_per_sec"] * flops_per_step / peak_flops
-    self.t_last, self.step_last = now, step
+    self.t_last, self.step_last, self._paused = now, step, 0.0
     if self.enabled:
       remaining = (self.total - step) / rates["steps_per_sec"] if steps else float("nan")
       parts = [progress_bar(step, self.total)]

@@ -29,6 +29,8 @@ class Stage(abc.ABC):
   """A trainable stage. Subclasses set `name` and implement the abstract methods."""
 
   name: str = ""
+  # The metrics of the progress line, in order; None shows all (files and TensorBoard get all).
+  console_metrics: tuple[str, ...] | None = None
 
   @classmethod
   @abc.abstractmethod

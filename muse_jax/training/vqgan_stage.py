@@ -24,7 +24,6 @@ says so when it is built.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import flax
@@ -132,8 +131,13 @@ class VQGANStage(Stage):
       msg = ("perceptual loss is OFF: loss.perceptual_weights is empty. Set it to a "
              ".safetensors file with VGG16 `features.*` and LPIPS `lin*` keys "
              "(see muse_jax/weights/vgg_lpips.py) to train with LPIPS.")
-      log.warning(msg)
-      print("warning: " + msg, file=sys.stderr, flush=True)
+      log.warning(msg)  # one stderr line: absl's handler under the CLI, else logging's lastResort
+    # The progress line's metrics (all go to metrics.jsonl and TensorBoard): the losses this
+    # run trains with, and reconstruction quality and live codes as its health.
+    self.console_metrics = (
+        "loss", "rec_loss", *(("perceptual_loss",) if self.perceptual_on else ()),
+        *(("g_adv_loss", "d_loss") if self.gan_possible else ()),
+        "psnr", "codebook_used_fraction_ema")
 
   @property
   def perceptual_on(self) -> bool:

@@ -5,12 +5,13 @@ Sampling and export need only the parameters: `restore_params` restores just tha
 Orbax's partial restore (no optimizer state is built, read or held in memory): the EMA
 (`ema_params`) when the checkpoint holds a non-empty one, else `params`; `which` can insist on
 one of them ('ema' / 'raw'). Missing checkpoints raise `MissingCheckpoint` with the command
-that trains the stage.
+that trains the stage (with the shape overrides of the pipeline section that asked for it).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import shlex
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
@@ -18,6 +19,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from muse_jax import paths
+from muse_jax.configs.cli_flags import flag_value
+from muse_jax.workdir.saved_config import RUNTIME_MODEL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,21 @@ def checkpoint_dir(workdir: str) -> str:
   return str(paths.resolve(workdir) / "checkpoints")
 
 
-def train_command(config_name: str, workdir: str) -> str:
-  """The command that trains a stage into `workdir` (for error messages)."""
+def train_command(config_name: str, workdir: str,
+                  model_overrides: Optional[Mapping[str, Any]] = None) -> str:
+  """The command that trains a stage into `workdir` (for error messages).
+
+  `model_overrides` (a pipeline section's `model`) become `--config.model.KEY=VALUE` flags, so
+  the trained shapes are the ones the pipeline loads. Runtime keys are left out: they do not
+  change the checkpoint (sampling applies the section's own), and some are sampling-only
+  choices the trainer refuses (fp8_matmuls) or runs slowly (pallas attention, unscanned layers).
+  """
   name = config_name if config_name.endswith(".py") else f"configs/{config_name}.py"
-  return f"python -m muse_jax.train --config={name} --workdir={workdir}"
+  args = [f"--config={name}", f"--workdir={workdir}"]
+  for key, value in sorted(dict(model_overrides or {}).items()):
+    if key not in RUNTIME_MODEL_KEYS:
+      args.append(f"--config.model.{key}={flag_value(value)}")
+  return " ".join(["python -m muse_jax.train", *map(shlex.quote, args)])
 
 
 def finished_steps(workdir: str) -> list[int]:
@@ -55,17 +69,19 @@ def latest_step(workdir: str) -> Optional[int]:
   return steps[-1] if steps else None
 
 
-def require_step(workdir: str, config_name: str, what: str, step: Optional[int] = None) -> int:
-  """`step` (or the newest one) if it exists in WORKDIR/checkpoints, else MissingCheckpoint."""
+def require_step(workdir: str, config_name: str, what: str, step: Optional[int] = None,
+                 model_overrides: Optional[Mapping[str, Any]] = None) -> int:
+  """`step` (or the newest one) if it exists in WORKDIR/checkpoints, else MissingCheckpoint
+  (whose hint trains `config_name` with `model_overrides`, see `train_command`)."""
   directory = checkpoint_dir(workdir)
   if not workdir:
     raise MissingCheckpoint(f"no workdir given for the {what} stage; set "
                             f"--config.pipeline.{what}.workdir=DIR (trained with "
-                            f"{train_command(config_name, 'DIR')})")
+                            f"{train_command(config_name, 'DIR', model_overrides)})")
   steps = finished_steps(workdir)
   if not steps:
     raise MissingCheckpoint(f"no checkpoint in {directory}; train the {what} stage first with "
-                            f"{train_command(config_name, workdir)}")
+                            f"{train_command(config_name, workdir, model_overrides)}")
   if step is None:
     return steps[-1]
   if int(step) not in steps:
@@ -84,7 +100,8 @@ def _quiet_absl():
 
 def restore_params(workdir: str, abstract: Any, *, what: str, step: Optional[int] = None,
                    which: str = "auto", mesh: Optional[Mesh] = None,
-                   config_name: str = "") -> tuple[Any, int, str]:
+                   config_name: str = "",
+                   model_overrides: Optional[Mapping[str, Any]] = None) -> tuple[Any, int, str]:
   """Restores only the parameters of a stage from `workdir`.
 
   Args:
@@ -96,13 +113,14 @@ def restore_params(workdir: str, abstract: Any, *, what: str, step: Optional[int
       error without one) or 'raw' (the trained params, never the EMA).
     mesh: parameters are replicated over it; None = the first local device only.
     config_name: the training config's name, for the "train it with ..." hint.
+    model_overrides: the pipeline section's `model` overrides, for the same hint.
 
   Returns:
     (params as a nested dict of jax.Arrays, the step restored, 'ema' or 'raw').
   """
   if which not in PARAM_CHOICES:
     raise ValueError(f"which={which!r}; choose one of {', '.join(PARAM_CHOICES)}")
-  step = require_step(workdir, config_name or f"<{what} config>", what, step)
+  step = require_step(workdir, config_name or f"<{what} config>", what, step, model_overrides)
   path = f"{checkpoint_dir(workdir)}/{step}/state"
   if mesh is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

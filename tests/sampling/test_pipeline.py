@@ -1,6 +1,7 @@
 """The cascaded pipeline end to end on tiny random-weight checkpoints (configs/pipeline_tiny.py)."""
 import json
 import os
+import shlex
 import shutil
 
 import jax
@@ -13,7 +14,9 @@ from configs import pipeline_tiny
 from muse_jax.sampling import image_io, loading
 from muse_jax.sampling.pipeline import Pipeline
 from muse_jax.training.registry import stage_model
+from muse_jax.workdir import checkpoints
 from muse_jax.workdir.checkpoints import MissingCheckpoint
+from tests.training.helpers import REPO
 
 STAGES = ("base", "sr", "vq_lo", "vq_hi")
 
@@ -239,6 +242,41 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path):
   assert f"no checkpoint in {tmp_path}/base/checkpoints" in msg
   assert "train the base stage first with python -m muse_jax.train --config=configs/tiny.py" \
       in msg
+
+
+def _parse_train_flags(command: str):
+  """The config the train CLI (muse_jax/train.py's config flag) builds from `command`."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = shlex.split(command)[2:]  # drop "python -m"
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=values)
+  values(argv)
+  return values.config, values.workdir
+
+
+def test_missing_checkpoint_hint_trains_the_pipeline_shapes(tmp_path, monkeypatch):
+  # pipeline_tiny's base sets text_dim=32 where configs/tiny.py has 24: a hint without the
+  # override trains a checkpoint the pipeline cannot load.
+  section = pipeline_tiny.get_config().pipeline.base
+  with pytest.raises(MissingCheckpoint) as e:
+    loading.load_transformer(section, "base", str(tmp_path))
+  hint = str(e.value).split(" first with ", 1)[1]
+  assert "--config.model.text_dim=32" in hint
+  assert "--config.model.dtype" not in hint  # runtime keys: sampling's choice, not training's
+  monkeypatch.chdir(REPO)
+  config, workdir = _parse_train_flags(hint)
+  assert workdir == f"{tmp_path}/base" and config.model.text_dim == 32
+  # Other value kinds, a workdir that needs quoting, and lists (JSON's tuples).
+  overrides = dict(block_out_channels=[8, 16], norm_eps=1e-5, pixel_range="0_1",
+                   latent_channels=4, dtype="bfloat16")
+  command = checkpoints.train_command("vqgan_tiny", f"{tmp_path}/my vq", overrides)
+  config, workdir = _parse_train_flags(command)
+  assert workdir == f"{tmp_path}/my vq"
+  assert (config.model.block_out_channels, config.model.norm_eps, config.model.pixel_range,
+          config.model.latent_channels, config.model.dtype) == ((8, 16), 1e-5, "0_1", 4, "float32")
 
 
 def test_mismatched_checkpoint_names_the_parameter(tiny_run):

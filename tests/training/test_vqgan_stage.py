@@ -1,4 +1,9 @@
-"""The vqgan stage: a sharded step matches one device; resume is exact; decoder fine-tuning."""
+"""The vqgan stage: a sharded step matches one device; resume is exact; decoder fine-tuning;
+its progress line and its warning."""
+import io
+import json
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +12,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import vqgan_tiny
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.mesh import make_mesh
+from muse_jax.training.base_stage import BaseStage
+from muse_jax.training.loop import console_metrics
+from muse_jax.training.reporting import Reporter
+from muse_jax.training.sr_stage import SuperResStage
 from muse_jax.training.vqgan_stage import VQGANStage
 from muse_jax.workdir.checkpointer import Checkpointer
 from tests.models.test_vqgan_helpers import np_params
@@ -194,3 +203,48 @@ def test_data_num_workers_draws_training_images_in_processes(runner8):
   assert (train.num_workers, evaluation.num_workers, serial.num_workers) == (2, 0, 0)
   np.testing.assert_array_equal(next(train)["images"], next(serial)["images"])
   train.close()
+
+
+def _stage(c):
+  return VQGANStage(c, make_mesh(c.mesh, jax.devices()[:1]))
+
+
+def test_progress_line_shows_a_few_metrics(tmp_path):
+  """The console line names the losses trained with and the stage's health metrics, not every
+  metric of the step (traced, not compiled); metrics.jsonl still gets them all."""
+  st = _stage(_config(data=1))
+  abstract = jax.eval_shape(st.init_state, jax.random.key(0))
+  batch = {k: jax.ShapeDtypeStruct((8,) + f.shape, f.dtype) for k, f in st.features().items()}
+  _, shapes = jax.eval_shape(st.train_step, abstract, batch, jax.random.key(1))
+  metrics = {k: 0.25 for k in shapes}
+  assert len(metrics) > 20
+  shown = ["loss", "rec_loss", "g_adv_loss", "d_loss", "psnr", "codebook_used_fraction_ema"]
+  out = io.StringIO()
+  r = Reporter(str(tmp_path), total_steps=10, start_step=0, enabled=True, tensorboard=False,
+               stream=out)
+  r.record(1, metrics)
+  r.console(1, console_metrics(st, metrics), examples_per_step=8, flops_per_step=0,
+            peak_flops=0)
+  r.close()
+  fields = out.getvalue().strip().split(" | ")
+  assert [f.split(" ")[0] for f in fields[1:-3]] == shown, fields
+  assert set(json.loads((tmp_path / "metrics.jsonl").read_text())) == {"step", *metrics}
+  # No GAN in this run: no adversarial losses on the line. Stages that name no metrics
+  # (base, sr) show all of them.
+  c = _config(data=1)
+  c.loss.disc_start_step = c.train.num_steps
+  assert list(console_metrics(_stage(c), metrics)) == [
+      k for k in shown if k not in ("g_adv_loss", "d_loss")]
+  assert BaseStage.console_metrics is SuperResStage.console_metrics is None
+  assert console_metrics(BaseStage, metrics) is metrics
+
+
+def test_perceptual_off_warns_once(caplog, capsys):
+  c = _config(data=1)
+  c.loss.perceptual_weight = 0.1
+  with caplog.at_level(logging.WARNING):
+    st = _stage(c)
+  assert not st.perceptual_on and "perceptual_loss" not in st.console_metrics
+  warned = [r.getMessage() for r in caplog.records if "perceptual loss is OFF" in r.getMessage()]
+  assert len(warned) == 1, warned
+  assert "perceptual loss is OFF" not in capsys.readouterr().err  # the log line is the one
