@@ -1,7 +1,8 @@
 """Muse's base tokenizer: VQGAN f16, 256px -> 16x16 tokens, 8192 codes (Muse Sec. 2.2, Table 5).
 
 COMMAND: python -m muse_jax.train --config=configs/vqgan_f16_256.py --workdir=/tmp/vqgan_f16 \
-           --config.loss.perceptual_weights=/path/lpips_vgg16.safetensors
+           --config.loss.perceptual_weights=/path/lpips_vgg16.safetensors \
+           --config.data.source=folder --config.data.path=/data/images
 Trains encoder, codebook and decoder (L1 + 0.05 LPIPS + 0.1 GAN from step 20k, LeCAM) for 1M
 steps at batch 256; checkpoints every 1000 steps, resumable. Without perceptual_weights the run
 says that the perceptual loss is off.

@@ -3,10 +3,13 @@ r"""Train a Muse stage (vqgan, base or sr) from a config; resumes from WORKDIR's
   python -m muse_jax.train --config=configs/tiny.py --workdir=/tmp/run \
       [--config.train.num_steps=40 --config.train.batch_size=16 ...]
 
-At the paper's sizes, on your data: precompute VQ tokens and T5 features of your images and
-captions into shards (python -m muse_jax.precompute --help; configs/precompute_<source>.py),
-then train the transformer on them:
+At the paper's sizes, on your data: train the VQ tokenizer on a folder of images, precompute
+VQ tokens and T5 features of your images and captions into shards (python -m
+muse_jax.precompute --help; configs/precompute_<source>.py), then train the transformer on them:
 
+  python -m muse_jax.train --config=configs/vqgan_f16_256.py --workdir=RUNS/vq \
+      --config.data.source=folder --config.data.path=IMAGES \
+      --config.loss.perceptual_weights=lpips_vgg16.safetensors
   python -m muse_jax.train --config=configs/base_632m.py --workdir=RUNS/base \
       --config.data.source=precomputed --config.data.path=SHARDS
 

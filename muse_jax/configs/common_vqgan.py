@@ -112,9 +112,10 @@ def get_config() -> ml_collections.ConfigDict:
                                      # or a diffusers VQModel dir/.safetensors
   ))
   c.data = ml_collections.ConfigDict(dict(
-      source="shapes",               # shapes (procedural scenes) | synthetic (uniform noise)
-      path="",
-      eval_path="",
+      source="shapes",               # shapes (procedural scenes) | synthetic (uniform noise) |
+                                     # folder (the images under `path`, any epath filesystem)
+      path="",                       # folder: the training images
+      eval_path="",                  # folder: the eval images (empty: `path`'s, in file order)
       shuffle_buffer=10_000,
       image_size=256,
       num_workers=0,                 # >0: draw the next training batches on that many spawned

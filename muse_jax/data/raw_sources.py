@@ -35,7 +35,6 @@ import os
 from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
-from etils import epath
 
 from muse_jax.data import preprocess
 from muse_jax.data.preprocess import RawExample, SkipCounter
@@ -46,7 +45,6 @@ from muse_jax.data.sources.shapes import ShapesSource
 from muse_jax.data.sources.webdataset import WebDatasetSource
 
 SOURCES = ("shapes", "tfds", "tfrecord", "folder", "webdataset", "parquet")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 class Source(Protocol):
@@ -214,18 +212,12 @@ class TFRecordSource:
         index += 1
 
 
-def _list_images(root: str, extensions: Sequence[str]) -> list[str]:
-  exts = tuple(e.lower() for e in extensions)
-  base = epath.Path(root)
-  return sorted(str((d / n).relative_to(base)) for d, _, names in base.walk()
-                for n in names if n.lower().endswith(exts))
-
-
 class FolderSource:
   """Images under `root`; captions from a JSONL `manifest` or from sidecar .txt files."""
 
   def __init__(self, root: str, manifest: str = "", image_key: str = "file",
-               caption_key: str = "caption", extensions: Sequence[str] = IMAGE_EXTENSIONS):
+               caption_key: str = "caption",
+               extensions: Sequence[str] = paths.IMAGE_EXTENSIONS):
     if not root:
       raise ValueError("data.folder.root is empty: set it to the image folder")
     self.root, self.manifest = root, manifest
@@ -270,7 +262,7 @@ class FolderSource:
         yield RawExample(ident, caption, image_bytes=image)
 
   def _from_sidecars(self, process_index, process_count):
-    files = _list_images(self.root, self.extensions)
+    files = paths.list_images(self.root, self.extensions)
     for i in preprocess.shard_indices(len(files), process_index, process_count):
       rel = files[i]
       caption = paths.read_bytes(paths.join(self.root, os.path.splitext(rel)[0] + ".txt"))

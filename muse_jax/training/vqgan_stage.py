@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from muse_jax.configs import common_vqgan
 from muse_jax.configs.checks import ConfigError
 from muse_jax.data.batch import Feature
-from muse_jax.data.images import ImageSource
+from muse_jax.data.images import KINDS as IMAGE_KINDS, ImageSource
 from muse_jax.data.shapes import dataset as shapes
 from muse_jax.encoders.vq_tokenizer import load_vq_params
 from muse_jax.models import quantizer as Q, vqgan as V
@@ -91,6 +91,11 @@ class VQGANStage(Stage):
       raise ConfigError(f"loss.gan_loss must be one of {VL.GAN_KINDS}")
     if lc.adversarial_weight_mode not in ("fixed", "adaptive"):
       raise ConfigError("loss.adversarial_weight_mode must be fixed or adaptive")
+    if config.data.source not in IMAGE_KINDS:
+      raise ConfigError(f"data.source={config.data.source!r}; the vqgan stage reads "
+                        f"{', '.join(IMAGE_KINDS)}")
+    if config.data.source == "folder" and not config.data.path:
+      raise ConfigError("data.source=folder needs data.path=FOLDER (its images, any depth)")
     if config.finetune.decoder_only and not config.finetune.init_from:
       raise ConfigError("finetune.decoder_only=True needs finetune.init_from (a finished "
                         "tokenizer workdir or diffusers VQModel)")
@@ -186,13 +191,14 @@ class VQGANStage(Stage):
 
   def make_source(self, split, process_index, process_count):
     cfg = self.config
+    root = cfg.data.path if split == "train" else cfg.data.eval_path or cfg.data.path
     return ImageSource(cfg.data.source, self.image_size, seed=cfg.seed, split=split,
                        global_batch=cfg.train.batch_size, process_index=process_index,
                        process_count=process_count,
                        num_batches=cfg.train.eval_batches if split == "eval" else None,
                        # eval rewinds to its first batch at every evaluation: drawn serially
                        num_workers=int(cfg.data.num_workers) if split == "train" else 0,
-                       scenes=shapes.scene_options(cfg.data.shapes))
+                       scenes=shapes.scene_options(cfg.data.shapes), root=root)
 
   # --- losses --------------------------------------------------------------------------------
   def _perceptual(self, lp, x, x_hat):

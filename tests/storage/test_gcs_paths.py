@@ -147,3 +147,23 @@ def jax_leaves(tree):
   import jax
   return [(jax.tree_util.keystr(p), np.asarray(v))
           for p, v in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def test_tokenizer_images_read_from_a_gcs_folder(root):
+  """The vqgan stage's `folder` source lists and reads its images on gs://."""
+  import io
+
+  from etils import epath
+  from PIL import Image
+
+  from muse_jax.data.images import ImageSource
+  for i, name in enumerate(["a.png", "sub/b.jpg"]):
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (100 * i, 50, 50)).save(buf, "PNG" if i == 0 else "JPEG")
+    epath.Path(f"{root}/{name}").parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(f"{root}/{name}").write_bytes(buf.getvalue())
+  src = ImageSource("folder", 16, seed=0, split="train", global_batch=2, root=root)
+  assert src.files == ["a.png", "sub/b.jpg"]
+  images = next(src)["images"]
+  assert images.shape == (2, 16, 16, 3)
+  assert sorted(int(im[..., 0].mean()) // 50 for im in images) == [0, 2]

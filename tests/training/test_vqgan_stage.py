@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
+from PIL import Image
 
 from configs import vqgan_tiny
+from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel import sharding as shd
 from muse_jax.parallel.mesh import make_mesh
 from muse_jax.training.base_stage import BaseStage
@@ -203,6 +205,31 @@ def test_data_num_workers_draws_training_images_in_processes(runner8):
   assert (train.num_workers, evaluation.num_workers, serial.num_workers) == (2, 0, 0)
   np.testing.assert_array_equal(next(train)["images"], next(serial)["images"])
   train.close()
+
+
+def test_trains_on_a_folder_of_images(runner8, tmp_path):
+  """data.source=folder: the step compiled for shapes trains on the folder's images."""
+  for i in range(3):
+    Image.new("RGB", (24 + 8 * i, 20), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+  st, shapes_source = runner8.stage, runner8.source
+  st.config.data.update(dict(source="folder", path=str(tmp_path)))
+  try:
+    VQGANStage.validate(st.config)
+    train, evaluation = st.make_source("train", 0, 1), st.make_source("eval", 0, 1)
+    runner8.source = train
+    _, metrics = runner8.run(runner8.init(), 0, 1)
+  finally:
+    st.config.data.update(dict(source="shapes", path=""))
+    runner8.source = shapes_source
+  assert sorted(train.files) == ["0.png", "1.png", "2.png"] and evaluation.root == str(tmp_path)
+  assert np.isfinite(metrics[0]["loss"])
+  c = _config()
+  c.data.source = "folder"
+  with pytest.raises(ConfigError, match="data.source=folder needs data.path"):
+    VQGANStage.validate(c)
+  c.data.source = "webdataset"
+  with pytest.raises(ConfigError, match="the vqgan stage reads shapes, synthetic, folder"):
+    VQGANStage.validate(c)
 
 
 def _stage(c):

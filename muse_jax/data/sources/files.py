@@ -14,6 +14,7 @@ import braceexpand
 from etils import epath
 
 T = TypeVar("T")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _GLOB_CHARS = ("*", "?", "[")
 
 
@@ -34,6 +35,22 @@ def read_bytes(path: str) -> bytes | None:
     return epath.Path(path).read_bytes()
   except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
     return None
+
+
+def list_images(root: str, extensions: Sequence[str]) -> list[str]:
+  """The files under `root` (recursively) with one of `extensions`, relative to it, sorted."""
+  exts = tuple(e.lower() for e in extensions)
+  # gcsfs walks a gs:// folder as paths without the scheme: strip whichever prefix they carry.
+  prefixes = [str(epath.Path(root)).rstrip("/") + "/"]
+  if is_remote(root):
+    prefixes.append(prefixes[0].split("://", 1)[1])
+  out = []
+  for d, _, names in epath.Path(root).walk():
+    for n in names:
+      if n.lower().endswith(exts):
+        path = str(d / n)
+        out.append(next((path[len(p):] for p in prefixes if path.startswith(p)), path))
+  return sorted(out)
 
 
 def _glob(pattern: str) -> list[str]:
