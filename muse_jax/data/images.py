@@ -77,6 +77,7 @@ class ImageSource(IndexedRowsSource):
     return self._order[index]
 
   def _file_image(self, index: int) -> np.ndarray:
+    train = self.split == "train"
     for k in range(MAX_SKIPS):
       rel = self._file(index + k)
       data = files.read_bytes(files.join(self.root, rel))
@@ -87,7 +88,6 @@ class ImageSource(IndexedRowsSource):
       except preprocess.SkipExample as e:
         log.warning("skipping image %s: %s", rel, " ".join(map(str, e.args)))
         continue
-      train = self.split == "train"
       rng = np.random.default_rng([self.seed, index]) if train else None
       return preprocess.resize_and_crop(img, self.size, random_crop=train, rng=rng)
     raise RuntimeError(f"{MAX_SKIPS} images in a row under {self.root!r} could not be read "

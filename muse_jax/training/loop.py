@@ -15,6 +15,7 @@ of the newest intact one (`Checkpointer.restore_newest`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -200,13 +201,17 @@ class Trainer(StepFunctions):
       reporter.record(s, m)
       return m
 
-    def settle():
-      """Waits for the dispatched step (and checks and records it), so that a following
-      `reporter.paused()` block holds none of its device time."""
+    @contextlib.contextmanager
+    def off_the_clock():
+      """Evaluation, images, hooks and saves: first the dispatched step is waited for (and
+      checked and recorded), so that its collectives come before theirs and its device time
+      stays on the rate clock; then their own time is left out of the rates and the ETA."""
       nonlocal pending
       if pending is not None:
         finish(pending)
         pending = None
+      with reporter.paused():
+        yield
 
     try:
       with StopSignals() as signals:
@@ -236,33 +241,28 @@ class Trainer(StepFunctions):
             reporter.scalars(step, m, prefix="train/")
             reporter.console(step, console_metrics(self.stage, m), examples_per_step=b,
                              flops_per_step=flops_per_step, peak_flops=peak)
-          # Evaluation, images, hooks and saves are left out of the rates and the ETA.
           if eval_every > 0 and self.eval_source is not None and (
               step % eval_every == 0 or step == total):
-            settle()
-            with reporter.paused():
+            with off_the_clock():
               eval_metrics = self.evaluate(state)
               reporter.record(step, eval_metrics, prefix="eval_")
               reporter.scalars(step, eval_metrics, prefix="eval/")
               reporter.message(f"eval @ {step}: " + " ".join(
                   f"{k} {v:.4g}" for k, v in eval_metrics.items()))
           if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
-            settle()
-            with reporter.paused():
+            with off_the_clock():
               for name, grid in self.stage.images(state, local).items():
                 reporter.images(step, name, grid)
           due = [h for h in self.hooks if h.due(step, total)]
           if due:
-            settle()  # also puts the collectives in the hooks after this step's
             ctx = HookContext(step=step, state=state, stage=self.stage, mesh=self.mesh,
                               reporter=reporter, total_steps=total, is_main=self.is_main)
-            with reporter.paused():
+            with off_the_clock():
               for hook in due:
                 hook(ctx)
           stop = agreed_stop(step)
           if stop or step == total or self.ckpt.should_save(step):
-            settle()
-            with reporter.paused():
+            with off_the_clock():
               try:
                 self.ckpt.save(step, state, self.train_source.get_state(), force=True)
               except NonFiniteState as e:
