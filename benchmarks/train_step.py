@@ -6,7 +6,8 @@ r"""Train-step throughput of a stage: compile time, step time, examples/s, token
 Uses one fixed synthetic batch already on the devices (input cost excluded) and the real
 jitted train step of `muse_jax.training.loop.Trainer` (same shardings, donation, optimizer).
 MFU = analytic model FLOPs (6*N*tokens-style count of every matmul incl. attention, see
-muse_jax/training/flops.py) / (step time x devices x peak). XLA's own FLOP count of the compiled
+muse_jax/training/flops.py) / (step time x devices x the dense bf16 peak, also with
+`--config.model.fp8_training=True`). XLA's own FLOP count of the compiled
 step is printed beside it (it includes rematerialised recomputation).
 
 A demo stage, as `python -m muse_jax.demo` builds it from a demo config (synthetic batches of
@@ -94,6 +95,8 @@ def main(_):
       ("params", f"{n_params / 1e6:.1f}M"),
       ("batch (global / per device)", f"{b} / {b // n_dev}"),
       ("attention / remat / scan", f"{m.attention} / {m.remat} / {m.scan_layers}"),
+      # FP8 matmuls still count against the dense bf16 peak (the MFU row's denominator)
+      ("block matmuls", "fp8" if m.get("fp8_training", False) else m.get("dtype", "n/a")),
       ("optimizer", cfg.optimizer.name),
       ("compile", f"{compile_s:.1f} s"),
       ("step time", f"{1e3 * step_s:.1f} ms"),

@@ -61,7 +61,9 @@ def pipeline_section(text_encoder_size: str = "xxl") -> ml_collections.ConfigDic
   # fp8_matmuls=True (e.g. --config.pipeline.base.model.fp8_matmuls=True) runs each block's
   # post-norm projections in e4m3 on GPUs with FP8 (muse_jax/models/fp8.py says how to measure
   # its speed and effect on samples; docs/performance.md).
-  stage = dict(dtype="bfloat16", attention="pallas", scan_layers=False, fp8_matmuls=False)
+  # A model trained with fp8_training samples in bf16 unless a stage sets it again.
+  stage = dict(dtype="bfloat16", attention="pallas", scan_layers=False, fp8_matmuls=False,
+               fp8_training=False)
   p.base = stage_section("base_632m", **stage)
   p.sr = stage_section("sr_268m", **stage)
   p.vq_lo = stage_section("vqgan_f16_256")

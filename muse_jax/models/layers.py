@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from muse_jax.models import fp8 as F
+from muse_jax.models import fp8_training
 from muse_jax.parallel.sharding import constrain
 
 Axes = tuple[str | None, ...]
@@ -31,6 +32,7 @@ class Precision:
   """Where each kind of arithmetic happens. Built from config strings by `from_names`."""
   dtype: jnp.dtype = jnp.float32        # matmul inputs / activations
   param_dtype: jnp.dtype = jnp.float32  # stored parameters
+  fp8_training: bool = False            # DenseGeneral in FP8 (muse_jax/models/fp8_training.py)
 
   @classmethod
   def from_names(cls, dtype: str, param_dtype: str) -> "Precision":
@@ -79,7 +81,8 @@ class DenseGeneral(nnx.Module):
     self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, tuple(out_axes),
                        precision.param_dtype) if use_bias else None)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, x_bound=None) -> jax.Array:
+    """`x_bound` (>= max|x|, e.g. `RMSNorm.bound()`) spares FP8 training a pass over x."""
     dtype = self.precision.dtype
     n_in = len(self.in_shape)
     if x.shape[x.ndim - n_in:] != self.in_shape:
@@ -93,6 +96,9 @@ class DenseGeneral(nnx.Module):
     if self.fp8:
       w = self.kernel[...]
       y = F.matmul(x.reshape(-1, w.shape[1]), w, self.kernel_scale[...], dtype)
+    elif self.precision.fp8_training:
+      y = fp8_training.dot(x.reshape((-1,) + self.in_shape).astype(dtype), self.kernel[...],
+                           n_in, x_bound)
     else:
       x2 = x.reshape((-1,) + self.in_shape)
       contract = (tuple(range(1, n_in + 1)), tuple(range(n_in)))
@@ -126,6 +132,14 @@ class RMSNorm(nnx.Module):
     if self.scale is not None:
       y = y * self.scale[...].astype(jnp.float32)
     return y.astype(self.precision.dtype).reshape(shape)
+
+  def bound(self) -> jax.Array:
+    """A bound on max|output| that needs no pass over the input: each row x of width D has
+    |x_i| / rms(x) <= sqrt(D), so the output is within sqrt(D) * max|scale|."""
+    if self.scale is None:
+      raise ValueError("RMSNorm.bound needs the norm's scale (use_scale=True)")
+    d = self.scale.shape[0]
+    return math.sqrt(d) * jnp.max(jnp.abs(self.scale[...].astype(jnp.float32)))
 
 
 def attention(q, k, v, *, kv_lengths=None, implementation: str = "xla"):
@@ -214,18 +228,19 @@ class MultiHeadAttention(nnx.Module):
     heads = ("act_batch", "act_length", "act_heads", None)
     return constrain(kv[:, :, 0], heads), constrain(kv[:, :, 1], heads)
 
-  def __call__(self, x, context=None, *, kv_lengths=None, kv=None):
-    """Attention of x to itself, to `context`, or to precomputed `kv=(k, v)` (`project_kv`)."""
+  def __call__(self, x, context=None, *, kv_lengths=None, kv=None, x_bound=None):
+    """Attention of x to itself, to `context`, or to precomputed `kv=(k, v)` (`project_kv`).
+    `x_bound`: see `DenseGeneral`."""
     heads = ("act_batch", "act_length", "act_heads", None)
     if self.qkv is not None:
-      qkv = self.qkv(x)
+      qkv = self.qkv(x, x_bound)
       t = x.shape[1]
       if resolve_attention(self.implementation, t, t, self.head_dim, qkv.dtype) == "pallas":
         from muse_jax.models import pallas_attention  # reads q, k, v in place: no split copies
         return self.out(pallas_attention.qkv_attention(qkv))
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
-      q = self.q(x)
+      q = self.q(x, x_bound)
       k, v = kv if kv is not None else self.project_kv(x if context is None else context)
     q, k, v = (constrain(t, heads) for t in (q, k, v))
     y = attention(q, k, v, kv_lengths=kv_lengths, implementation=self.implementation)
@@ -243,7 +258,7 @@ class MLP(nnx.Module):
     self.wo = DenseGeneral((hidden,), (dim,), in_axes=("mlp",), out_axes=("embed",),
                            rngs=rngs, precision=precision)
 
-  def __call__(self, x):
-    h = jax.nn.gelu(self.wi(x), approximate=True)
+  def __call__(self, x, x_bound=None):
+    h = jax.nn.gelu(self.wi(x, x_bound), approximate=True)
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
     return self.wo(h)

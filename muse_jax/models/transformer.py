@@ -73,6 +73,7 @@ class TransformerConfig:
   remat: str = "none"
   scan_layers: bool = True
   fp8_matmuls: bool = False  # sampling only: muse_jax/models/fp8.py
+  fp8_training: bool = False  # the blocks' projections in FP8: muse_jax/models/fp8_training.py
   text_pos_embed: bool = False  # a learned position embedding on the projected text
 
   @classmethod
@@ -138,6 +139,9 @@ class Block(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs, precision: L.Precision, cross: bool = True):
     d = cfg.hidden_size
+    # fp8_training covers the blocks' projections only; the embeddings, text projection and
+    # output head keep the compute dtype (as in FP8 recipes that keep the first and last layers).
+    precision = dataclasses.replace(precision, fp8_training=bool(cfg.fp8_training))
     kw = dict(rngs=rngs, precision=precision)
     fp8 = bool(cfg.fp8_matmuls)  # sampling only: muse_jax/models/fp8.py
     if fp8:
@@ -156,15 +160,22 @@ class Block(nnx.Module):
     self.norm_mlp = L.RMSNorm(d, **norm_kw)
     self.mlp = L.MLP(d, cfg.mlp_dim, fp8_input=fp8, **kw)
     self.dropout = float(cfg.dropout)
+    self.fp8_training = precision.fp8_training
+
+  def _bound(self, norm):
+    """FP8 training: the scale of a norm's output from its bound, not from a pass over it."""
+    return norm.bound() if self.fp8_training else None
 
   def __call__(self, x, context=None, context_len=None, dropout_key=None, cross_kv=None):
     keys = (jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3)
-    x = x + _dropout(self.self_attn(self.norm_self(x)), self.dropout, keys[0])
-    x = constrain(x, ACT)
+    h = self.self_attn(self.norm_self(x), x_bound=self._bound(self.norm_self))
+    x = constrain(x + _dropout(h, self.dropout, keys[0]), ACT)
     if self.cross_attn is not None:
-      h = self.cross_attn(self.norm_cross(x), context, kv_lengths=context_len, kv=cross_kv)
+      h = self.cross_attn(self.norm_cross(x), context, kv_lengths=context_len, kv=cross_kv,
+                          x_bound=self._bound(self.norm_cross))
       x = constrain(x + _dropout(h, self.dropout, keys[1]), ACT)
-    x = x + _dropout(self.mlp(self.norm_mlp(x)), self.dropout, keys[2])
+    h = self.mlp(self.norm_mlp(x), x_bound=self._bound(self.norm_mlp))
+    x = x + _dropout(h, self.dropout, keys[2])
     return constrain(x, ACT)
 
 

@@ -23,7 +23,8 @@ from muse_jax.workdir.checkpoints import latest_step, state_mismatch
 from muse_jax.workdir.saved_config import CONFIG_FILE, saved_config
 
 # model keys a resumed run may change: they do not decide which arrays the state holds.
-_RUNTIME_MODEL_KEYS = ("dtype", "param_dtype", "attention", "remat", "dropout", "fp8_matmuls")
+_RUNTIME_MODEL_KEYS = ("dtype", "param_dtype", "attention", "remat", "dropout", "fp8_matmuls",
+                      "fp8_training")
 
 
 def _optimizers(config) -> list[str]:

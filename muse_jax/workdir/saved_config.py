@@ -17,7 +17,7 @@ from muse_jax import paths
 CONFIG_FILE = "config.json"
 # model keys that change parameter shapes (the rest: dtype, attention, remat, ... are runtime).
 RUNTIME_MODEL_KEYS = ("dtype", "param_dtype", "attention", "remat", "scan_layers", "dropout",
-                      "fp8_matmuls")
+                      "fp8_matmuls", "fp8_training")
 
 
 def stored_config(config):
