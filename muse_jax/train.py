@@ -43,19 +43,13 @@ Multi-process: jax.distributed is initialised from --coordinator_address/--num_p
 """
 import logging
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from muse_jax.configs.cli_flags import parse_flags
+from muse_jax.configs.cli_flags import define_job_flags, parse_flags
 from muse_jax.parallel import distributed
 
-config_flags.DEFINE_config_file("config", None, "Path to a configs/<name>.py file.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard.")
-distributed.define_flags()
-flags.adopt_module_key_flags(distributed)
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
+FLAGS = define_job_flags("Path to a configs/<name>.py file.",
+                         "Directory for checkpoints, metrics and TensorBoard.")
 
 
 def main(argv):

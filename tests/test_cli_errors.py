@@ -66,3 +66,15 @@ def test_each_entry_point_reports_a_bad_config_in_one_line(tmp_path):
     want = CASES[name][1].format(tmp=tmp_path)
     assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
     assert len(lines) == 1 and lines[0].startswith(want), f"{name}:\n{err[-3000:]}"
+
+
+def test_job_entry_points_list_their_flags_in_help():
+  """train and precompute define their flags through cli_flags.define_job_flags; --help (the
+  main module's flags) must still list them, distributed's included."""
+  procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=REPO, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for m in ("muse_jax.train", "muse_jax.precompute")}
+  for module, proc in procs.items():
+    out, _ = proc.communicate(timeout=120)
+    for flag in ("--config:", "--workdir:", "--coordinator_address:", "--heartbeat_timeout:"):
+      assert flag in out, f"{module} --help lacks {flag}\n{out[-2000:]}"

@@ -15,8 +15,25 @@ import re
 import sys
 
 from absl import flags
+from ml_collections import config_flags
 
 EXIT_USER_ERROR = 2  # muse_jax.cli documents the statuses; 2 = a user or config error
+
+# Flags defined here (define_job_flags) belong to the entry point that asks for them, so that
+# its --help lists them.
+flags.disclaim_key_flags()
+
+
+def define_job_flags(config_help: str, workdir_help: str) -> flags.FlagValues:
+  """The flags of a job that may span processes (train, precompute): --config (locked, so a
+  misspelt override fails), --workdir, both required, and jax.distributed's flags."""
+  from muse_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help)
+  distributed.define_flags()
+  flags.adopt_module_key_flags(distributed)
+  flags.mark_flags_as_required(["config", "workdir"])
+  return flags.FLAGS
 
 
 def flag_value(value) -> str:

@@ -31,19 +31,13 @@ DIR must be shared by all processes.
 """
 import logging
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from muse_jax.configs.cli_flags import parse_flags
+from muse_jax.configs.cli_flags import define_job_flags, parse_flags
 from muse_jax.parallel import distributed
 
-config_flags.DEFINE_config_file("config", None, "Path to a precompute config, e.g. "
-                                "configs/shapes_precompute.py.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory (shards, index, manifest.json).")
-distributed.define_flags()
-flags.adopt_module_key_flags(distributed)
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
+FLAGS = define_job_flags("Path to a precompute config, e.g. configs/shapes_precompute.py.",
+                         "Output directory (shards, index, manifest.json).")
 
 
 def main(argv):
