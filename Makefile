@@ -1,9 +1,13 @@
 # The README's two commands: `make test` and `make demo`. Both create or reuse .venv.
 # `make install` installs the pinned stack and muse_jax (editable) into .venv: with ACCEL=cpu
-# (the default) JAX on CPU plus the test requirements; with ACCEL=cuda or ACCEL=tpu JAX's GPU or
-# TPU build (setup.py's extras) and no test requirements, whose PyTorch would bring its own CUDA.
+# (the default) JAX on CPU, TensorFlow (requirements-tf.txt; the tests write TFRecord and TFDS
+# fixtures with it) and the test requirements; with ACCEL=cuda or ACCEL=tpu JAX's GPU or TPU
+# build (setup.py's extras) and no test requirements, whose PyTorch would bring its own CUDA.
+# TF=1 adds TensorFlow there (the `tf` extra), for the tfds and tfrecord precompute sources, the
+# data.reader=tf reader and TFDS caption sets; nothing else needs it.
 SHELL := /bin/bash
 ACCEL ?= cpu
+TF ?= 0
 VENV := .venv
 # First interpreter >= 3.12 that actually runs (pyenv shims can exist without a version).
 PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
@@ -24,20 +28,26 @@ $(VENV)/bin/python:
 # venv's path: tests/training/test_aot.py puts it on the path of its compile subprocesses only.
 # In the venv itself, every JAX start on a CPU host would print libtpu's warnings.
 LIBTPU := $(VENV)/libtpu
-$(STAMP): requirements.txt requirements-test.txt setup.py | $(VENV)/bin/python
-	$(PIP) -r requirements.txt -r requirements-test.txt
+$(STAMP): requirements.txt requirements-tf.txt requirements-test.txt setup.py | $(VENV)/bin/python
+	$(PIP) -r requirements.txt -r requirements-tf.txt -r requirements-test.txt
 	$(PIP) --no-deps -e .
 	$(PIP) --no-deps --upgrade --target $(LIBTPU) libtpu==0.0.48.1
 	touch $(STAMP)
 
-$(STAMP)-cuda $(STAMP)-tpu: $(STAMP)-%: requirements.txt setup.py | $(VENV)/bin/python
-	$(PIP) -r requirements.txt -e ".[$*]"
+# One stamp per accelerator and TF: TF=1 makes .installed-cuda-tf, which installs ".[cuda,tf]".
+ACCEL_STAMPS := $(foreach a,cuda tpu,$(STAMP)-$(a) $(STAMP)-$(a)-tf)
+COMMA := ,
+$(ACCEL_STAMPS): $(STAMP)-%: requirements.txt requirements-tf.txt setup.py | $(VENV)/bin/python
+	$(PIP) -r requirements.txt -e ".[$(subst -,$(COMMA),$*)]"
 	touch $@
 
-ifeq ($(ACCEL),cpu)
+ifeq ($(filter 0 1,$(TF)),)
+install:
+	@echo "error: TF=$(TF); use TF=1 (add TensorFlow) or TF=0"; exit 2
+else ifeq ($(ACCEL),cpu)
 install: $(STAMP)
 else ifneq ($(filter cuda tpu,$(ACCEL)),)
-install: $(STAMP)-$(ACCEL)
+install: $(STAMP)-$(ACCEL)$(if $(filter 1,$(TF)),-tf)
 	@$(VENV)/bin/python -c 'import jax; print("jax", jax.__version__, "backend:", \
 	  jax.default_backend(), jax.device_count(), "devices")'
 else

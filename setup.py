@@ -3,13 +3,21 @@
 Extras pick JAX's accelerator build (the version matches requirements.txt's jax pin):
   pip install -e .[cuda]   NVIDIA GPUs: jax[cuda12] (CUDA, cuDNN and NCCL come as pip wheels)
   pip install -e .[tpu]    Cloud TPU VMs: jax[tpu] (libtpu)
-Without an extra, JAX runs on CPU.
+Without an extra, JAX runs on CPU. One more extra adds TensorFlow (requirements-tf.txt):
+  pip install -e .[tf]     the precompute sources data.source=tfds and tfrecord, the training
+                           reader data.reader=tf and TFDS caption sets; the default grain
+                           reader and the other sources do not need it
+Extras combine: pip install -e ".[cuda,tf]".
 """
 from setuptools import find_packages, setup
 
-with open("requirements.txt") as f:
-  requirements = [l.strip() for l in f if l.strip() and not l.startswith("#")]
 
+def read_requirements(path: str) -> list[str]:
+  with open(path) as f:
+    return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+
+
+requirements = read_requirements("requirements.txt")
 JAX = next(r for r in requirements if r.startswith("jax=="))  # the one pinned version
 
 setup(
@@ -22,5 +30,6 @@ setup(
     extras_require={
         "cuda": [JAX.replace("jax==", "jax[cuda12]==")],
         "tpu": [JAX.replace("jax==", "jax[tpu]==")],
+        "tf": read_requirements("requirements-tf.txt"),
     },
 )

@@ -6,7 +6,7 @@ COMMAND: python -m muse_jax.precompute --config=configs/precompute_tfds.py --wor
 Each split of precompute.splits (default train, validation) gets its own shards: OUT/shards/
 {split}-* (16x16 tokens at 256 px, 64x64 at 512 px, T5-XXL embeddings of 128 tokens), with
 OUT/manifest.json and OUT/skipped.jsonl (each skipped record by its TFDS id, with its reason);
-rerunning resumes. Needs TensorFlow and tensorflow-datasets. Train with configs/base_632m.py
+rerunning resumes. Needs TensorFlow and TFDS (the `tf` extra). Train with configs/base_632m.py
 --config.data.source=precomputed --config.data.path=OUT.
 
 [weights below]: the tokenizer and T5 flags listed in muse_jax/configs/common_precompute.py

@@ -4,6 +4,7 @@
 #
 #   launch/tpu_pod.sh create  TPU ZONE v5p-64 [gcloud flags, e.g. --spot]
 #   launch/tpu_pod.sh install TPU ZONE              # this checkout's HEAD + jax[tpu] on all workers
+#   TF=1 launch/tpu_pod.sh install TPU ZONE         # the same, plus TensorFlow (the `tf` extra)
 #   launch/tpu_pod.sh start   TPU ZONE RUN CONFIG gs://BUCKET/runs/RUN [--config.x=y ...]
 #   launch/tpu_pod.sh logs    TPU ZONE RUN [WORKER]   # follow one worker's log (default 0)
 #   launch/tpu_pod.sh status  TPU ZONE RUN            # running or not, last line, every worker
@@ -15,7 +16,7 @@
 # RUN, CONFIG and WORKDIR resumes from the newest checkpoint, on this slice or a new one.
 # TPU_RUNTIME overrides the TPU VM image that `create` picks from the accelerator type.
 set -euo pipefail
-usage() { sed -n '5,11p' "$0" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n '5,12p' "$0" | sed 's/^# *//' >&2; exit 2; }
 [[ $# -ge 3 ]] || usage
 CMD=$1; TPU=$2; ZONE=$3; shift 3
 # shellcheck disable=SC2088  # the workers' shells expand the ~
@@ -66,13 +67,16 @@ case $CMD in
     ;;
   install)
     # TPU VM images ship an older Python; uv provides 3.12 where python3.12 is missing.
+    # TensorFlow only with TF=1: the tfds and tfrecord precompute sources and data.reader=tf.
+    extras=tpu
+    if [[ ${TF:-0} == 1 ]]; then extras=tpu,tf; fi
     archive=${TMPDIR:-/tmp}/muse_jax_$$.tar.gz
     run git -C "$(dirname "$0")/.." archive --format=tar.gz -o "$archive" HEAD
     run gcloud compute tpus tpu-vm scp "$archive" "$TPU:muse_jax.tar.gz" --zone="$ZONE" --worker=all
     ssh_workers all "set -e; mkdir -p $REMOTE_DIR && tar -xzf muse_jax.tar.gz -C $REMOTE_DIR \
 && cd $REMOTE_DIR && PY=\$(command -v python3.12 || { python3 -m pip install -q --user uv \
 && ~/.local/bin/uv python install 3.12 >/dev/null && ~/.local/bin/uv python find 3.12; }) \
-&& \$PY -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e '.[tpu]' \
+&& \$PY -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e '.[$extras]' \
 && .venv/bin/python -c 'import jax; print(jax.process_index(), jax.devices()[0].device_kind)'"
     [[ -n ${DRY_RUN:-} ]] || rm -f "$archive"
     ;;

@@ -17,7 +17,8 @@ Readers (`data.reader`):
     across processes; resume in constant time; memory independent of the dataset's size; no
     TensorFlow. The default.
   'tf': tf.data over the files (below), for TensorFlow users and for shard directories where
-    no index can be written beside the shards. Needs TensorFlow (imported only here).
+    no index can be written beside the shards. Needs TensorFlow, the `tf` install extra
+    (imported only here; tf_import.py).
   'numpy': this process's records in memory, no TensorFlow: small datasets (the CPU demo),
     where it is the fastest.
 Every reader yields batches that drop nothing but span epoch boundaries; eval reads in file
@@ -87,9 +88,11 @@ class TFRecordTokenSource(PositionState, BatchSource):
                features: dict[str, Feature], *, batch: int, seed: int, shuffle: bool,
                shuffle_buffer: int, process_index: int = 0, process_count: int = 1,
                cycle_length: int = 16):
+    # Imported here, not at the top: tf_import's ConfigError brings JAX, and TensorFlow is only
+    # for this reader. Without the tf extra, building the reader is a one-line error.
+    from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
+    self.tf = tf = tf_import.tensorflow("data.reader=tf")
     super().__init__(process_index, process_count)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self.tf = tf
     self.spec, self.features, self.keys = spec, features, record_keys(features)
     self.batch, self.seed, self.shuffle = int(batch), int(seed), bool(shuffle)
     self.shuffle_buffer = max(int(shuffle_buffer), 1)

@@ -25,8 +25,9 @@ files than processes, are split by record index (i::process_count); those files 
 file when there are at least as many files as processes; TFDS uses `tfds.even_splits`. In
 every case the slices are disjoint and together cover the source.
 
-TensorFlow is imported only when a tfds or tfrecord source is used, so the other sources work
-where TensorFlow is not installed.
+TensorFlow is imported only when a tfds or tfrecord source is built (tf_import.py: without the
+`tf` install extra, building one is a one-line error), so the other sources work where
+TensorFlow is not installed.
 """
 from __future__ import annotations
 
@@ -82,8 +83,22 @@ def _first_text(value: Any) -> bytes | str | None:
   return value
 
 
+def _tf(what: str):
+  """`tensorflow`, or a one-line MissingTensorFlow naming `what` (imported here: tf_import's
+  ConfigError brings JAX, which the other sources do not need)."""
+  from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
+  return tf_import.tensorflow(what)
+
+
+def _tfds(what: str):
+  from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
+  return tf_import.tensorflow_datasets(what)
+
+
 class TFDSSource:
   """A TFDS dataset read from `data_dir` (images are kept encoded and decoded by PIL)."""
+
+  WHAT = "data.source=tfds"
 
   def __init__(self, name: str, data_dir: str | None, split: str = "train",
                image_key: str = "image", caption_key: str = "caption", id_key: str = ""):
@@ -91,11 +106,11 @@ class TFDSSource:
       raise ValueError("data.tfds.name is empty: set it to a TFDS dataset name, e.g. 'coco'")
     self.name, self.data_dir, self.split = name, data_dir or None, split
     self.image_key, self.caption_key, self.id_key = image_key, caption_key, id_key
+    _tfds(self.WHAT)  # a missing tf extra fails here, when the source is built
 
   def raw_examples(self, process_index=0, process_count=1):
     _check_shard(process_index, process_count)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tf, tfds = _tf(self.WHAT), _tfds(self.WHAT)
     builder = tfds.builder(self.name, data_dir=self.data_dir)
     features = builder.info.features
     image_feature = _get_path(features, self.image_key)
@@ -145,22 +160,25 @@ class TFDSSource:
 class TFRecordSource:
   """TFRecord files (a glob) of tf.train.Example with encoded image and caption bytes."""
 
+  WHAT = "data.source=tfrecord"
+
   def __init__(self, pattern: str, image_key: str = "image", caption_key: str = "caption",
                id_key: str = "", compression: str = ""):
     if not pattern:
       raise ValueError("data.tfrecord.pattern is empty: set it to a glob of TFRecord files")
     self.pattern, self.image_key, self.caption_key = pattern, image_key, caption_key
     self.id_key, self.compression = id_key, compression
+    _tf(self.WHAT)  # a missing tf extra fails here, when the source is built
 
   def files(self) -> list[str]:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = _tf(self.WHAT)
     files = sorted(tf.io.gfile.glob(self.pattern))
     if not files:
       raise FileNotFoundError(f"no files match data.tfrecord.pattern={self.pattern!r}")
     return files
 
   def _parse(self, name: str, raw: bytes) -> RawExample:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = _tf(self.WHAT)
     try:
       example = tf.train.Example.FromString(raw)
     except Exception:  # noqa: BLE001 -- protobuf DecodeError
@@ -183,7 +201,7 @@ class TFRecordSource:
 
   def raw_examples(self, process_index=0, process_count=1):
     _check_shard(process_index, process_count)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = _tf(self.WHAT)
     files = self.files()
     by_file = len(files) >= process_count
     if by_file:

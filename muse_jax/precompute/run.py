@@ -111,6 +111,10 @@ def run_precompute(config, workdir: str, *, stream=None,
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   mesh = make_mesh(config.mesh)
   validate_config(config, jax.process_count(), data_parallel_size(mesh))
+  # Building each split's source checks its section (an empty path or name, a missing tf
+  # extra) before the models load, which takes minutes at full size.
+  for split in config.precompute.splits:
+    raw_sources.make_source(split_data(config, split))
   t0 = time.perf_counter()
   spiece = ensure_spiece_model(config, workdir)
   models = (models_fn or build_models)(config, mesh, spiece)

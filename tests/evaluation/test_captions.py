@@ -82,10 +82,11 @@ def test_empty_damaged_or_malformed_caption_sets_are_refused_at_start(tmp_path):
 
 
 def test_tfds_captions_without_tensorflow_datasets_are_one_line(monkeypatch):
-  """The GPU image has no TensorFlow: a `tfds:` caption set is then a one-line error."""
+  """The GPU image has no TensorFlow by default: a `tfds:` caption set is then a one-line error
+  (a ValueError, as evaluate reports them) naming the `tf` extra."""
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
-  with pytest.raises(ValueError, match=r"^--captions=tfds:coco:val: reading TFDS needs "
-                     r"tensorflow-datasets and TensorFlow \(.*\); install them") as err:
+  with pytest.raises(ValueError, match=r"^--captions=tfds:coco:val needs TensorFlow Datasets, "
+                     r"which is not installed: pip install -e '\.\[tf\]'") as err:
     C.read("tfds:coco:val")
   assert "\n" not in str(err.value)
 

@@ -32,14 +32,18 @@ def test_launch_scripts_pass_shellcheck_and_the_dockerfile_passes_hadolint():
   assert hl.returncode == 0, hl.stdout
 
 
-def test_install_extras_are_jax_accelerator_builds_at_the_pinned_version():
+def test_install_extras_are_jax_accelerator_builds_at_the_pinned_version_and_tensorflow():
   with open(os.path.join(REPO, "requirements.txt")) as f:
     pin = next(l.strip() for l in f if l.startswith("jax=="))
+  with open(os.path.join(REPO, "requirements-tf.txt")) as f:
+    tf_pins = [l.strip() for l in f if l.strip() and not l.startswith("#")]
   out = subprocess.run([sys.executable, "-c", "import runpy, setuptools; setuptools.setup = "
                         "lambda **k: print(k['extras_require']); runpy.run_path('setup.py')"],
                        cwd=REPO, capture_output=True, text=True, check=True).stdout
   version = pin.split("==")[1]
-  assert out.strip() == str({"cuda": [f"jax[cuda12]=={version}"], "tpu": [f"jax[tpu]=={version}"]})
+  assert out.strip() == str({"cuda": [f"jax[cuda12]=={version}"], "tpu": [f"jax[tpu]=={version}"],
+                             "tf": tf_pins})
+  assert [p.split("==")[0] for p in tf_pins] == ["tensorflow-cpu", "tensorflow-datasets"]
   # Both are extras the pinned jax declares (its wheel's metadata).
   assert importlib.metadata.version("jax") == version
   assert {"cuda12", "tpu"} <= set(importlib.metadata.metadata("jax").get_all("Provides-Extra"))

@@ -1,7 +1,10 @@
 """Captions of a prepared TFDS dataset, for caption sets (muse_jax/evaluation/captions.py).
 
-TensorFlow Datasets (and so TensorFlow) is imported only when a set is read: the GPU image has
-neither, and reading any other caption format must not need them.
+TensorFlow Datasets (and so TensorFlow) is imported only when a set is read, through tf_import.py
+(imported there too, as it brings JAX): they are the `tf` install extra, which the container
+image leaves out by default, and reading any other caption format must not need them. Without
+them, reading a set is a one-line error naming the extra (MissingTensorFlow, a ValueError like
+every other caption-set error).
 """
 from __future__ import annotations
 
@@ -23,12 +26,8 @@ def _text_at(tree, key: str):
 def read(spec: str, name: str, split: str, key: str, data_dir: str | None) -> list[str]:
   """The non-empty texts at `key` of TFDS dataset `name`, split `split` ("": its only one),
   in stored order; `spec` (the --captions value) names it in errors, each one line."""
-  try:
-    import tensorflow_datasets as tfds  # only for this format: it imports TensorFlow
-  except ImportError as err:
-    raise ValueError(f"--captions={spec}: reading TFDS needs tensorflow-datasets and "
-                     f"TensorFlow ({err}); install them, or give the captions as a text, COCO "
-                     "JSON or parquet file") from err
+  from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
+  tfds = tf_import.tensorflow_datasets(f"--captions={spec}")  # only for this format
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
     splits = sorted(builder.info.splits.keys())
