@@ -249,9 +249,9 @@ class Trainer(StepFunctions):
               reporter.scalars(step, eval_metrics, prefix="eval/")
               reporter.message(f"eval @ {step}: " + " ".join(
                   f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-          if image_every > 0 and step % image_every == 0 and jax.process_count() == 1:
-            with off_the_clock():
-              for name, grid in self.stage.images(state, local).items():
+          if image_every > 0 and step % image_every == 0:
+            with off_the_clock():  # every process: the grid may be a collective
+              for name, grid in self.stage.images(state, batch).items():
                 reporter.images(step, name, grid)
           due = [h for h in self.hooks if h.due(step, total)]
           if due:

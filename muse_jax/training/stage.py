@@ -80,8 +80,11 @@ class Stage(abc.ABC):
     """Model FLOPs of one training example (forward + backward), for MFU. 0 if unknown."""
     return 0.0
 
-  def images(self, state: Any, local_batch: dict) -> dict[str, np.ndarray]:
-    """Named [H, W, 3] images in [0, 1] for TensorBoard (every `train.image_grid_every`)."""
+  def images(self, state: Any, batch: Batch) -> dict[str, np.ndarray]:
+    """Named [H, W, 3] images in [0, 1] for TensorBoard (every `train.image_grid_every`), from
+    the state and this step's global train batch (jax.Arrays laid out as the train step's).
+    Every process calls it, in single- and multi-process runs alike, so it may run collectives
+    (a jitted program over the sharded state); process 0's result is written."""
     return {}
 
   def params_for_export(self, state: Any) -> Any:

@@ -23,6 +23,7 @@ says so when it is built.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -334,20 +335,36 @@ class VQGANStage(Stage):
       m["perceptual_loss"] = self._perceptual(state.lpips, x, x_hat)
     return m
 
-  def reconstruction_grid(self, state, images: np.ndarray, n: int | None = None) -> np.ndarray:
-    """An [H, 2W, 3] image in [0, 1]: originals (left column) beside reconstructions, for
-    TensorBoard (`Reporter.images`). `images` are uint8 or [0, 1] floats [b, S, S, 3]."""
-    n = n or int(self.config.train.image_grid_size)
-    images = np.asarray(images)[:n]
-    x = to_model_range(jnp.asarray(images), self.model_cfg.pixel_range)
-    x_hat, _ = self.fm.bind(jax.device_get(state.params))(x)
-    orig = np.asarray(from_model_range(x, self.model_cfg.pixel_range))
-    rec = np.clip(np.asarray(from_model_range(x_hat, self.model_cfg.pixel_range)), 0, 1)
-    rows = [np.concatenate([o, r], axis=1) for o, r in zip(orig, rec)]
+  def reconstruction_grid(self, state, images, n: int | None = None) -> np.ndarray:
+    """An [H, 2W, 3] image in [0, 1]: the first `n` (`train.image_grid_size`) of `images`
+    (left column) beside their reconstructions, for TensorBoard (`Reporter.images`).
+    `images` are uint8 or [0, 1] floats [b, S, S, 3]: numpy, or a global jax.Array such as
+    the train batch. One jitted program over the params as they are sharded, so in a
+    multi-process run every process must call it with the same global `images`; each gets
+    the whole grid."""
+    n = min(n or int(self.config.train.image_grid_size), images.shape[0])
+    shown, rec = self._reconstruct(state.params, images, n)
+    pr = self.model_cfg.pixel_range
+    # The originals through the model's input range op by op, on this process's first device:
+    # fused under jit, the division by 255 may round differently in the last bit.
+    orig = np.asarray(from_model_range(to_model_range(jnp.asarray(np.asarray(shown)), pr), pr))
+    rows = [np.concatenate([o, r], axis=1) for o, r in zip(orig, np.asarray(rec))]
     return np.concatenate(rows, axis=0)
 
-  def images(self, state, local_batch):
-    return {"reconstructions": self.reconstruction_grid(state, local_batch["images"])}
+  @functools.cached_property
+  def _reconstruct(self):
+    """(params, images, n) -> (the first n images, their reconstructions in [0, 1]),
+    replicated so that every process can read them. Jitted over the params as they are sharded
+    rather than gathering them onto each host: XLA moves only what the program needs."""
+    pr = self.model_cfg.pixel_range
+
+    def reconstruct(params, images, n):
+      x_hat, _ = self.fm.bind(params)(to_model_range(images[:n], pr))
+      return images[:n], jnp.clip(from_model_range(x_hat, pr), 0, 1)
+    return jax.jit(reconstruct, static_argnums=2, out_shardings=NamedSharding(self.mesh, P()))
+
+  def images(self, state, batch):
+    return {"reconstructions": self.reconstruction_grid(state, batch["images"])}
 
   def params_for_export(self, state):
     return state.params
