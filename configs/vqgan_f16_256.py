@@ -5,7 +5,11 @@ COMMAND: python -m muse_jax.train --config=configs/vqgan_f16_256.py --workdir=/t
            --config.data.source=folder --config.data.path=/data/images
 Trains encoder, codebook and decoder (L1 + 0.05 LPIPS + 0.1 GAN from step 20k, LeCAM) for 1M
 steps at batch 256; checkpoints every 1000 steps, resumable. Without perceptual_weights the run
-says that the perceptual loss is off.
+says that the perceptual loss is off. lpips_vgg16.safetensors is torchvision's VGG16 and the LPIPS
+v0.1 heads in one file, made once with
+  python tools/pth_to_safetensors.py vgg16-397923af.pth vgg.pth lpips_vgg16.safetensors
+from https://download.pytorch.org/models/vgg16-397923af.pth and the lpips package's
+lpips/weights/v0.1/vgg.pth (https://github.com/richzhang/PerceptualSimilarity).
 """
 from muse_jax.configs import common_vqgan
 

@@ -135,8 +135,10 @@ class VQGANStage(Stage):
       self._lpips = load_lpips_params(lc.perceptual_weights)
     elif lc.perceptual_weight > 0:
       msg = ("perceptual loss is OFF: loss.perceptual_weights is empty. Set it to a "
-             ".safetensors file with VGG16 `features.*` and LPIPS `lin*` keys "
-             "(see muse_jax/weights/vgg_lpips.py) to train with LPIPS.")
+             ".safetensors file with VGG16 `features.*` and LPIPS `lin*` keys to train with "
+             "LPIPS; build one with `python tools/pth_to_safetensors.py vgg16-397923af.pth "
+             "vgg.pth lpips_vgg16.safetensors` (where to get both files: "
+             "muse_jax/weights/vgg_lpips.py).")
       log.warning(msg)  # one stderr line: absl's handler under the CLI, else logging's lastResort
     # The progress line's metrics (all go to metrics.jsonl and TensorBoard): the losses this
     # run trains with, and reconstruction quality and live codes as its health.

@@ -7,12 +7,13 @@ Supported format (the only one): a `.safetensors` file holding
   lin{k}.model.1.weight  [1, C_k, 1, 1] for k in 0..4 (C = 64, 128, 256, 512, 512) -- the LPIPS
       v0.1 linear heads (`lpips` package, `weights/v0.1/vgg.pth`).
 Extra `classifier.*` keys (a full torchvision state dict) are ignored; anything else missing,
-unexpected or misshapen is an error naming the keys. To build the file once, outside muse_jax:
-  sd = {f"features.{k}": v for k, v in torchvision.models.vgg16(weights="IMAGENET1K_V1")
-        .features.state_dict().items()}
-  sd.update(torch.load("lpips/weights/v0.1/vgg.pth"))   # your own trusted copy
-  safetensors.torch.save_file({k: v.float().contiguous() for k, v in sd.items()},
-                              "lpips_vgg16.safetensors")
+unexpected or misshapen is an error naming the keys. To build the file once, in its own process
+(needs torch; it loads with `torch.load(weights_only=True)`), merge the two published files
+unchanged:
+  python tools/pth_to_safetensors.py vgg16-397923af.pth vgg.pth lpips_vgg16.safetensors
+`vgg16-397923af.pth` is torchvision's `IMAGENET1K_V1` file
+(https://download.pytorch.org/models/vgg16-397923af.pth) and `vgg.pth` the `lpips` package's
+`lpips/weights/v0.1/vgg.pth` (https://github.com/richzhang/PerceptualSimilarity).
 muse_jax itself never unpickles.
 """
 from __future__ import annotations

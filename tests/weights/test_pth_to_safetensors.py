@@ -1,12 +1,15 @@
-"""tools/pth_to_safetensors.py on tiny state dicts, run in one torch subprocess."""
+"""tools/pth_to_safetensors.py on tiny state dicts and on random VGG16 + LPIPS files of the real
+shapes, run in one torch subprocess."""
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from muse_jax.weights.safetensors_io import SafetensorsReader
+from muse_jax.weights.vgg_lpips import load_lpips_params
 from tests.reference import run_reference
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "pth_to_safetensors.py")
@@ -16,6 +19,7 @@ TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "pth_to_safe
 SCRIPT = """
 import contextlib, io, os, runpy, sys, torch
 d = workdir
+outputs["workdir"] = np.array(d)
 w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
 sd = {"layer.weight": w, "tied.weight": w, "layer.weight_t": w.t(),
       "half": torch.ones(2, dtype=torch.float16) / 3, "bf16": torch.tensor([1.5, -2.0]).bfloat16(),
@@ -27,6 +31,25 @@ class Payload:
   pass
 torch.save({"x": Payload()}, f"{d}/evil.pth")
 open(f"{d}/garbage.pth", "wb").write(b"not a checkpoint" * 8)
+torch.save({"zzz": w, "layer.weight": w, "half": w}, f"{d}/clash.pth")
+# The two files of the LPIPS example, random: torchvision's vgg16 state dict (its names and
+# shapes, taken from the model built on the meta device) and the LPIPS v0.1 heads. The
+# classifier.* tensors, which the loader ignores, are small stand-ins under their real names:
+# at full size (500 MB) writing and reading them would be most of this test's time.
+import torchvision
+torch.manual_seed(0)
+with torch.device("meta"):
+  shapes = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
+vgg = {k: torch.randn(s) * 0.05 if k.startswith("features.")
+       else torch.randn([min(n, 4) for n in s]) for k, s in shapes.items()}
+lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1)
+       for k, c in enumerate((64, 128, 256, 512, 512))}
+torch.save(vgg, f"{d}/vgg16-397923af.pth")
+torch.save(lin, f"{d}/vgg.pth")
+torch.save({"state_dict": lin}, f"{d}/lin_ckpt.pth")
+outputs["vgg_keys"] = np.array(sorted(vgg))
+np.savez(f"{inputs['outdir']}/lpips_expected.npz",
+         **{k: v.numpy() for k, v in {**vgg, **lin}.items() if not k.startswith("classifier.")})
 cases = {
   "good": ["good.pth", "good.safetensors"],
   "again": ["good.pth", "good.safetensors"],
@@ -37,10 +60,16 @@ cases = {
   "evil": ["evil.pth", "x.safetensors"],
   "garbage": ["garbage.pth", "x.safetensors"],
   "missing": ["nope.pth", "x.safetensors"],
+  "lpips": ["vgg16-397923af.pth", "vgg.pth", f"{inputs['outdir']}/lpips_vgg16.safetensors"],
+  "merge_key": ["ckpt.pth", "--key", "state_dict", "lin_ckpt.pth", "merged.safetensors"],
+  "dup": ["good.pth", "vgg.pth", "clash.pth", "x.safetensors"],
+  "dup_one": ["vgg.pth", "vgg.pth", "x.safetensors"],
+  "no_output": ["vgg.pth", "good.pth"],
 }
 for name, args in cases.items():
-  sys.argv = ["pth_to_safetensors.py"] + [a if a.startswith("--") or a in ("state_dict", "model")
-                                          else f"{d}/{a}" for a in args]
+  sys.argv = ["pth_to_safetensors.py"] + [
+      a if a.startswith(("--", "/")) or a in ("state_dict", "model") else f"{d}/{a}"
+      for a in args]
   err, out = io.StringIO(), io.StringIO()
   code = 0
   with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
@@ -58,7 +87,11 @@ for f in ("good", "ckpt"):
   back = load_file(f"{d}/{f}.safetensors")
   outputs[f + "_same"] = np.array(back.keys() == sd.keys() and all(
       back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in sd.items()))
+back = load_file(f"{d}/merged.safetensors")
+outputs["merge_key_same"] = np.array(back.keys() == {**sd, **lin}.keys() and all(
+    torch.equal(back[k], v) for k, v in {**sd, **lin}.items()))
 outputs["x_exists"] = np.array(os.path.exists(f"{d}/x.safetensors"))
+outputs["good_pth_loads"] = np.array(len(torch.load(f"{d}/good.pth", weights_only=True)) == 6)
 """
 
 
@@ -67,7 +100,10 @@ def results(tmp_path_factory):
   outdir = tmp_path_factory.mktemp("pth")
   out = run_reference(SCRIPT, {"tool": np.array(os.path.abspath(TOOL)),
                                "outdir": np.array(str(outdir))})
-  return outdir, out
+  yield outdir, out
+  # pytest keeps the last runs' temporary directories; these two are 60 MB each.
+  for name in ("lpips_vgg16.safetensors", "lpips_expected.npz"):
+    (outdir / name).unlink(missing_ok=True)
 
 
 def test_converts_a_state_dict(results):
@@ -87,7 +123,45 @@ def test_converts_a_state_dict(results):
   assert out["ckpt_code"] == 0
 
 
+def test_merges_torchvision_vgg16_and_lpips_heads_into_the_perceptual_weights(results):
+  """The LPIPS example of the tool's docstring: the two files merged unchanged are what
+  `load_lpips_params` reads."""
+  outdir, out = results
+  assert out["lpips_code"] == 0, str(out["lpips_err"])
+  path = str(outdir / "lpips_vgg16.safetensors")
+  expected = dict(np.load(outdir / "lpips_expected.npz"))
+  assert len(expected) == 26 + 5
+  # Read back without muse_jax: every tensor of both inputs, classifier.* included.
+  with safe_open(path, framework="np") as f:
+    assert sorted(f.keys()) == sorted([*out["vgg_keys"], *(f"lin{k}.model.1.weight"
+                                                           for k in range(5))])
+    for k, v in expected.items():
+      got = f.get_tensor(k)
+      assert got.dtype == np.float32
+      np.testing.assert_array_equal(got, v, err_msg=k)
+  params = load_lpips_params(path)
+  assert len(params["vgg"]) == 13 and len(params["lin"]) == 5
+  for i, p in params["vgg"].items():
+    np.testing.assert_array_equal(p["kernel"],
+                                  np.transpose(expected[f"features.{i}.weight"], (2, 3, 1, 0)))
+    np.testing.assert_array_equal(p["bias"], expected[f"features.{i}.bias"])
+  for k, v in params["lin"].items():
+    np.testing.assert_array_equal(v, expected[f"lin{k}.model.1.weight"].reshape(-1))
+
+
+def test_merge_applies_key_to_every_input(results):
+  _, out = results
+  assert out["merge_key_code"] == 0 and "wrote 11 tensors" in str(out["merge_key_out"])
+  assert out["merge_key_same"]
+
+
 @pytest.mark.parametrize("case,words", [
+    ("dup", "'half' is in both {d}/good.pth and {d}/clash.pth (and 1 more name): each name must "
+            "come from one input"),
+    ("dup_one", "'lin0.model.1.weight' is in both {d}/vgg.pth and {d}/vgg.pth (and 4 more names)"),
+    ("no_output", "the output {d}/good.pth ends in .pth, an input's suffix (the last path is the "
+                  "output .safetensors file)"),
+
     ("again", "exists (pass --overwrite"),
     ("ckpt_nokey", "2 entries are not named tensors, e.g. state_dict, epoch"),
     ("badkey", "no entry 'model' for --key model (found ['epoch', 'state_dict'])"),
@@ -101,9 +175,10 @@ def test_bad_input_is_one_line_and_exit_2(results, case, words):
   _, out = results
   err = str(out[f"{case}_err"])
   assert out[f"{case}_code"] == 2, err
+  words = words.format(d=str(out["workdir"]))
   assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
   assert "weights_only` set to `False" not in err     # torch's advice to load unsafely
-  assert not out["x_exists"]
+  assert not out["x_exists"] and out["good_pth_loads"]
 
 
 def test_help():
@@ -111,3 +186,5 @@ def test_help():
                         timeout=60)
   assert proc.returncode == 0
   assert "weights_only=True" in proc.stdout and "--key" in proc.stdout
+  assert "src [src ...] dst" in proc.stdout and "applies to every input" in proc.stdout
+  assert "vgg16-397923af.pth vgg.pth lpips_vgg16.safetensors" in " ".join(proc.stdout.split())
