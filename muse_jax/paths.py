@@ -1,10 +1,10 @@
 """Paths: every file muse_jax reads or writes goes through `etils.epath`, so a local path and a
 `gs://bucket/dir` URL (or any other fsspec scheme: s3://, ...) work alike, as in Orbax.
 
-epath sends `gs://` to gcsfs (fsspec), not to TensorFlow's GCS client: muse_jax sets
-`EPATH_USE_TF=false` unless the environment sets it. TF's client has no endpoint setting, so it
-cannot be tested against a local GCS emulator; gcsfs, google-cloud-storage and TensorStore (which
-writes Orbax's arrays) can (docs/design.md, "Storage").
+epath sends `gs://` to gcsfs (fsspec), not to TensorFlow's GCS client: the package's
+`__init__` sets `EPATH_USE_TF=false` unless the environment sets it. TF's client has no endpoint
+setting, so it cannot be tested against a local GCS emulator; gcsfs, google-cloud-storage and
+TensorStore (which writes Orbax's arrays) can (docs/design.md, "Storage").
 
 Atomic replacement: a local file is written to a temporary name, synced and renamed over the
 target. Object stores have no rename (gcsfs copies, then deletes), but a GCS object write is
@@ -16,11 +16,10 @@ from __future__ import annotations
 import logging
 import os
 
-os.environ.setdefault("EPATH_USE_TF", "false")  # before epath first picks a backend
 # fsspec logs an INFO line for every remote file it opens for reading.
 logging.getLogger("fsspec").setLevel(logging.WARNING)
 
-from etils import epath  # noqa: E402
+from etils import epath
 
 PathLike = epath.PathLike
 

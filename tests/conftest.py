@@ -2,6 +2,7 @@
 imported anywhere, and one persistent compilation cache for the whole run."""
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -26,14 +27,23 @@ def pytest_unconfigure(config):
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
+def _forget_gcs_clients():
+  """gcsfs instances keep the endpoint and credentials they looked up when made, and fsspec and
+  epath keep the instances: any made before the environment changes are dropped."""
+  if "gcsfs" in sys.modules:
+    sys.modules["gcsfs"].GCSFileSystem.clear_instance_cache()
+
+
 @pytest.fixture(scope="session")
 def gcs():
   """A GCS emulator on localhost for the session, with this process's environment pointed at
-  it (subprocesses inherit it): tests/gcs_emulator.py. Yields the emulator (`.env`, BUCKET)."""
+  it (subprocesses inherit it) and its clients made anew: tests/gcs_emulator.py. Yields the
+  emulator (`.env`, BUCKET)."""
   from tests.gcs_emulator import GcsEmulator
   emulator = GcsEmulator()
   saved = {k: os.environ.get(k) for k in emulator.env}
   os.environ.update(emulator.env)
+  _forget_gcs_clients()
   try:
     yield emulator
   finally:  # the server itself stops when this process exits (tests/gcs_emulator.py)
@@ -42,6 +52,7 @@ def gcs():
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
+    _forget_gcs_clients()
 
 
 @pytest.fixture(scope="session")

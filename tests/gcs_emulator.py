@@ -7,6 +7,8 @@ process) and the environment that points every client at it:
   GOOGLE_AUTH_TOKEN_FOR_TESTING so it sends a fixed token instead of looking for credentials;
 - GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs would otherwise ask the Storage Control API,
   which the emulator lacks, for each bucket's layout (and warn every time it fails).
+- EPATH_USE_TF=false (muse_jax's default too, set by its package `__init__`): etils.epath sends
+  gs:// to gcsfs, not to TensorFlow's GCS client, which has no endpoint setting.
 """
 from __future__ import annotations
 

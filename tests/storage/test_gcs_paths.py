@@ -167,3 +167,26 @@ def test_tokenizer_images_read_from_a_gcs_folder(root):
   images = next(src)["images"]
   assert images.shape == (2, 16, 16, 3)
   assert sorted(int(im[..., 0].mean()) // 50 for im in images) == [0, 2]
+
+
+def test_gs_goes_to_gcsfs_whichever_module_reads_a_file_first(root, tmp_path):
+  """epath picks its gs:// backend at its first path operation, local ones included; with
+  TensorFlow installed and EPATH_USE_TF unset, a local read through the data sources (which use
+  epath directly) must not send later gs:// reads to TF's client, which cannot reach the
+  emulator. A fresh process, so that nothing has picked the backend yet."""
+  import subprocess
+  import sys
+
+  from muse_jax import paths
+  from tests.training.helpers import REPO, cli_env
+  paths.write_atomic(f"{root}/obj.txt", "remote")
+  (tmp_path / "local.txt").write_text("local")
+  env = cli_env()
+  env.pop("EPATH_USE_TF", None)
+  code = ("import tensorflow\n"  # installed here: epath would otherwise take its GCS client
+          "from muse_jax.data.sources import files\n"
+          f"assert files.read_bytes({str(tmp_path / 'local.txt')!r}) == b'local'\n"
+          f"print(files.read_bytes({root + '/obj.txt'!r}).decode())\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "remote", proc.stderr[-3000:]
