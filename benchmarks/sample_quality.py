@@ -13,10 +13,11 @@ when --config has them), with `model.fp8_matmuls` set on the base and SR stages 
 given (muse_jax/models/fp8.py). --retrain=base (or sr, or base,sr) trains that stage in OUT
 with --config's settings instead of linking it, on WORKDIR's tokenizer and precompute: a
 variant of one stage, scored with the other as it was (the SR stage trains on the dataset's
-own low-res tokens, not on the base stage's samples, so either can change alone). --config
-must make the same tokenizer and precompute as WORKDIR's (its other stage settings may
-differ). WORKDIR is only read. Compare with the same command without --fp8 or --retrain (or
-with WORKDIR's own metrics.json).
+own low-res tokens, not on the base stage's samples, so either can change alone); a stage
+retrained with `model.fp8_training` in --config samples without it, as the pipeline's stages
+do. --config must make the same tokenizer and precompute as WORKDIR's (its other stage
+settings may differ). WORKDIR is only read. Compare with the same command without --fp8 or
+--retrain (or with WORKDIR's own metrics.json).
 """
 import argparse
 import json
@@ -71,6 +72,9 @@ def main(argv=None):
       demo.train_stage(name)
     with demo.cfgs[name].unlocked():
       demo.cfgs[name].model.fp8_matmuls = bool(args.fp8)
+      # A stage retrained with model.fp8_training samples as any trained stage does (the
+      # shipped pipeline's sampling never runs the FP8 training dot; --fp8 is the sampler's).
+      demo.cfgs[name].model.fp8_training = False
   run_samples(demo)
   result = demo.state["stages"]["samples"]
   print(json.dumps({split: {mode: result[split][mode] for mode in ("cfg", "no_cfg")}

@@ -33,7 +33,8 @@ def transformer_model(**overrides) -> ml_collections.ConfigDict:
       scan_layers=True,
       fp8_matmuls=False,     # sampling only: e4m3 for the post-norm projections (models/fp8.py)
       fp8_training=False,    # the blocks' projections in FP8, e4m3 / e5m2 gradients, on GPUs
-                             #   with FP8 (models/fp8_training.py; docs/performance.md)
+                             #   with FP8 (models/fp8_training.py): faster for the base stage,
+                             #   slower for SR (its casts outweigh; docs/performance.md)
       text_pos_embed=False,  # a learned position embedding added to the projected text (not
                              #   in the paper; for text features that keep little word order)
   ))
