@@ -83,22 +83,8 @@ def _first_text(value: Any) -> bytes | str | None:
   return value
 
 
-def _tf(what: str):
-  """`tensorflow`, or a one-line MissingTensorFlow naming `what` (imported here: tf_import's
-  ConfigError brings JAX, which the other sources do not need)."""
-  from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
-  return tf_import.tensorflow(what)
-
-
-def _tfds(what: str):
-  from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
-  return tf_import.tensorflow_datasets(what)
-
-
 class TFDSSource:
   """A TFDS dataset read from `data_dir` (images are kept encoded and decoded by PIL)."""
-
-  WHAT = "data.source=tfds"
 
   def __init__(self, name: str, data_dir: str | None, split: str = "train",
                image_key: str = "image", caption_key: str = "caption", id_key: str = ""):
@@ -106,11 +92,15 @@ class TFDSSource:
       raise ValueError("data.tfds.name is empty: set it to a TFDS dataset name, e.g. 'coco'")
     self.name, self.data_dir, self.split = name, data_dir or None, split
     self.image_key, self.caption_key, self.id_key = image_key, caption_key, id_key
-    _tfds(self.WHAT)  # a missing tf extra fails here, when the source is built
+    # A missing tf extra fails here, when the source is built. (Imported here: tf_import's
+    # ConfigError brings JAX, which the other sources do not need.)
+    from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
+    self.tfds = tf_import.tensorflow_datasets("data.source=tfds")
+    self.tf = tf_import.tensorflow("data.source=tfds")
 
   def raw_examples(self, process_index=0, process_count=1):
     _check_shard(process_index, process_count)
-    tf, tfds = _tf(self.WHAT), _tfds(self.WHAT)
+    tf, tfds = self.tf, self.tfds
     builder = tfds.builder(self.name, data_dir=self.data_dir)
     features = builder.info.features
     image_feature = _get_path(features, self.image_key)
@@ -160,27 +150,24 @@ class TFDSSource:
 class TFRecordSource:
   """TFRecord files (a glob) of tf.train.Example with encoded image and caption bytes."""
 
-  WHAT = "data.source=tfrecord"
-
   def __init__(self, pattern: str, image_key: str = "image", caption_key: str = "caption",
                id_key: str = "", compression: str = ""):
     if not pattern:
       raise ValueError("data.tfrecord.pattern is empty: set it to a glob of TFRecord files")
     self.pattern, self.image_key, self.caption_key = pattern, image_key, caption_key
     self.id_key, self.compression = id_key, compression
-    _tf(self.WHAT)  # a missing tf extra fails here, when the source is built
+    from muse_jax.data import tf_import  # pylint: disable=g-import-not-at-top
+    self.tf = tf_import.tensorflow("data.source=tfrecord")  # as in TFDSSource
 
   def files(self) -> list[str]:
-    tf = _tf(self.WHAT)
-    files = sorted(tf.io.gfile.glob(self.pattern))
+    files = sorted(self.tf.io.gfile.glob(self.pattern))
     if not files:
       raise FileNotFoundError(f"no files match data.tfrecord.pattern={self.pattern!r}")
     return files
 
   def _parse(self, name: str, raw: bytes) -> RawExample:
-    tf = _tf(self.WHAT)
     try:
-      example = tf.train.Example.FromString(raw)
+      example = self.tf.train.Example.FromString(raw)
     except Exception:  # noqa: BLE001 -- protobuf DecodeError
       return RawExample(name, None, error="corrupt_record")
     feats = example.features.feature
@@ -201,7 +188,7 @@ class TFRecordSource:
 
   def raw_examples(self, process_index=0, process_count=1):
     _check_shard(process_index, process_count)
-    tf = _tf(self.WHAT)
+    tf = self.tf
     files = self.files()
     by_file = len(files) >= process_count
     if by_file:
