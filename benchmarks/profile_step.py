@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.trace_summary import category, fusion_summaries, kernel_times  # noqa: E402
+from benchmarks.trace_summary import (  # noqa: E402
+    category, floor_lines, fusion_summaries, kernel_times)
 
 config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 flags.DEFINE_integer("steps", 3, "Profiled steps (after compile and 2 warm-up steps).")
@@ -26,12 +27,15 @@ flags.DEFINE_string("out", "/tmp/muse_profile", "Trace directory.")
 flags.DEFINE_integer("top", 30, "Kernels to list.")
 flags.DEFINE_integer("fusions", 10, "Describe the largest N fusion kernels: output shape and "
                      "ops, from the compiled step's optimized HLO.")
+flags.DEFINE_float("goal_mfu", 0.0, "With a goal MFU (percent), the floor section also says "
+                   "how much time the kernels other than attention and matmuls may take.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 def main(_):
   import jax
   import numpy as np
+  from muse_jax.training.flops import peak_flops_per_device
   from muse_jax.training.loop import Trainer
 
   cfg = FLAGS.config
@@ -59,6 +63,12 @@ def main(_):
   for name, dur in by_name.most_common(FLAGS.top):
     print(f"  {dur / 1e3:8.3f} ms {count[name] // FLAGS.steps:5d}x  "
           f"[{category(name)}] {name[:110]}")
+  b = cfg.train.batch_size
+  peak = peak_flops_per_device(jax.devices()[0], cfg.train.peak_tflops_per_device)
+  if peak and t.stage.flops_per_example():
+    print("\n".join(floor_lines(by_cat, t.stage.flops_per_example() * b,
+                                t.stage.flops_per_example(attention_only=True) * b, peak,
+                                FLAGS.goal_mfu)))
   fusions = [n for n, _ in by_name.most_common() if category(n) == "fusion/elementwise"]
   described = fusion_summaries(hlo, fusions[:FLAGS.fusions])
   if described:

@@ -137,6 +137,21 @@ def test_kernel_times_average_the_profiled_calls_per_call(tmp_path):
   assert launches == {"nvjet_gemm": 2, "loop_add_fusion": 2, "flash_fwd": 2}
 
 
+def test_floor_splits_the_step_into_attention_matmuls_and_the_rest():
+  sys.path.insert(0, ROOT)
+  from benchmarks.trace_summary import floor_lines
+  by_cat = {"attention": 65_000.0, "matmul": 48_000.0, "fusion/elementwise": 40_000.0,
+            "copy/transpose": 3_000.0}  # microseconds per step
+  text = "\n".join(floor_lines(by_cat, flops=62.4e12, attention_flops=28.8e12, peak=1e15,
+                               goal_mfu=50))
+  assert "attention kernels    65.00 ms  443 TFLOP/s" in text
+  assert "matmul kernels       48.00 ms  700 TFLOP/s" in text
+  assert "other kernels        43.00 ms" in text
+  # 62.4 TFLOP in 156 ms of kernels at 1 PFLOP/s is 40%; in 113 ms of attention and matmuls 55.2%
+  assert "MFU of the kernel time 40.0%; with no other kernel time 55.2%" in text
+  assert "50% MFU is a 124.8 ms step: the other kernels within 11.8 ms (now 43.0 ms)" in text
+
+
 def test_evaluate_benchmark_times_each_network_and_projects_an_fid():
   out = subprocess.run([sys.executable, "benchmarks/evaluate.py", "--tiny"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)

@@ -21,5 +21,5 @@ class BaseStage(MaskedTokenStage):
   def apply_model(self, model, inputs, dropout_key):
     return model(inputs["tokens"], inputs["text"], inputs["text_len"], dropout_key=dropout_key)
 
-  def flops_per_example(self):
-    return base_transformer_train_flops(self.config.model)
+  def flops_per_example(self, attention_only=False):
+    return base_transformer_train_flops(self.config.model, attention_only)

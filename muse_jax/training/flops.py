@@ -6,27 +6,40 @@ counted either (MFU counts the model's FLOPs, not the hardware's).
 from __future__ import annotations
 
 
-def block_forward_flops(cfg, q_len: int, kv_len: int | None) -> float:
-  """One pre-norm block on `q_len` tokens, cross-attending to `kv_len` context tokens."""
+def attention_products_flops(cfg, q_len: int, kv_len: int) -> float:
+  """QK^T and PV of one attention of `q_len` queries over `kv_len` keys (the part that flash
+  attention kernels compute; the projections around it are ordinary matmuls)."""
+  return float(2 * 2 * q_len * kv_len * cfg.num_heads * cfg.head_dim)
+
+
+def block_forward_flops(cfg, q_len: int, kv_len: int | None,
+                        attention_only: bool = False) -> float:
+  """One pre-norm block on `q_len` tokens, cross-attending to `kv_len` context tokens.
+  `attention_only`: just its attentions' score and value products."""
+  attn = attention_products_flops(cfg, q_len, q_len)
+  if kv_len is not None:
+    attn += attention_products_flops(cfg, q_len, kv_len)
+  if attention_only:
+    return attn
   d, f = cfg.hidden_size, cfg.mlp_dim
   hd = cfg.num_heads * cfg.head_dim
   flops = 2 * q_len * d * 3 * hd            # fused qkv
-  flops += 2 * 2 * q_len * q_len * hd       # QK^T and PV
   flops += 2 * q_len * hd * d               # out projection
   if kv_len is not None:
     flops += 2 * q_len * d * hd + 2 * kv_len * d * 2 * hd  # q, kv projections
-    flops += 2 * 2 * q_len * kv_len * hd
     flops += 2 * q_len * hd * d
   flops += 2 * 2 * q_len * d * f            # MLP
-  return float(flops)
+  return float(flops) + attn
 
 
-def base_transformer_train_flops(cfg) -> float:
-  """Forward+backward FLOPs of one example of the base model (`config.model`)."""
+def base_transformer_train_flops(cfg, attention_only: bool = False) -> float:
+  """Forward+backward FLOPs of one example of the base model (`config.model`); with
+  `attention_only`, those of its attentions' score and value products alone."""
   t, s = cfg.grid_size ** 2, cfg.text_length
-  fwd = cfg.num_layers * block_forward_flops(cfg, t, s)
-  fwd += 2 * s * cfg.text_dim * cfg.hidden_size      # text projection
-  fwd += 2 * t * cfg.hidden_size * cfg.codebook_size  # logits
+  fwd = cfg.num_layers * block_forward_flops(cfg, t, s, attention_only)
+  if not attention_only:
+    fwd += 2 * s * cfg.text_dim * cfg.hidden_size      # text projection
+    fwd += 2 * t * cfg.hidden_size * cfg.codebook_size  # logits
   return 3.0 * fwd
 
 

@@ -42,13 +42,15 @@ def check_superres(m) -> None:
                       "model.attention=xla")
 
 
-def sr_transformer_train_flops(cfg) -> float:
-  """Forward+backward FLOPs of one example of the SR model (`config.model`)."""
+def sr_transformer_train_flops(cfg, attention_only: bool = False) -> float:
+  """Forward+backward FLOPs of one example of the SR model (`config.model`); with
+  `attention_only`, those of its attentions' score and value products alone."""
   t_hi, t_lo, s = cfg.grid_size ** 2, cfg.lowres_grid_size ** 2, cfg.text_length
-  fwd = cfg.lowres_num_layers * block_forward_flops(cfg, t_lo, None)  # low-res encoder
-  fwd += cfg.num_layers * block_forward_flops(cfg, t_hi, t_lo + s)     # high-res decoder
-  fwd += 2 * s * cfg.text_dim * cfg.hidden_size                       # text projection
-  fwd += 2 * t_hi * cfg.hidden_size * cfg.codebook_size               # logits
+  fwd = cfg.lowres_num_layers * block_forward_flops(cfg, t_lo, None, attention_only)  # encoder
+  fwd += cfg.num_layers * block_forward_flops(cfg, t_hi, t_lo + s, attention_only)     # decoder
+  if not attention_only:
+    fwd += 2 * s * cfg.text_dim * cfg.hidden_size                       # text projection
+    fwd += 2 * t_hi * cfg.hidden_size * cfg.codebook_size               # logits
   return 3.0 * fwd
 
 
@@ -78,5 +80,5 @@ class SuperResStage(MaskedTokenStage):
     lowres = Feature((m.lowres_grid_size ** 2,), np.int32, ("act_batch", None))
     return {**super().features(), "tokens_lo": lowres}
 
-  def flops_per_example(self):
-    return sr_transformer_train_flops(self.config.model)
+  def flops_per_example(self, attention_only=False):
+    return sr_transformer_train_flops(self.config.model, attention_only)

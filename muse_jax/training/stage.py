@@ -76,8 +76,10 @@ class Stage(abc.ABC):
   def make_source(self, split: str, process_index: int, process_count: int) -> BatchSource:
     """Process-local batches for `split` ('train' or 'eval') from `config.data`."""
 
-  def flops_per_example(self) -> float:
-    """Model FLOPs of one training example (forward + backward), for MFU. 0 if unknown."""
+  def flops_per_example(self, attention_only: bool = False) -> float:
+    """Model FLOPs of one training example (forward + backward), for MFU. 0 if unknown.
+    `attention_only`: the part in attention's score and value products (what flash attention
+    kernels compute), for benchmarks/profile_step.py's floor."""
     return 0.0
 
   def images(self, state: Any, batch: Batch) -> dict[str, np.ndarray]:

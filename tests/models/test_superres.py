@@ -184,6 +184,37 @@ def test_flops_match_xla_count_of_the_matmuls():
   assert 0.98 < cost["flops"] / analytic < 1.05, (cost["flops"], analytic)
 
 
+def _dot_flops(jaxpr, batched: bool) -> float:
+  """FLOPs of the dot_generals of a jaxpr and its sub-jaxprs that have batch dimensions
+  (`batched`: attention's score and value products, batched over examples and heads) or none
+  (projections)."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract, _), (batch, _) = eqn.params["dimension_numbers"]
+      if bool(batch) == batched:
+        k = np.prod([eqn.invars[0].aval.shape[d] for d in contract])
+        total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          total += _dot_flops(inner, batched) * eqn.params.get("length", 1)
+  return total
+
+
+def test_attention_flops_match_the_batched_products_of_the_traced_model():
+  """The attention-only count (benchmarks/profile_step.py's floor) against the score and value
+  products found in the model's own jaxpr, and the rest against its other matmuls."""
+  c, fm = build(hidden_size=64, num_heads=2, head_dim=32, mlp_dim=128, text_dim=64,
+                text_length=16, grid_size=8, scan_layers=False, attention="xla")
+  args = inputs(c, b=1)
+  jaxpr = jax.make_jaxpr(lambda p: fm.bind(p)(*args))(fm.abstract_params()).jaxpr
+  attention = sr_transformer_train_flops(c.model, attention_only=True) / 3
+  assert _dot_flops(jaxpr, batched=True) == attention > 0
+  assert _dot_flops(jaxpr, batched=False) == sr_transformer_train_flops(c.model) / 3 - attention
+
+
 def test_decode_with_cross_attention_cache_equals_context(tiny):
   c, fm, params, _ = tiny
   tokens, tokens_lo, text, text_len = inputs(c)
