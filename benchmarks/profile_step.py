@@ -5,9 +5,12 @@ r"""Where a train step's time goes: profile a few steps and rank GPU kernels by 
 
 Runs the real jitted train step (as benchmarks/train_step.py) under `jax.profiler.trace` with a
 Perfetto trace, then sums device-side events by kernel name and by category (matmul, attention,
-elementwise/fusion, copies, collectives, other) and prints the table, then what the largest
-fusions compute (output shape and ops, from the compiled step's optimized HLO). The raw trace
-stays in --out for Perfetto/TensorBoard.
+elementwise/fusion, copies, collectives, other) and prints the table; then the step's floor
+(the model FLOPs split into attention's score and value products and the other matmuls, the
+rate of each from its kernels' time, and the MFU if no other kernel took any time; with
+--goal_mfu=P, how long the other kernels may take for P% MFU); then what the largest fusions
+compute (output shape and ops, from the compiled step's optimized HLO). The raw trace stays in
+--out for Perfetto/TensorBoard.
 """
 import os
 import sys
