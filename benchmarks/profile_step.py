@@ -67,11 +67,11 @@ def main(_):
     print(f"  {dur / 1e3:8.3f} ms {count[name] // FLAGS.steps:5d}x  "
           f"[{category(name)}] {name[:110]}")
   b = cfg.train.batch_size
+  flops = t.stage.flops_per_example() * b
   peak = peak_flops_per_device(jax.devices()[0], cfg.train.peak_tflops_per_device)
-  if peak and t.stage.flops_per_example():
-    print("\n".join(floor_lines(by_cat, t.stage.flops_per_example() * b,
-                                t.stage.flops_per_example(attention_only=True) * b, peak,
-                                FLAGS.goal_mfu)))
+  if peak and flops:
+    print("\n".join(floor_lines(by_cat, flops, t.stage.flops_per_example(attention_only=True) * b,
+                                peak, FLAGS.goal_mfu)))
   fusions = [n for n, _ in by_name.most_common() if category(n) == "fusion/elementwise"]
   described = fusion_summaries(hlo, fusions[:FLAGS.fusions])
   if described:
