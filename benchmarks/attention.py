@@ -1,7 +1,8 @@
-r"""Attention kernels at the samplers' shapes: cuDNN, XLA and the Pallas kernel
+r"""Attention kernels at the samplers' and trainers' shapes: cuDNN, XLA and the Pallas kernels
 (muse_jax/models/pallas_attention.py), per call, and their error against a float32 reference.
 
   python benchmarks/attention.py [--cases=amused_self,amused_cross] [--calls=35]
+  python benchmarks/attention.py --grad --cases=base_self,base_cross --calls=16
 
 Cases (batch = 2 x images: CFG's cond + uncond rows):
   amused_self    B=2,  T=256,  16 heads x 64, from the fused qkv projection (aMUSEd-size row)
@@ -9,6 +10,15 @@ Cases (batch = 2 x images: CFG's cond + uncond rows):
   b16_self       B=32, T=256,  16 heads x 64 (base256_b16 row)
   sr_self        B=2,  T=4096, 16 heads x 64 (sr_268m's 64x64 tokens)
   sr_cross       B=2,  T=4096 -> S=512 (low-res 256 + text 128, padded), masked at 300
+Training cases (base_632m at batch 64, sr_268m at batch 8; use them with --grad):
+  base_self      B=64, T=256,  12 heads x 128, from the fused qkv projection
+  base_cross     B=64, T=256 -> S=128 text keys, half the rows masked at length 77
+  srt_self       B=8,  T=4096, 4 heads x 128, from the fused qkv projection
+  srt_cross      B=8,  T=4096 -> S=384 (low-res 256 + text 128), half masked at 333
+  srt_lowres     B=8,  T=256,  4 heads x 128, from the fused qkv projection (low-res encoder)
+--grad times the forward and backward together (the gradient of sum(out * cotangent) with
+respect to q, k, v or the fused qkv) and reports the error of that gradient.
+`tokamax_triton` and `tokamax_mosaic` in --impls run tokamax's kernels (pip install tokamax).
 Each implementation runs `--calls` attentions in one jit, each on its own input (as the layers
 of one decoding step), with the samplers' compiler options; reported: the median of 20 calls'
 wall time divided by `--calls` (us per attention, launch gaps included). For cuDNN and XLA
@@ -28,16 +38,24 @@ CASES = dict(
     b16_self=(32, 256, 256, 16, 64, None, True),
     sr_self=(2, 4096, 4096, 16, 64, None, True),
     sr_cross=(2, 4096, 512, 16, 64, 300, False),
+    base_self=(64, 256, 256, 12, 128, None, True),
+    base_cross=(64, 256, 128, 12, 128, 77, False),
+    srt_self=(8, 4096, 4096, 4, 128, None, True),
+    srt_cross=(8, 4096, 384, 4, 128, 333, False),
+    srt_lowres=(8, 256, 256, 4, 128, None, True),
 )
+SAMPLER_CASES = "amused_self,amused_cross,b16_self,sr_self,sr_cross"
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n", 1)[1])
-  p.add_argument("--cases", default=",".join(CASES), help=f"from {','.join(CASES)}")
+  p.add_argument("--cases", default=SAMPLER_CASES, help=f"from {','.join(CASES)}")
   p.add_argument("--calls", type=int, default=35, help="attentions per jitted call")
-  p.add_argument("--impls", default="cudnn,xla,pallas")
+  p.add_argument("--impls", default="cudnn,xla,pallas",
+                 help="from cudnn, xla, pallas, tokamax_triton, tokamax_mosaic")
+  p.add_argument("--grad", action="store_true", help="time forward + backward")
   args = p.parse_args(argv)
   import jax
   import jax.numpy as jnp
@@ -64,20 +82,36 @@ def main(argv=None):
     def one(impl, x):
       if impl == "pallas":
         return PA.qkv_attention(x) if fused else PA.attention(*x, lens)
+      if impl.startswith("tokamax_"):
+        import tokamax
+        return tokamax.dot_product_attention(*split(x), key_value_seq_lengths=lens,
+                                             implementation=impl[len("tokamax_"):])
       return L.attention(*split(x), kv_lengths=lens, implementation=impl)
 
-    ref = L.attention(*(a.astype(jnp.float32) for a in split(xs[0])), kv_lengths=lens)
+    ct = jax.random.normal(jax.random.fold_in(key, 999), (b, t, n, h), jnp.float32)
+
+    def grad_of(f):  # d sum(f(x) * ct) / dx, x the fused qkv or the (q, k, v) tuple
+      return jax.grad(lambda x: jnp.sum(f(x).astype(jnp.float32) * ct))
+
+    def ref_fn(x):
+      return L.attention(*(a.astype(jnp.float32) for a in split(x)), kv_lengths=lens)
+
+    ref = grad_of(ref_fn)(xs[0]) if args.grad else ref_fn(xs[0])
     for impl in [i.strip() for i in args.impls.split(",")]:
-      if impl in ("cudnn", "pallas") and not on_gpu:
+      if impl != "xla" and not on_gpu:
         continue
-      fn = jax.jit(lambda xs, impl=impl: [one(impl, x) for x in xs],
-                   compiler_options=sampler_compiler_options())
+      per = grad_of(lambda x, impl=impl: one(impl, x)) if args.grad else (
+          lambda x, impl=impl: one(impl, x))
+      opts = None if args.grad else sampler_compiler_options()
+      fn = jax.jit(lambda xs, per=per: [per(x) for x in xs], compiler_options=opts)
       try:
         outs = jax.block_until_ready(fn(xs))
       except Exception as e:  # noqa: BLE001 - report and go on
         rows.append((name, impl, float("nan"), f"{type(e).__name__}: {str(e)[:80]}"))
         continue
-      err = float(jnp.linalg.norm(outs[0].astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+      got, want = jax.tree.leaves(outs[0]), jax.tree.leaves(ref)
+      err = max(float(jnp.linalg.norm(g.astype(jnp.float32) - w) / jnp.linalg.norm(w))
+                for g, w in zip(got, want))
       times = []
       for _ in range(20):
         t0 = time.perf_counter()
@@ -86,7 +120,8 @@ def main(argv=None):
       us = statistics.median(times) / args.calls * 1e6
       rows.append((name, impl, us, f"rel err {err:.1e}"))
       print(f"{name:13s} {impl:7s} {us:8.1f} us/attention  rel err {err:.1e}", flush=True)
-  print(f"\ndevice: {jax.devices()[0].device_kind}; {args.calls} attentions per call")
+  what = "forward + backward" if args.grad else "forward"
+  print(f"\ndevice: {jax.devices()[0].device_kind}; {args.calls} attentions ({what}) per call")
   print("| case | implementation | us per attention | note |\n|---|---|---|---|")
   for name, impl, us, note in rows:
     print(f"| {name} | {impl} | {us:.1f} | {note} |")

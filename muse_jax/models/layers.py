@@ -22,7 +22,7 @@ from flax import nnx
 
 from muse_jax.models import fp8 as F
 from muse_jax.models import fp8_training
-from muse_jax.parallel.sharding import constrain
+from muse_jax.parallel.sharding import constrain, per_shard
 
 Axes = tuple[str | None, ...]
 
@@ -152,7 +152,11 @@ def attention(q, k, v, *, kv_lengths=None, implementation: str = "xla"):
   impl = resolve_attention(implementation, q.shape[1], k.shape[1], q.shape[-1], q.dtype)
   if impl == "pallas":
     from muse_jax.models import pallas_attention
-    return pallas_attention.attention(q, k, v, kv_lengths)
+    heads = ("act_batch", None, "act_heads", None)  # whole sequences on every shard
+    if kv_lengths is None:
+      return per_shard(pallas_attention.attention, (q, k, v), (heads,) * 3, heads)
+    return per_shard(pallas_attention.attention, (q, k, v, kv_lengths),
+                     (heads,) * 3 + (("act_batch",),), heads)
   return jax.nn.dot_product_attention(
       q, k, v, key_value_seq_lengths=kv_lengths, implementation=impl)
 
@@ -172,8 +176,8 @@ def resolve_attention(implementation: str, q_len: int, kv_len: int, head_dim: in
   """The attention kernel that runs: `xla`, `cudnn` or `pallas`.
 
   `auto` is cuDNN on GPUs for bf16/fp16 and head_dim % 8 == 0, else XLA. `pallas` is the
-  inference kernel of muse_jax/models/pallas_attention.py on GPUs where its shape rules hold
-  and both lengths are <= PALLAS_MAX_LENGTH, else what `auto` picks.
+  flash kernels of muse_jax/models/pallas_attention.py (forward and backward) on GPUs where
+  their shape rules hold and both lengths are <= PALLAS_MAX_LENGTH, else what `auto` picks.
   """
   on_gpu = _on_gpu()
   if implementation == "pallas":
@@ -237,7 +241,9 @@ class MultiHeadAttention(nnx.Module):
       t = x.shape[1]
       if resolve_attention(self.implementation, t, t, self.head_dim, qkv.dtype) == "pallas":
         from muse_jax.models import pallas_attention  # reads q, k, v in place: no split copies
-        return self.out(pallas_attention.qkv_attention(qkv))
+        return self.out(per_shard(pallas_attention.qkv_attention, (qkv,),
+                                  (("act_batch", None, None, "act_heads", None),),
+                                  ("act_batch", None, "act_heads", None)))
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
       q = self.q(x, x_bound)

@@ -11,8 +11,8 @@ with the online softmax (running max and sum in fp32, exp2 with log2(e) folded i
 and writes `[block_q, H]` of the `[B, T, N, H]` output. Blocks must divide the sequence lengths
 and Triton needs powers of two: `supported()` says whether a shape qualifies.
 
-Differentiable: the backward pass is XLA's (`jax.nn.dot_product_attention`, a recompute), so
-training with it is correct but not fast; the trainers use cuDNN. `pallas_call` is not
+Differentiable: under a gradient the forward also saves each query's log-sum-exp, and the
+backward runs the kernels of muse_jax/models/pallas_attention_grad.py. `pallas_call` is not
 partitioned by XLA's sharding propagation, so under a multi-device `jit` its operands are
 gathered; the samplers run on one device. Off NVIDIA GPUs (or with `interpret=True`) the same
 kernel is interpreted: the CPU tests.
@@ -25,7 +25,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-MASK_VALUE = -1e30  # finite: a fully masked block yields zeros, never NaN
+from muse_jax.models import pallas_attention_grad as G
+
+MASK_VALUE = G.MASK_VALUE  # finite: a fully masked block yields zeros, never NaN
 
 
 def _pow2(n: int) -> bool:
@@ -45,13 +47,7 @@ def supported(q_len: int, kv_len: int, head_dim: int, dtype) -> bool:
           and kv_len >= 16)
 
 
-def _xla_attention(q, k, v, kv_lengths=None):
-  """The same attention through XLA (`jax.nn.dot_product_attention`): the backward pass."""
-  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
-                                      implementation="xla")
-
-
-def _kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, scale: float):
+def _kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, lse_ref=None, *, block_k: int, scale: float):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   q = q_ref[...]
@@ -71,34 +67,42 @@ def _kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, scale: float
 
   init = (jnp.zeros((block_q, head_dim), jnp.float32),
           jnp.full((block_q,), MASK_VALUE, jnp.float32), jnp.zeros((block_q,), jnp.float32))
-  acc, _, l = jax.lax.fori_loop(0, k_ref.shape[0] // block_k, body, init)
+  acc, m, l = jax.lax.fori_loop(0, k_ref.shape[0] // block_k, body, init)
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+  if lse_ref is not None:  # for the backward (pallas_attention_grad.py)
+    lse_ref[...] = m + jnp.log2(l)
 
 
-def _call(arrays, specs, valid, out_shape, q_len, kv_len, batch, heads, head_dim, interpret):
-  """pallas_call over grid (query block, batch, head); `specs(bq, kv_len)` gives the input
-  specs (after the optional key-validity row)."""
+def _forward(arrays, specs, valid, interpret, with_lse: bool):
+  """pallas_call over grid (query block, batch, head). `arrays` are q, k, v (or the fused qkv
+  three times) and `specs` their `operand_spec` makers. Returns the output [B, T, N, H], and
+  with `with_lse` also the log-sum-exp [B, N, T] f32 of each query's scaled scores (base 2)."""
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   if interpret is None:  # Triton needs an NVIDIA GPU; elsewhere the kernel is interpreted
     interpret = jax.default_backend() != "gpu"
+  q_spec, k_spec, v_spec = specs
+  batch, q_len = arrays[0].shape[:2]
+  kv_len, (heads, head_dim) = arrays[1].shape[1], arrays[0].shape[-2:]
   bq, bk = block_sizes(q_len, kv_len)
-  scale = math.log2(math.e) / math.sqrt(head_dim)
-  in_specs = list(specs(bq, kv_len))
-  operands = list(arrays)
+  kernel = functools.partial(_kernel, block_k=bk,
+                             scale=math.log2(math.e) / math.sqrt(head_dim))
+  in_specs, operands = [q_spec(bq), k_spec(None), v_spec(None)], list(arrays)
   if valid is not None:
-    in_specs = [pl.BlockSpec((None, kv_len), lambda i, b, n: (b, 0))] + in_specs
-    operands = [valid] + operands
-    kernel = functools.partial(_kernel, block_k=bk, scale=scale)
+    in_specs, operands = [G.row_spec(kv_len, None, 1)] + in_specs, [valid] + operands
   else:
-    kernel = functools.partial(lambda *refs, **kw: _kernel(None, *refs, **kw), block_k=bk,
-                               scale=scale)
-  return pl.pallas_call(
-      kernel, grid=(q_len // bq, batch, heads), in_specs=in_specs,
-      out_specs=pl.BlockSpec((None, bq, None, head_dim), lambda i, b, n: (b, i, n, 0)),
+    kernel = functools.partial(G._without_valid, kernel)
+  out_specs = [G.operand_spec(q_len, head_dim)(bq)]
+  out_shape = [jax.ShapeDtypeStruct((batch, q_len, heads, head_dim), arrays[0].dtype)]
+  if with_lse:
+    out_specs.append(G.row_spec(q_len, bq, 2))
+    out_shape.append(jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32))
+  out = pl.pallas_call(
+      kernel, grid=(q_len // bq, batch, heads), in_specs=in_specs, out_specs=out_specs,
       out_shape=out_shape, interpret=interpret, name="muse_flash_attention",
       compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
   )(*operands)
+  return out if with_lse else out[0]
 
 
 def _valid(kv_lengths, kv_len):
@@ -113,63 +117,67 @@ def _check(q_len, kv_len, head_dim, dtype):
                      f">= 16; got q_len={q_len} kv_len={kv_len} head_dim={head_dim} {dtype}")
 
 
+def _separate_specs(q, k):
+  return (G.operand_spec(q.shape[1], q.shape[-1]), G.operand_spec(k.shape[1], k.shape[-1]),
+          G.operand_spec(k.shape[1], k.shape[-1]))
+
+
+def _fused_specs(qkv):
+  t, h = qkv.shape[1], qkv.shape[-1]
+  return tuple(G.operand_spec(t, h, slot) for slot in range(3))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def attention(q, k, v, kv_lengths=None, interpret: bool | None = None):
   """softmax(q k^T / sqrt(H)) v for q [B, T, N, H], k and v [B, S, N, H]; keys at positions >=
   `kv_lengths` [B] (if given) are masked. Returns [B, T, N, H] in q's dtype."""
-  (b, t, n, h), s = q.shape, k.shape[1]
+  (_, t, _, h), s = q.shape, k.shape[1]
   _check(t, s, h, q.dtype)
-
-  def specs(bq, kv_len):
-    from jax.experimental import pallas as pl
-    return (pl.BlockSpec((None, bq, None, h), lambda i, bb, nn: (bb, i, nn, 0)),
-            pl.BlockSpec((None, kv_len, None, h), lambda i, bb, nn: (bb, 0, nn, 0)),
-            pl.BlockSpec((None, kv_len, None, h), lambda i, bb, nn: (bb, 0, nn, 0)))
-
-  return _call((q, k, v), specs, _valid(kv_lengths, s), jax.ShapeDtypeStruct(q.shape, q.dtype),
-               t, s, b, n, h, interpret)
+  return _forward((q, k, v), _separate_specs(q, k), _valid(kv_lengths, s), interpret, False)
 
 
 def _attention_fwd(q, k, v, kv_lengths, interpret):
-  return attention(q, k, v, kv_lengths, interpret), (q, k, v, kv_lengths)
+  (_, t, _, h), s = q.shape, k.shape[1]
+  _check(t, s, h, q.dtype)
+  o, lse = _forward((q, k, v), _separate_specs(q, k), _valid(kv_lengths, s), interpret, True)
+  return o, (q, k, v, kv_lengths, o, lse)
 
 
 def _attention_bwd(interpret, res, g):
-  q, k, v, kv_lengths = res
-  _, vjp = jax.vjp(lambda a, b, c: _xla_attention(a, b, c, kv_lengths), q, k, v)
-  return (*vjp(g), None)
+  q, k, v, kv_lengths, o, lse = res
+  dq, dk, dv = G.gradients(_separate_specs(q, k), (q, k, v), o, lse, g.astype(o.dtype),
+                           _valid(kv_lengths, k.shape[1]), fused=False, interpret=interpret)
+  return dq, dk, dv, None
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _check_fused(qkv):
+  b, t, three, n, h = qkv.shape
+  if three != 3:
+    raise ValueError(f"qkv_attention expects [B, T, 3, N, H], got {qkv.shape}")
+  _check(t, t, h, qkv.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def qkv_attention(qkv, interpret: bool | None = None):
   """Self-attention of a fused projection qkv [B, T, 3, N, H] (q, k, v along axis 2), read in
   place (no split copies). Returns [B, T, N, H]."""
-  b, t, three, n, h = qkv.shape
-  if three != 3:
-    raise ValueError(f"qkv_attention expects [B, T, 3, N, H], got {qkv.shape}")
-  _check(t, t, h, qkv.dtype)
-
-  def specs(bq, kv_len):
-    from jax.experimental import pallas as pl
-    return (pl.BlockSpec((None, bq, None, None, h), lambda i, bb, nn: (bb, i, 0, nn, 0)),
-            pl.BlockSpec((None, kv_len, None, None, h), lambda i, bb, nn: (bb, 0, 1, nn, 0)),
-            pl.BlockSpec((None, kv_len, None, None, h), lambda i, bb, nn: (bb, 0, 2, nn, 0)))
-
-  return _call((qkv, qkv, qkv), specs, None, jax.ShapeDtypeStruct((b, t, n, h), qkv.dtype),
-               t, t, b, n, h, interpret)
+  _check_fused(qkv)
+  return _forward((qkv,) * 3, _fused_specs(qkv), None, interpret, False)
 
 
 def _qkv_fwd(qkv, interpret):
-  return qkv_attention(qkv, interpret), qkv
+  _check_fused(qkv)
+  o, lse = _forward((qkv,) * 3, _fused_specs(qkv), None, interpret, True)
+  return o, (qkv, o, lse)
 
 
-def _qkv_bwd(interpret, qkv, g):
-  _, vjp = jax.vjp(lambda x: _xla_attention(x[:, :, 0], x[:, :, 1], x[:, :, 2]), qkv)
-  return vjp(g)
+def _qkv_bwd(interpret, res, g):
+  qkv, o, lse = res
+  return (G.gradients(_fused_specs(qkv), (qkv,) * 3, o, lse, g.astype(o.dtype), None,
+                      fused=True, interpret=interpret),)
 
 
 qkv_attention.defvjp(_qkv_fwd, _qkv_bwd)
-

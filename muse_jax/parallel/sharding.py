@@ -96,6 +96,25 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
       x, named_sharding(logical_axes, mesh, rules, x.shape))
 
 
+def per_shard(fn, args, logical_axes, out_axes):
+  """`fn(*args)` on each device's shard (`jax.shard_map`) under `activation_rules`.
+
+  For kernels XLA cannot partition (Pallas calls, which it would otherwise run on gathered
+  operands): `logical_axes` names each arg's dims and `out_axes` the output's; `fn` must be
+  independent along the sharded dims. Outside `activation_rules`, or on one device, it is
+  `fn(*args)`.
+  """
+  active = getattr(_ctx, "value", None)
+  if active is None or active[0].size == 1:
+    return fn(*args)
+  mesh, rules = active
+  in_specs = tuple(logical_to_spec(a, mesh, rules, x.shape) for x, a in zip(args, logical_axes))
+  out_shape = jax.eval_shape(fn, *args)
+  out_specs = logical_to_spec(out_axes, mesh, rules, out_shape.shape)
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                       check_vma=False)(*args)
+
+
 def _path_key(path) -> tuple:
   return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", str(k)))) for k in path)
 

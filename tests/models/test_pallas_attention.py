@@ -41,20 +41,61 @@ def test_cross_attention_with_lengths_matches_numpy():
                                 np.asarray(out, np.float32))
 
 
+def numpy_attention_grads(q, k, v, do, lengths=None):
+  """float64 dq, dk, dv of `numpy_attention` for the output cotangent `do`, by the softmax
+  Jacobian written out: dS = P * (dP - rowsum(dP * P))."""
+  q, k, v, do = (np.asarray(a, np.float64) for a in (q, k, v, do))
+  scale = 1 / np.sqrt(q.shape[-1])
+  s = np.einsum("btnh,bsnh->bnts", q, k) * scale
+  if lengths is not None:
+    valid = np.arange(k.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    s = np.where(valid[:, None, None, :], s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  dp = np.einsum("btnh,bsnh->bnts", do, v)
+  ds = p * (dp - np.sum(dp * p, -1, keepdims=True))
+  return (np.einsum("bnts,bsnh->btnh", ds, k) * scale, np.einsum("bnts,btnh->bsnh", ds, q) * scale,
+          np.einsum("bnts,btnh->bsnh", p, do))
+
+
+def rel_err(got, want):
+  got = np.asarray(got, np.float64)
+  return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
 def test_fused_qkv_self_attention_and_gradient():
+  # 128 positions: two query blocks in the forward and dq kernels, two key blocks of 64 in the
+  # dk/dv kernel, so every accumulation runs across blocks.
   rng = np.random.default_rng(1)
-  qkv = bf16(rng, (2, 64, 3, 2, 32))
+  qkv = bf16(rng, (2, 128, 3, 2, 32))
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   out = PA.qkv_attention(qkv)
   np.testing.assert_allclose(np.asarray(out, np.float32), numpy_attention(q, k, v),
                              atol=2e-2, rtol=2e-2)
-  w = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
-  grad = jax.grad(lambda x: jnp.sum(PA.qkv_attention(x).astype(jnp.float32) * w))(qkv)
-  want = jax.grad(lambda x: jnp.sum(jax.nn.dot_product_attention(
-      x[:, :, 0].astype(jnp.float32), x[:, :, 1].astype(jnp.float32),
-      x[:, :, 2].astype(jnp.float32)) * w))(qkv)
-  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want, np.float32),
-                             atol=3e-2, rtol=3e-2)
+  do = bf16(rng, out.shape)
+  grad = jax.grad(lambda x: jnp.sum(PA.qkv_attention(x).astype(jnp.float32)
+                                    * do.astype(jnp.float32)))(qkv)
+  assert grad.shape == qkv.shape and grad.dtype == jnp.bfloat16
+  for slot, want in enumerate(numpy_attention_grads(q, k, v, do)):
+    assert rel_err(grad[:, :, slot], want) < 1e-2, slot
+
+
+def test_gradient_with_lengths_matches_numpy():
+  # 128 queries, 256 keys (four blocks of 64 in the backward); lengths end inside the third
+  # block, inside the first, and at the end. Masked keys get exactly zero gradient.
+  rng = np.random.default_rng(4)
+  q, k, v = bf16(rng, (3, 128, 2, 32)), bf16(rng, (3, 256, 2, 32)), bf16(rng, (3, 256, 2, 32))
+  do = bf16(rng, q.shape)
+  lengths = jnp.array([130, 3, 256], jnp.int32)
+  loss = lambda q, k, v: jnp.sum(PA.attention(q, k, v, lengths).astype(jnp.float32)
+                                 * do.astype(jnp.float32))
+  grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads, numpy_attention_grads(q, k, v, do, lengths)):
+    assert got.dtype == jnp.bfloat16
+    assert rel_err(got, want) < 1e-2
+  dk, dv = np.asarray(grads[1], np.float32), np.asarray(grads[2], np.float32)
+  assert not dk[0, 130:].any() and not dv[0, 130:].any() and not dv[1, 3:].any()
+  assert np.abs(dv[1, :3]).min() > 0
 
 
 def test_rejects_shapes_the_kernel_cannot_take():
@@ -94,3 +135,28 @@ def test_module_uses_the_kernel_on_the_fused_projection(monkeypatch):
   assert calls == [(2, 32, 3, 2, 16)]
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                              atol=3e-2, rtol=3e-2)
+
+
+def test_module_under_a_mesh_runs_the_kernel_per_shard(monkeypatch):
+  """Under a 2 x 2 x 2 mesh the kernel gets each device's batch rows and heads (shard_map),
+  with the values and gradients of one device."""
+  from configs import tiny
+  from muse_jax.parallel import sharding as shd
+  from muse_jax.parallel.mesh import make_mesh
+  monkeypatch.setattr(L, "_on_gpu", lambda: True)
+  shapes = []
+  real = PA.qkv_attention
+  monkeypatch.setattr(PA, "qkv_attention", lambda qkv: shapes.append(qkv.shape) or real(qkv))
+  p = L.Precision.from_names("bfloat16", "float32")
+  attn = L.MultiHeadAttention(32, 2, 16, rngs=nnx.Rngs(0), precision=p,
+                              implementation="pallas")
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(4, 32, 32)), jnp.bfloat16)
+  loss = lambda m, x: jnp.sum(m(x).astype(jnp.float32) ** 2)
+  want_loss, want_grad = nnx.value_and_grad(loss)(attn, x)
+  mesh = make_mesh(dict(data=2, fsdp=2, tensor=2))
+  with shd.activation_rules(mesh, tiny.get_config().mesh.rules):
+    got_loss, got_grad = nnx.jit(nnx.value_and_grad(loss))(attn, x)
+  assert (1, 32, 3, 1, 16) in shapes
+  np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-2)
+  for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    assert rel_err(g, np.asarray(w, np.float64)) < 2e-2

@@ -56,3 +56,23 @@ def test_indivisible_dims_fall_back_to_replication():
 def test_constrain_is_a_noop_outside_activation_rules():
   x = jax.numpy.ones((8, 4))
   assert shd.constrain(x, ("act_batch", None)) is x
+
+
+def test_per_shard_runs_on_local_shards_and_matches_the_whole():
+  mesh = make_mesh(dict(data=2, fsdp=2, tensor=2))
+  rules = tiny.get_config().mesh.rules
+  x = jax.numpy.arange(8 * 3 * 4, dtype=jax.numpy.float32).reshape(8, 3, 4)
+  seen = []
+
+  def fn(a):
+    seen.append(a.shape)
+    return a * 2 + a.sum(axis=1, keepdims=True)  # independent along batch and the last dim
+
+  axes = ("act_batch", None, "act_heads")
+  assert shd.per_shard(fn, (x,), (axes,), axes) is not None and seen == [(8, 3, 4)]
+  seen.clear()
+  with shd.activation_rules(mesh, rules):
+    out = jax.jit(lambda a: shd.per_shard(fn, (a,), (axes,), axes))(x)
+  assert (2, 3, 2) in seen  # batch over data x fsdp, the last dim over tensor
+  assert out.sharding.spec == P(("data", "fsdp"), None, "tensor")
+  assert (jax.numpy.asarray(out) == fn(x)).all()

@@ -1,0 +1,203 @@
+"""The backward pass of muse_jax/models/pallas_attention.py as two Pallas (Triton) kernels.
+
+Why: at the base model's 256 tokens and 128 text keys, cuDNN's flash backward runs far below
+the GPU's matmul rate, and it needs q, k, v split out of the fused projection and dq, dk, dv
+concatenated back into its gradient, two copies per layer. These kernels read q, k, v where
+they are (the fused `[B, T, 3, N, H]` projection included) and write dq, dk, dv straight into
+the gradient's layout.
+
+The forward saves each query row's log-sum-exp of its scores (base 2, the forward's units);
+the backward recomputes the probabilities block by block from it:
+- `_dkdv_kernel`, one program per (key block, batch row, head): keeps its k and v block and
+  accumulates dk and dv over all query blocks;
+- `_dq_kernel`, one program per (query block, batch row, head): accumulates dq over all key
+  blocks.
+Each computes delta = rowsum(dO * O) of its query block itself rather than in a separate pass.
+Masked keys get probability 0, hence zero dk and dv.
+
+For the fused layout both kernels write into one `[B, T, 3, N, H]` buffer, indexing it with
+their program ids (dk and dv at 1 and 2, then dq at 0 in place, aliased).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+MASK_VALUE = -1e30  # the forward's: exp2(MASK_VALUE - lse) is exactly 0
+
+# (block_q, block_k, num_warps) of each kernel. Power-of-two blocks; accumulators of
+# [block, head_dim] fp32 per program, two in the dk/dv kernel.
+DKDV_BLOCKS = (64, 64, 4)
+DQ_BLOCKS = (64, 64, 4)
+
+
+def _blocks(blocks, q_len, kv_len):
+  bq, bk, warps = blocks
+  return min(bq, q_len), min(bk, kv_len), warps
+
+
+def _delta(do, o):
+  return jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=1)
+
+
+def _probs(q, k, lse, valid, scale):
+  """[block_q, block_k] probabilities from the saved log-sum-exp (base 2)."""
+  from jax.experimental.pallas import triton as plgpu
+  s = plgpu.dot(q, k, trans_b=True) * scale
+  if valid is not None:
+    s = jnp.where(valid[None, :] != 0, s, MASK_VALUE)
+  return jnp.exp2(s - lse[:, None])
+
+
+def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *out_refs,
+                 block_q: int, scale: float, sm_scale: float, fused: bool):
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import triton as plgpu
+  k, v = k_ref[...], v_ref[...]
+  valid = None if valid_ref is None else valid_ref[...]
+  block_k, head_dim = k.shape
+
+  def body(i, carry):
+    dk, dv = carry
+    rows = pl.ds(i * block_q, block_q)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    p = _probs(q, k, lse_ref[rows], valid, scale)
+    dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
+    dp = plgpu.dot(do, v, trans_b=True)
+    ds = p * (dp - _delta(do, o_ref[rows, :])[:, None])
+    return dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True), dv
+
+  zeros = jnp.zeros((block_k, head_dim), jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, q_ref.shape[0] // block_q, body, (zeros, zeros))
+  dk = (dk * sm_scale).astype(k.dtype)
+  dv = dv.astype(v.dtype)
+  if fused:
+    (dqkv_ref,) = out_refs
+    j, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    keys = pl.ds(j * block_k, block_k)
+    dqkv_ref[b, keys, 1, n, :] = dk
+    dqkv_ref[b, keys, 2, n, :] = dv
+  else:
+    dk_ref, dv_ref = out_refs
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+
+
+def _dq_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *refs,
+               block_k: int, scale: float, sm_scale: float, fused: bool):
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import triton as plgpu
+  q, do, lse = q_ref[...], do_ref[...], lse_ref[...]
+  delta = _delta(do, o_ref[...])
+  block_q, head_dim = q.shape
+
+  def body(j, dq):
+    keys = pl.ds(j * block_k, block_k)
+    k = k_ref[keys, :]
+    p = _probs(q, k, lse, None if valid_ref is None else valid_ref[keys], scale)
+    ds = p * (plgpu.dot(do, v_ref[keys, :], trans_b=True) - delta[:, None])
+    return dq + plgpu.dot(ds.astype(k.dtype), k)
+
+  dq = jax.lax.fori_loop(0, k_ref.shape[0] // block_k, body,
+                         jnp.zeros((block_q, head_dim), jnp.float32))
+  dq = (dq * sm_scale).astype(q.dtype)
+  if fused:
+    _, dqkv_ref = refs  # the aliased input (dk, dv written), then the output
+    i, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    dqkv_ref[b, pl.ds(i * block_q, block_q), 0, n, :] = dq
+  else:
+    (dq_ref,) = refs
+    dq_ref[...] = dq
+
+
+def operand_spec(length: int, head_dim: int, slot: int | None = None):
+  """BlockSpec maker for one attention operand over the grid (block, batch row, head): the
+  array is [B, L, N, H], or slot `slot` of a fused [B, L, 3, N, H]. `make(rows)` takes `rows`
+  positions at the grid's block index, or all `length` of them when `rows` is None."""
+  def make(rows):
+    from jax.experimental import pallas as pl
+    size = length if rows is None else rows
+    shape = (None, size, None, head_dim) if slot is None else (None, size, None, None, head_dim)
+
+    def index(g, b, n):
+      block = 0 if rows is None else g
+      return (b, block, n, 0) if slot is None else (b, block, slot, n, 0)
+    return pl.BlockSpec(shape, index)
+  return make
+
+
+def row_spec(length: int, rows: int | None, lead: int):
+  """BlockSpec of a per-position array [B, L] (lead=1) or [B, N, L] (lead=2): `rows` positions
+  at the grid's block index, or all of them when None."""
+  from jax.experimental import pallas as pl
+  size = length if rows is None else rows
+  if lead == 1:
+    return pl.BlockSpec((None, size), lambda g, b, n: (b, 0 if rows is None else g))
+  return pl.BlockSpec((None, None, size), lambda g, b, n: (b, n, 0 if rows is None else g))
+
+
+def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
+  """dq, dk, dv, or with `fused` the gradient of the fused qkv, of attention's output `o`.
+
+  `arrays` are the forward's (q, k, v) operands (the fused qkv three times when `fused`) and
+  `specs` their `operand_spec` makers. `o` and `do` are [B, T, N, H]; `lse` [B, N, T] f32 is
+  the forward's log-sum-exp of the scaled scores (base 2); `valid` [B, S] int32, or None,
+  marks the keys that count.
+  """
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import triton as plgpu
+  if interpret is None:  # Triton needs an NVIDIA GPU; elsewhere the kernels are interpreted
+    interpret = jax.default_backend() != "gpu"
+  batch, q_len, heads, head_dim = o.shape
+  kv_len = arrays[1].shape[1]
+  dtype = o.dtype
+  kw = dict(scale=math.log2(math.e) / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
+            fused=fused)
+  rows = operand_spec(q_len, head_dim)  # o and do
+  q_spec, k_spec, v_spec = specs
+
+  def run(kernel, name, grid_len, in_specs, operands, out_specs, out_shape, warps, aliases):
+    if valid is None:  # the kernels take the validity ref first: bind None in its place
+      kernel = functools.partial(_without_valid, kernel)
+      in_specs, operands = in_specs[1:], operands[1:]
+    return pl.pallas_call(
+        kernel, grid=(grid_len, batch, heads), in_specs=in_specs, out_specs=out_specs,
+        out_shape=out_shape, interpret=interpret, input_output_aliases=aliases, name=name,
+        compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=2),
+    )(*operands)
+
+  operands = (valid, *arrays, o, do, lse)
+  whole = pl.no_block_spec
+  bq, bk, warps = _blocks(DKDV_BLOCKS, q_len, kv_len)
+  in_specs = [row_spec(kv_len, bk, 1), q_spec(None), k_spec(bk), v_spec(bk), rows(None),
+              rows(None), row_spec(q_len, None, 2)]
+  kernel = functools.partial(_dkdv_kernel, block_q=bq, **kw)
+  if fused:
+    out = jax.ShapeDtypeStruct((batch, q_len, 3, heads, head_dim), dtype)
+    dqkv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands, whole,
+               out, warps, {})
+  else:
+    out = jax.ShapeDtypeStruct((batch, kv_len, heads, head_dim), dtype)
+    kv_spec = operand_spec(kv_len, head_dim)(bk)
+    dk, dv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands,
+                 (kv_spec, kv_spec), (out, out), warps, {})
+
+  bq, bk, warps = _blocks(DQ_BLOCKS, q_len, kv_len)
+  in_specs = [row_spec(kv_len, None, 1), q_spec(bq), k_spec(None), v_spec(None), rows(bq),
+              rows(bq), row_spec(q_len, bq, 2)]
+  kernel = functools.partial(_dq_kernel, block_k=bk, **kw)
+  if fused:  # dq goes into the buffer that holds dk and dv, in place
+    aliases = {len(operands) - (valid is None): 0}
+    return run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs + [whole],
+               operands + (dqkv,), whole, jax.ShapeDtypeStruct(dqkv.shape, dtype), warps,
+               aliases)
+  dq = run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs, operands, rows(bq),
+           jax.ShapeDtypeStruct(o.shape, dtype), warps, {})
+  return dq, dk, dv
+
+
+def _without_valid(kernel, *refs, **kw):
+  return kernel(None, *refs, **kw)
