@@ -91,7 +91,7 @@ def _forward(arrays, specs, valid, interpret, with_lse: bool):
   if valid is not None:
     in_specs, operands = [G.row_spec(kv_len, None, 1)] + in_specs, [valid] + operands
   else:
-    kernel = functools.partial(G._without_valid, kernel)
+    kernel = functools.partial(G.without_valid, kernel)
   out_specs = [G.operand_spec(q_len, head_dim)(bq)]
   out_shape = [jax.ShapeDtypeStruct((batch, q_len, heads, head_dim), arrays[0].dtype)]
   if with_lse:

@@ -161,7 +161,7 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
 
   def run(kernel, name, grid_len, in_specs, operands, out_specs, out_shape, warps, aliases):
     if valid is None:  # the kernels take the validity ref first: bind None in its place
-      kernel = functools.partial(_without_valid, kernel)
+      kernel = functools.partial(without_valid, kernel)
       in_specs, operands = in_specs[1:], operands[1:]
     return pl.pallas_call(
         kernel, grid=(grid_len, batch, heads), in_specs=in_specs, out_specs=out_specs,
@@ -199,5 +199,6 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   return dq, dk, dv
 
 
-def _without_valid(kernel, *refs, **kw):
+def without_valid(kernel, *refs, **kw):
+  """`kernel` with no key-validity ref (every key counts): its first argument is None."""
   return kernel(None, *refs, **kw)
