@@ -8,15 +8,14 @@ the gradient's layout.
 
 The forward saves each query row's log-sum-exp of its scores (base 2, the forward's units);
 the backward recomputes the probabilities block by block from it:
-- `_dkdv_kernel`, one program per (key block, batch row, head): keeps its k and v block and
-  accumulates dk and dv over all query blocks;
 - `_dq_kernel`, one program per (query block, batch row, head): accumulates dq over all key
-  blocks.
-Each computes delta = rowsum(dO * O) of its query block itself rather than in a separate pass.
+  blocks, and writes its rows' delta = rowsum(dO * O) (fp32) for the next kernel;
+- `_dkdv_kernel`, one program per (key block, batch row, head): keeps its k and v block and
+  accumulates dk and dv over all query blocks.
 Masked keys get probability 0, hence zero dk and dv.
 
 For the fused layout both kernels write into one `[B, T, 3, N, H]` buffer, indexing it with
-their program ids (dk and dv at 1 and 2, then dq at 0 in place, aliased).
+their program ids (dq at 0, then dk and dv at 1 and 2 in place, aliased).
 """
 from __future__ import annotations
 
@@ -39,10 +38,6 @@ def _blocks(blocks, q_len, kv_len):
   return min(bq, q_len), min(bk, kv_len), warps
 
 
-def _delta(do, o):
-  return jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=1)
-
-
 def _probs(q, k, lse, valid, scale):
   """[block_q, block_k] probabilities from the saved log-sum-exp (base 2)."""
   from jax.experimental.pallas import triton as plgpu
@@ -52,7 +47,34 @@ def _probs(q, k, lse, valid, scale):
   return jnp.exp2(s - lse[:, None])
 
 
-def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *out_refs,
+def _dq_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *out_refs,
+               block_k: int, scale: float, sm_scale: float, fused: bool):
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import triton as plgpu
+  q, do, lse = q_ref[...], do_ref[...], lse_ref[...]
+  delta = jnp.sum(do.astype(jnp.float32) * o_ref[...].astype(jnp.float32), axis=1)
+  block_q, head_dim = q.shape
+
+  def body(j, dq):
+    keys = pl.ds(j * block_k, block_k)
+    k = k_ref[keys, :]
+    p = _probs(q, k, lse, None if valid_ref is None else valid_ref[keys], scale)
+    ds = p * (plgpu.dot(do, v_ref[keys, :], trans_b=True) - delta[:, None])
+    return dq + plgpu.dot(ds.astype(k.dtype), k)
+
+  dq = jax.lax.fori_loop(0, k_ref.shape[0] // block_k, body,
+                         jnp.zeros((block_q, head_dim), jnp.float32))
+  dq = (dq * sm_scale).astype(q.dtype)
+  dq_ref, delta_ref = out_refs
+  delta_ref[...] = delta  # for the dk/dv kernel
+  if fused:
+    i, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    dq_ref[b, pl.ds(i * block_q, block_q), 0, n, :] = dq
+  else:
+    dq_ref[...] = dq
+
+
+def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
                  block_q: int, scale: float, sm_scale: float, fused: bool):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
@@ -66,8 +88,7 @@ def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *out_re
     q, do = q_ref[rows, :], do_ref[rows, :]
     p = _probs(q, k, lse_ref[rows], valid, scale)
     dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
-    dp = plgpu.dot(do, v, trans_b=True)
-    ds = p * (dp - _delta(do, o_ref[rows, :])[:, None])
+    ds = p * (plgpu.dot(do, v, trans_b=True) - delta_ref[rows][:, None])
     return dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True), dv
 
   zeros = jnp.zeros((block_k, head_dim), jnp.float32)
@@ -75,42 +96,15 @@ def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *out_re
   dk = (dk * sm_scale).astype(k.dtype)
   dv = dv.astype(v.dtype)
   if fused:
-    (dqkv_ref,) = out_refs
+    _, dqkv_ref = refs  # the aliased input (dq written), then the output
     j, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     keys = pl.ds(j * block_k, block_k)
     dqkv_ref[b, keys, 1, n, :] = dk
     dqkv_ref[b, keys, 2, n, :] = dv
   else:
-    dk_ref, dv_ref = out_refs
+    dk_ref, dv_ref = refs
     dk_ref[...] = dk
     dv_ref[...] = dv
-
-
-def _dq_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *refs,
-               block_k: int, scale: float, sm_scale: float, fused: bool):
-  from jax.experimental import pallas as pl
-  from jax.experimental.pallas import triton as plgpu
-  q, do, lse = q_ref[...], do_ref[...], lse_ref[...]
-  delta = _delta(do, o_ref[...])
-  block_q, head_dim = q.shape
-
-  def body(j, dq):
-    keys = pl.ds(j * block_k, block_k)
-    k = k_ref[keys, :]
-    p = _probs(q, k, lse, None if valid_ref is None else valid_ref[keys], scale)
-    ds = p * (plgpu.dot(do, v_ref[keys, :], trans_b=True) - delta[:, None])
-    return dq + plgpu.dot(ds.astype(k.dtype), k)
-
-  dq = jax.lax.fori_loop(0, k_ref.shape[0] // block_k, body,
-                         jnp.zeros((block_q, head_dim), jnp.float32))
-  dq = (dq * sm_scale).astype(q.dtype)
-  if fused:
-    _, dqkv_ref = refs  # the aliased input (dk, dv written), then the output
-    i, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    dqkv_ref[b, pl.ds(i * block_q, block_q), 0, n, :] = dq
-  else:
-    (dq_ref,) = refs
-    dq_ref[...] = dq
 
 
 def operand_spec(length: int, head_dim: int, slot: int | None = None):
@@ -143,7 +137,8 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   """dq, dk, dv, or with `fused` the gradient of the fused qkv, of attention's output `o`.
 
   `arrays` are the forward's (q, k, v) operands (the fused qkv three times when `fused`) and
-  `specs` their `operand_spec` makers. `o` and `do` are [B, T, N, H]; `lse` [B, N, T] f32 is
+  `specs` their `operand_spec` makers. The dq kernel runs first and also writes delta =
+  rowsum(dO * O) for the dk/dv kernel. `o` and `do` are [B, T, N, H]; `lse` [B, N, T] f32 is
   the forward's log-sum-exp of the scaled scores (base 2); `valid` [B, S] int32, or None,
   marks the keys that count.
   """
@@ -169,33 +164,34 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
         compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=2),
     )(*operands)
 
-  operands = (valid, *arrays, o, do, lse)
   whole = pl.no_block_spec
-  bq, bk, warps = _blocks(DKDV_BLOCKS, q_len, kv_len)
-  in_specs = [row_spec(kv_len, bk, 1), q_spec(None), k_spec(bk), v_spec(bk), rows(None),
-              rows(None), row_spec(q_len, None, 2)]
-  kernel = functools.partial(_dkdv_kernel, block_q=bq, **kw)
-  if fused:
-    out = jax.ShapeDtypeStruct((batch, q_len, 3, heads, head_dim), dtype)
-    dqkv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands, whole,
-               out, warps, {})
-  else:
-    out = jax.ShapeDtypeStruct((batch, kv_len, heads, head_dim), dtype)
-    kv_spec = operand_spec(kv_len, head_dim)(bk)
-    dk, dv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands,
-                 (kv_spec, kv_spec), (out, out), warps, {})
-
   bq, bk, warps = _blocks(DQ_BLOCKS, q_len, kv_len)
   in_specs = [row_spec(kv_len, None, 1), q_spec(bq), k_spec(None), v_spec(None), rows(bq),
               rows(bq), row_spec(q_len, bq, 2)]
   kernel = functools.partial(_dq_kernel, block_k=bk, **kw)
-  if fused:  # dq goes into the buffer that holds dk and dv, in place
+  delta = jax.ShapeDtypeStruct(lse.shape, jnp.float32)
+  if fused:  # dq into slot 0 of the fused gradient; dk and dv follow in place
+    dq = jax.ShapeDtypeStruct((batch, q_len, 3, heads, head_dim), dtype)
+    dq_spec = whole
+  else:
+    dq, dq_spec = jax.ShapeDtypeStruct(o.shape, dtype), rows(bq)
+  dq, delta = run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs,
+                  (valid, *arrays, o, do, lse), (dq_spec, row_spec(q_len, bq, 2)),
+                  (dq, delta), warps, {})
+
+  bq, bk, warps = _blocks(DKDV_BLOCKS, q_len, kv_len)
+  in_specs = [row_spec(kv_len, bk, 1), q_spec(None), k_spec(bk), v_spec(bk), rows(None),
+              row_spec(q_len, None, 2), row_spec(q_len, None, 2)]
+  operands = (valid, *arrays, do, lse, delta)
+  kernel = functools.partial(_dkdv_kernel, block_q=bq, **kw)
+  if fused:
     aliases = {len(operands) - (valid is None): 0}
-    return run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs + [whole],
-               operands + (dqkv,), whole, jax.ShapeDtypeStruct(dqkv.shape, dtype), warps,
-               aliases)
-  dq = run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs, operands, rows(bq),
-           jax.ShapeDtypeStruct(o.shape, dtype), warps, {})
+    return run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs + [whole],
+               operands + (dq,), whole, jax.ShapeDtypeStruct(dq.shape, dtype), warps, aliases)
+  out = jax.ShapeDtypeStruct((batch, kv_len, heads, head_dim), dtype)
+  kv_spec = operand_spec(kv_len, head_dim)(bk)
+  dk, dv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands,
+               (kv_spec, kv_spec), (out, out), warps, {})
   return dq, dk, dv
 
 
