@@ -13,9 +13,9 @@ and Triton needs powers of two: `supported()` says whether a shape qualifies.
 
 Differentiable: under a gradient the forward also saves each query's log-sum-exp, and the
 backward runs the kernels of muse_jax/models/pallas_attention_grad.py. `pallas_call` is not
-partitioned by XLA's sharding propagation, so under a multi-device `jit` its operands are
-gathered; the samplers run on one device. Off NVIDIA GPUs (or with `interpret=True`) the same
-kernel is interpreted: the CPU tests.
+partitioned by XLA's sharding propagation: under a multi-device `jit` the callers in
+muse_jax/models/layers.py run it per shard (`per_shard`), else its operands would be gathered.
+Off NVIDIA GPUs (or with `interpret=True`) the same kernel is interpreted: the CPU tests.
 """
 from __future__ import annotations
 
