@@ -3,6 +3,7 @@ r"""Attention kernels at the samplers' and trainers' shapes: cuDNN, XLA and the 
 
   python benchmarks/attention.py [--cases=amused_self,amused_cross] [--calls=35]
   python benchmarks/attention.py --grad --cases=base_self,base_cross --calls=16
+  python benchmarks/attention.py --grad --cases=base_self --impls=pallas --dkdv_blocks=64,128,4
 
 Cases (batch = 2 x images: CFG's cond + uncond rows):
   amused_self    B=2,  T=256,  16 heads x 64, from the fused qkv projection (aMUSEd-size row)
@@ -19,10 +20,12 @@ Training cases (base_632m at batch 64, sr_268m at batch 8; use them with --grad)
 --grad times the forward and backward together (the gradient of sum(out * cotangent) with
 respect to q, k, v or the fused qkv) and reports the error of that gradient.
 `tokamax_triton` and `tokamax_mosaic` in --impls run tokamax's kernels (pip install tokamax).
+--dq_blocks and --dkdv_blocks set the block sizes of the Pallas backward's two kernels.
 Each implementation runs `--calls` attentions in one jit, each on its own input (as the layers
-of one decoding step), with the samplers' compiler options; reported: the median of 20 calls'
-wall time divided by `--calls` (us per attention, launch gaps included). For cuDNN and XLA
-with a fused qkv, the split of q, k, v out of it is part of the timed work, as in the model.
+of one decoding step), with the samplers' compiler options (forward only); reported: the
+median of 20 calls' wall time divided by `--calls` (us per attention, launch gaps included).
+For cuDNN and XLA with a fused qkv, the split of q, k, v out of it is part of the timed work,
+as in the model.
 """
 import argparse
 import os
@@ -47,6 +50,13 @@ CASES = dict(
 SAMPLER_CASES = "amused_self,amused_cross,b16_self,sr_self,sr_cross"
 
 
+def blocks_arg(text):
+  values = tuple(int(v) for v in text.split(","))
+  if len(values) != 3 or min(values) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r}: give block_q,block_k,num_warps, e.g. 64,64,4")
+  return values
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,11 +66,19 @@ def main(argv=None):
   p.add_argument("--impls", default="cudnn,xla,pallas",
                  help="from cudnn, xla, pallas, tokamax_triton, tokamax_mosaic")
   p.add_argument("--grad", action="store_true", help="time forward + backward")
+  for name in ("dq", "dkdv"):
+    p.add_argument(f"--{name}_blocks", type=blocks_arg, default=None, metavar="BQ,BK,WARPS",
+                   help=f"the Pallas backward's {name} kernel: block_q, block_k, num_warps "
+                        f"(default: {name.upper()}_BLOCKS in "
+                        "muse_jax/models/pallas_attention_grad.py)")
   args = p.parse_args(argv)
   import jax
   import jax.numpy as jnp
   from muse_jax.models import layers as L
   from muse_jax.models import pallas_attention as PA
+  from muse_jax.models import pallas_attention_grad as PG
+  PG.DQ_BLOCKS = args.dq_blocks or PG.DQ_BLOCKS  # read when the kernels are traced
+  PG.DKDV_BLOCKS = args.dkdv_blocks or PG.DKDV_BLOCKS
   from muse_jax.sampling.stage_fns import sampler_compiler_options
   on_gpu = jax.default_backend() == "gpu"
   rows = []

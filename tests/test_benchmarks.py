@@ -37,7 +37,8 @@ def test_sample_benchmark_prints_a_row_per_requested_configuration(rows, flags):
 
 def test_attention_benchmark_prints_its_table():
   out = subprocess.run(
-      [sys.executable, "benchmarks/attention.py", "--cases=amused_cross", "--calls=1"],
+      [sys.executable, "benchmarks/attention.py", "--cases=amused_cross", "--calls=1",
+       "--dq_blocks=32,64,4"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   row = next(l for l in out.stdout.splitlines() if l.startswith("| amused_cross | xla |"))
