@@ -79,8 +79,7 @@ def _forward(arrays, specs, valid, interpret, with_lse: bool):
   with `with_lse` also the log-sum-exp [B, N, T] f32 of each query's scaled scores (base 2)."""
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
-  if interpret is None:  # Triton needs an NVIDIA GPU; elsewhere the kernel is interpreted
-    interpret = jax.default_backend() != "gpu"
+  interpret = G.interpreted(interpret)
   q_spec, k_spec, v_spec = specs
   batch, q_len = arrays[0].shape[:2]
   kv_len, (heads, head_dim) = arrays[1].shape[1], arrays[0].shape[-2:]
@@ -127,19 +126,21 @@ def _fused_specs(qkv):
   return tuple(G.operand_spec(t, h, slot) for slot in range(3))
 
 
+def _separate_forward(q, k, v, kv_lengths, interpret, with_lse):
+  (_, t, _, h), s = q.shape, k.shape[1]
+  _check(t, s, h, q.dtype)
+  return _forward((q, k, v), _separate_specs(q, k), _valid(kv_lengths, s), interpret, with_lse)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def attention(q, k, v, kv_lengths=None, interpret: bool | None = None):
   """softmax(q k^T / sqrt(H)) v for q [B, T, N, H], k and v [B, S, N, H]; keys at positions >=
   `kv_lengths` [B] (if given) are masked. Returns [B, T, N, H] in q's dtype."""
-  (_, t, _, h), s = q.shape, k.shape[1]
-  _check(t, s, h, q.dtype)
-  return _forward((q, k, v), _separate_specs(q, k), _valid(kv_lengths, s), interpret, False)
+  return _separate_forward(q, k, v, kv_lengths, interpret, False)
 
 
 def _attention_fwd(q, k, v, kv_lengths, interpret):
-  (_, t, _, h), s = q.shape, k.shape[1]
-  _check(t, s, h, q.dtype)
-  o, lse = _forward((q, k, v), _separate_specs(q, k), _valid(kv_lengths, s), interpret, True)
+  o, lse = _separate_forward(q, k, v, kv_lengths, interpret, True)
   return o, (q, k, v, kv_lengths, o, lse)
 
 
@@ -153,24 +154,23 @@ def _attention_bwd(interpret, res, g):
 attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _check_fused(qkv):
-  b, t, three, n, h = qkv.shape
+def _fused_forward(qkv, interpret, with_lse):
+  _, t, three, _, h = qkv.shape
   if three != 3:
     raise ValueError(f"qkv_attention expects [B, T, 3, N, H], got {qkv.shape}")
   _check(t, t, h, qkv.dtype)
+  return _forward((qkv,) * 3, _fused_specs(qkv), None, interpret, with_lse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def qkv_attention(qkv, interpret: bool | None = None):
   """Self-attention of a fused projection qkv [B, T, 3, N, H] (q, k, v along axis 2), read in
   place (no split copies). Returns [B, T, N, H]."""
-  _check_fused(qkv)
-  return _forward((qkv,) * 3, _fused_specs(qkv), None, interpret, False)
+  return _fused_forward(qkv, interpret, False)
 
 
 def _qkv_fwd(qkv, interpret):
-  _check_fused(qkv)
-  o, lse = _forward((qkv,) * 3, _fused_specs(qkv), None, interpret, True)
+  o, lse = _fused_forward(qkv, interpret, True)
   return o, (qkv, o, lse)
 
 

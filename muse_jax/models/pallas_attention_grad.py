@@ -144,8 +144,7 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   """
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
-  if interpret is None:  # Triton needs an NVIDIA GPU; elsewhere the kernels are interpreted
-    interpret = jax.default_backend() != "gpu"
+  interpret = interpreted(interpret)
   batch, q_len, heads, head_dim = o.shape
   kv_len = arrays[1].shape[1]
   dtype = o.dtype
@@ -193,6 +192,12 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   dk, dv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands,
                (kv_spec, kv_spec), (out, out), warps, {})
   return dq, dk, dv
+
+
+def interpreted(interpret: bool | None) -> bool:
+  """`interpret`, or when None whether the kernels must be interpreted: Triton needs an NVIDIA
+  GPU, elsewhere (the CPU tests) they run interpreted."""
+  return jax.default_backend() != "gpu" if interpret is None else interpret
 
 
 def without_valid(kernel, *refs, **kw):
