@@ -96,16 +96,21 @@ def fusion_summaries(hlo_text: str, kernel_names) -> dict:
 
 
 def floor_lines(by_cat, flops: float, attention_flops: float, peak: float,
-                goal_mfu: float = 0.0) -> list:
+                goal_mfu: float = 0.0, step_s: float = None, devices: int = 1) -> list:
   """What a step's kernel times (`by_cat`, microseconds per step by category) leave for MFU.
 
   The model FLOPs of a step split into attention's score and value products (`attention_flops`,
   the flash kernels' work) and the other matmuls. From the kernel times the achieved rate of
   each, the MFU of the kernels' total time, and the MFU if every other kernel (elementwise,
   copies, ...) took no time: the step's floor at these attention and matmul rates. With a
-  `goal_mfu` (percent), the time the other kernels may take for the step to reach it."""
-  attn_s, mm_s = by_cat.get("attention", 0.0) / 1e6, by_cat.get("matmul", 0.0) / 1e6
-  total_s = sum(by_cat.values()) / 1e6
+  `goal_mfu` (percent), the time the other kernels may take for the step to reach it. With the
+  step's wall time `step_s`, how much longer it is than its kernels (launch gaps, the host).
+  `by_cat` sums the kernels of `devices` devices that share the step's `flops` evenly: every
+  figure is per device."""
+  flops, attention_flops = flops / devices, attention_flops / devices
+  attn_s = by_cat.get("attention", 0.0) / 1e6 / devices
+  mm_s = by_cat.get("matmul", 0.0) / 1e6 / devices
+  total_s = sum(by_cat.values()) / 1e6 / devices
   rest_s = total_s - attn_s - mm_s
   mm_flops = flops - attention_flops
 
@@ -113,15 +118,18 @@ def floor_lines(by_cat, flops: float, attention_flops: float, peak: float,
     return f"{f / s / 1e12:.0f} TFLOP/s" if s > 0 else "n/a"
 
   lines = [
-      f"== floor: {flops / 1e12:.2f} TFLOP of model FLOPs per step, "
+      f"== floor: {flops / 1e12:.2f} TFLOP of model FLOPs per step and device, "
       f"{attention_flops / 1e12:.2f} in attention's score and value products",
       f"  attention kernels {attn_s * 1e3:8.2f} ms  {rate(attention_flops, attn_s)}",
       f"  matmul kernels    {mm_s * 1e3:8.2f} ms  {rate(mm_flops, mm_s)}",
       f"  other kernels     {rest_s * 1e3:8.2f} ms",
       f"  MFU of the kernel time {100 * flops / total_s / peak:.1f}%; with no other kernel "
       f"time {100 * flops / (attn_s + mm_s) / peak:.1f}% (the floor at these rates)"]
+  if step_s:
+    lines.append(f"  the step's wall time {step_s * 1e3:.1f} ms: "
+                 f"{(step_s - total_s) * 1e3:.1f} ms beyond its kernels' time")
   if goal_mfu > 0:
-    step_s = flops / (goal_mfu / 100 * peak)
-    lines.append(f"  {goal_mfu:g}% MFU is a {step_s * 1e3:.1f} ms step: the other kernels "
-                 f"within {(step_s - attn_s - mm_s) * 1e3:.1f} ms (now {rest_s * 1e3:.1f} ms)")
+    goal_s = flops / (goal_mfu / 100 * peak)
+    lines.append(f"  {goal_mfu:g}% MFU is a {goal_s * 1e3:.1f} ms step: the other kernels "
+                 f"within {(goal_s - attn_s - mm_s) * 1e3:.1f} ms (now {rest_s * 1e3:.1f} ms)")
   return lines

@@ -151,6 +151,26 @@ def test_floor_splits_the_step_into_attention_matmuls_and_the_rest():
   # 62.4 TFLOP in 156 ms of kernels at 1 PFLOP/s is 40%; in 113 ms of attention and matmuls 55.2%
   assert "MFU of the kernel time 40.0%; with no other kernel time 55.2%" in text
   assert "50% MFU is a 124.8 ms step: the other kernels within 11.8 ms (now 43.0 ms)" in text
+  # The same step's kernels summed over two devices that each do half the FLOPs, and its wall
+  # time: every figure per device, the same as above.
+  two = {k: 2 * v for k, v in by_cat.items()}
+  text2 = "\n".join(floor_lines(two, flops=124.8e12, attention_flops=57.6e12, peak=1e15,
+                                goal_mfu=50, step_s=0.160, devices=2))
+  wall = "\n  the step's wall time 160.0 ms: 4.0 ms beyond its kernels' time"
+  assert text2 == text.replace("(the floor at these rates)",
+                               "(the floor at these rates)" + wall), text2
+
+
+def test_profile_step_times_the_step_then_profiles_it(tmp_path):
+  """The GPU floor tables take the step's wall time and its profile from one compile: on CPU
+  the trace has no GPU kernels, so only the timed steps' line has figures."""
+  out = subprocess.run(
+      [sys.executable, "benchmarks/profile_step.py", "--config=configs/tiny.py",
+       f"--out={tmp_path}", "--steps=1", "--timed_steps=2", "--fusions=0"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  step = next(l for l in out.stdout.splitlines() if l.startswith("== step: "))
+  assert float(step.split()[2]) > 0 and "(2 steps without the profiler)" in step, step
 
 
 def test_evaluate_benchmark_times_each_network_and_projects_an_fid():
