@@ -20,7 +20,8 @@ Training cases (base_632m at batch 64, sr_268m at batch 8; use them with --grad)
 --grad times the forward and backward together (the gradient of sum(out * cotangent) with
 respect to q, k, v or the fused qkv) and reports the error of that gradient.
 `tokamax_triton` and `tokamax_mosaic` in --impls run tokamax's kernels (pip install tokamax).
---dq_blocks and --dkdv_blocks set the block sizes of the Pallas backward's two kernels.
+--forward_blocks, --dq_blocks and --dkdv_blocks set the block sizes, warps and pipeline stages
+of the Pallas forward kernel and the backward's two kernels.
 Each implementation runs `--calls` attentions in one jit, each on its own input (as the layers
 of one decoding step), with the samplers' compiler options (forward only); reported: the
 median of 20 calls' wall time divided by `--calls` (us per attention, launch gaps included).
@@ -52,9 +53,10 @@ SAMPLER_CASES = "amused_self,amused_cross,b16_self,sr_self,sr_cross"
 
 def blocks_arg(text):
   values = tuple(int(v) for v in text.split(","))
-  if len(values) != 3 or min(values) < 1:
-    raise argparse.ArgumentTypeError(f"{text!r}: give block_q,block_k,num_warps, e.g. 64,64,4")
-  return values
+  if len(values) not in (3, 4) or min(values) < 1:
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: give block_q,block_k,num_warps[,num_stages], e.g. 64,64,4 or 64,64,4,3")
+  return values + (2,) * (4 - len(values))
 
 
 def main(argv=None):
@@ -66,18 +68,20 @@ def main(argv=None):
   p.add_argument("--impls", default="cudnn,xla,pallas",
                  help="from cudnn, xla, pallas, tokamax_triton, tokamax_mosaic")
   p.add_argument("--grad", action="store_true", help="time forward + backward")
-  for name in ("dq", "dkdv"):
-    p.add_argument(f"--{name}_blocks", type=blocks_arg, default=None, metavar="BQ,BK,WARPS",
-                   help=f"the Pallas backward's {name} kernel: block_q, block_k, num_warps "
-                        f"(default: {name.upper()}_BLOCKS in "
-                        "muse_jax/models/pallas_attention_grad.py)")
+  for name, where in (("forward", ""), ("dq", "_grad"), ("dkdv", "_grad")):
+    p.add_argument(f"--{name}_blocks", type=blocks_arg, default=None,
+                   metavar="BQ,BK,WARPS[,STAGES]",
+                   help=f"the Pallas {name} kernel: block_q, block_k, num_warps and num_stages "
+                        f"(2 if left out; default: {name.upper()}_BLOCKS in "
+                        f"muse_jax/models/pallas_attention{where}.py)")
   args = p.parse_args(argv)
   import jax
   import jax.numpy as jnp
   from muse_jax.models import layers as L
   from muse_jax.models import pallas_attention as PA
   from muse_jax.models import pallas_attention_grad as PG
-  PG.DQ_BLOCKS = args.dq_blocks or PG.DQ_BLOCKS  # read when the kernels are traced
+  PA.FORWARD_BLOCKS = args.forward_blocks or PA.FORWARD_BLOCKS  # read when traced
+  PG.DQ_BLOCKS = args.dq_blocks or PG.DQ_BLOCKS
   PG.DKDV_BLOCKS = args.dkdv_blocks or PG.DKDV_BLOCKS
   from muse_jax.sampling.stage_fns import sampler_compiler_options
   on_gpu = jax.default_backend() == "gpu"

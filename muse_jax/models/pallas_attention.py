@@ -34,9 +34,8 @@ def _pow2(n: int) -> bool:
   return n > 0 and n & (n - 1) == 0
 
 
-def block_sizes(q_len: int, kv_len: int) -> tuple[int, int]:
-  """(block_q, block_k) for these lengths: at most 64 query rows and 128 keys per block."""
-  return min(64, q_len), min(128, kv_len)
+# (block_q, block_k, num_warps, num_stages) of the forward kernel, as in pallas_attention_grad.
+FORWARD_BLOCKS = (64, 128, 4, 2)
 
 
 def supported(q_len: int, kv_len: int, head_dim: int, dtype) -> bool:
@@ -83,7 +82,7 @@ def _forward(arrays, specs, valid, interpret, with_lse: bool):
   q_spec, k_spec, v_spec = specs
   batch, q_len = arrays[0].shape[:2]
   kv_len, (heads, head_dim) = arrays[1].shape[1], arrays[0].shape[-2:]
-  bq, bk = block_sizes(q_len, kv_len)
+  bq, bk, warps, stages = G.blocks(FORWARD_BLOCKS, q_len, kv_len)
   kernel = functools.partial(_kernel, block_k=bk,
                              scale=math.log2(math.e) / math.sqrt(head_dim))
   in_specs, operands = [q_spec(bq), k_spec(None), v_spec(None)], list(arrays)
@@ -99,7 +98,7 @@ def _forward(arrays, specs, valid, interpret, with_lse: bool):
   out = pl.pallas_call(
       kernel, grid=(q_len // bq, batch, heads), in_specs=in_specs, out_specs=out_specs,
       out_shape=out_shape, interpret=interpret, name="muse_flash_attention",
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=stages),
   )(*operands)
   return out if with_lse else out[0]
 

@@ -27,15 +27,17 @@ import jax.numpy as jnp
 
 MASK_VALUE = -1e30  # the forward's: exp2(MASK_VALUE - lse) is exactly 0
 
-# (block_q, block_k, num_warps) of each kernel. Power-of-two blocks; accumulators of
-# [block, head_dim] fp32 per program, two in the dk/dv kernel.
-DKDV_BLOCKS = (64, 64, 4)
-DQ_BLOCKS = (64, 64, 4)
+# (block_q, block_k, num_warps, num_stages) of each kernel. Power-of-two blocks; accumulators
+# of [block, head_dim] fp32 per program, two in the dk/dv kernel. num_stages is the depth of
+# Triton's software pipeline over the kernel's loop.
+DKDV_BLOCKS = (64, 64, 4, 2)
+DQ_BLOCKS = (64, 64, 4, 2)
 
 
-def _blocks(blocks, q_len, kv_len):
-  bq, bk, warps = blocks
-  return min(bq, q_len), min(bk, kv_len), warps
+def blocks(config, q_len: int, kv_len: int) -> tuple[int, int, int, int]:
+  """`config` (block_q, block_k, num_warps, num_stages) with the blocks cut to the lengths."""
+  bq, bk, warps, stages = config
+  return min(bq, q_len), min(bk, kv_len), warps, stages
 
 
 def _probs(q, k, lse, valid, scale):
@@ -153,18 +155,19 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   rows = operand_spec(q_len, head_dim)  # o and do
   q_spec, k_spec, v_spec = specs
 
-  def run(kernel, name, grid_len, in_specs, operands, out_specs, out_shape, warps, aliases):
+  def run(kernel, name, grid_len, in_specs, operands, out_specs, out_shape, config, aliases):
     if valid is None:  # the kernels take the validity ref first: bind None in its place
       kernel = functools.partial(without_valid, kernel)
       in_specs, operands = in_specs[1:], operands[1:]
     return pl.pallas_call(
         kernel, grid=(grid_len, batch, heads), in_specs=in_specs, out_specs=out_specs,
         out_shape=out_shape, interpret=interpret, input_output_aliases=aliases, name=name,
-        compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=2),
+        compiler_params=plgpu.CompilerParams(num_warps=config[2], num_stages=config[3]),
     )(*operands)
 
   whole = pl.no_block_spec
-  bq, bk, warps = _blocks(DQ_BLOCKS, q_len, kv_len)
+  config = blocks(DQ_BLOCKS, q_len, kv_len)
+  bq, bk = config[:2]
   in_specs = [row_spec(kv_len, None, 1), q_spec(bq), k_spec(None), v_spec(None), rows(bq),
               rows(bq), row_spec(q_len, bq, 2)]
   kernel = functools.partial(_dq_kernel, block_k=bk, **kw)
@@ -176,9 +179,10 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
     dq, dq_spec = jax.ShapeDtypeStruct(o.shape, dtype), rows(bq)
   dq, delta = run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs,
                   (valid, *arrays, o, do, lse), (dq_spec, row_spec(q_len, bq, 2)),
-                  (dq, delta), warps, {})
+                  (dq, delta), config, {})
 
-  bq, bk, warps = _blocks(DKDV_BLOCKS, q_len, kv_len)
+  config = blocks(DKDV_BLOCKS, q_len, kv_len)
+  bq, bk = config[:2]
   in_specs = [row_spec(kv_len, bk, 1), q_spec(None), k_spec(bk), v_spec(bk), rows(None),
               row_spec(q_len, None, 2), row_spec(q_len, None, 2)]
   operands = (valid, *arrays, do, lse, delta)
@@ -186,11 +190,11 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   if fused:
     aliases = {len(operands) - (valid is None): 0}
     return run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs + [whole],
-               operands + (dq,), whole, jax.ShapeDtypeStruct(dq.shape, dtype), warps, aliases)
+               operands + (dq,), whole, jax.ShapeDtypeStruct(dq.shape, dtype), config, aliases)
   out = jax.ShapeDtypeStruct((batch, kv_len, heads, head_dim), dtype)
   kv_spec = operand_spec(kv_len, head_dim)(bk)
   dk, dv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands,
-               (kv_spec, kv_spec), (out, out), warps, {})
+               (kv_spec, kv_spec), (out, out), config, {})
   return dq, dk, dv
 
 
