@@ -3,7 +3,8 @@ r"""Attention kernels at the samplers' and trainers' shapes: cuDNN, XLA and the 
 
   python benchmarks/attention.py [--cases=amused_self,amused_cross] [--calls=35]
   python benchmarks/attention.py --grad --cases=base_self,base_cross --calls=16
-  python benchmarks/attention.py --grad --cases=base_self --impls=pallas --dkdv_blocks=64,128,4
+  python benchmarks/attention.py --grad --cases=base_self --impls=pallas \
+      --forward_blocks=64,128,4,2/128,64,8,3 --dkdv_blocks=64,128,4
 
 Cases (batch = 2 x images: CFG's cond + uncond rows):
   amused_self    B=2,  T=256,  16 heads x 64, from the fused qkv projection (aMUSEd-size row)
@@ -21,7 +22,8 @@ Training cases (base_632m at batch 64, sr_268m at batch 8; use them with --grad)
 respect to q, k, v or the fused qkv) and reports the error of that gradient.
 `tokamax_triton` and `tokamax_mosaic` in --impls run tokamax's kernels (pip install tokamax).
 --forward_blocks, --dq_blocks and --dkdv_blocks set the block sizes, warps and pipeline stages
-of the Pallas forward kernel and the backward's two kernels.
+of the Pallas forward kernel and the backward's two kernels. Several settings, separated by
+"/", sweep them in one process: `pallas` runs once per combination, labelled with its settings.
 Each implementation runs `--calls` attentions in one jit, each on its own input (as the layers
 of one decoding step), with the samplers' compiler options (forward only); reported: the
 median of 20 calls' wall time divided by `--calls` (us per attention, launch gaps included).
@@ -29,6 +31,7 @@ For cuDNN and XLA with a fused qkv, the split of q, k, v out of it is part of th
 as in the model.
 """
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -52,11 +55,30 @@ SAMPLER_CASES = "amused_self,amused_cross,b16_self,sr_self,sr_cross"
 
 
 def blocks_arg(text):
-  values = tuple(int(v) for v in text.split(","))
-  if len(values) not in (3, 4) or min(values) < 1:
-    raise argparse.ArgumentTypeError(
-        f"{text!r}: give block_q,block_k,num_warps[,num_stages], e.g. 64,64,4 or 64,64,4,3")
-  return values + (2,) * (4 - len(values))
+  """'BQ,BK,WARPS[,STAGES]' settings separated by '/' -> a list of 4-tuples (stages 2 if left
+  out)."""
+  settings = []
+  for one in text.split("/"):
+    try:
+      values = tuple(int(v) for v in one.split(","))
+    except ValueError:
+      values = ()
+    if len(values) not in (3, 4) or min(values) < 1:
+      raise argparse.ArgumentTypeError(
+          f"{one!r}: give block_q,block_k,num_warps[,num_stages], e.g. 64,64,4 or 64,64,4,3")
+    settings.append(values + (2,) * (4 - len(values)))
+  return settings
+
+
+def pallas_settings(forward, dq, dkdv):
+  """(label, {kernel: setting or None}) for each combination of the swept settings; None
+  keeps the kernel's default."""
+  names = ("forward", "dq", "dkdv")
+  out = []
+  for combo in itertools.product(forward or [None], dq or [None], dkdv or [None]):
+    label = " ".join(f"{n}={','.join(map(str, c))}" for n, c in zip(names, combo) if c)
+    out.append(("pallas" + (f" {label}" if label else ""), dict(zip(names, combo))))
+  return out
 
 
 def main(argv=None):
@@ -70,7 +92,7 @@ def main(argv=None):
   p.add_argument("--grad", action="store_true", help="time forward + backward")
   for name, where in (("forward", ""), ("dq", "_grad"), ("dkdv", "_grad")):
     p.add_argument(f"--{name}_blocks", type=blocks_arg, default=None,
-                   metavar="BQ,BK,WARPS[,STAGES]",
+                   metavar="BQ,BK,WARPS[,STAGES][/...]",
                    help=f"the Pallas {name} kernel: block_q, block_k, num_warps and num_stages "
                         f"(2 if left out; default: {name.upper()}_BLOCKS in "
                         f"muse_jax/models/pallas_attention{where}.py)")
@@ -80,9 +102,12 @@ def main(argv=None):
   from muse_jax.models import layers as L
   from muse_jax.models import pallas_attention as PA
   from muse_jax.models import pallas_attention_grad as PG
-  PA.FORWARD_BLOCKS = args.forward_blocks or PA.FORWARD_BLOCKS  # read when traced
-  PG.DQ_BLOCKS = args.dq_blocks or PG.DQ_BLOCKS
-  PG.DKDV_BLOCKS = args.dkdv_blocks or PG.DKDV_BLOCKS
+  defaults = dict(forward=PA.FORWARD_BLOCKS, dq=PG.DQ_BLOCKS, dkdv=PG.DKDV_BLOCKS)
+  sweep = pallas_settings(args.forward_blocks, args.dq_blocks, args.dkdv_blocks)
+
+  def use(settings):  # the kernels read these when they are traced
+    PA.FORWARD_BLOCKS, PG.DQ_BLOCKS, PG.DKDV_BLOCKS = (
+        settings[k] or defaults[k] for k in ("forward", "dq", "dkdv"))
   from muse_jax.sampling.stage_fns import sampler_compiler_options
   on_gpu = jax.default_backend() == "gpu"
   rows = []
@@ -119,9 +144,15 @@ def main(argv=None):
       return L.attention(*(a.astype(jnp.float32) for a in split(x)), kv_lengths=lens)
 
     ref = grad_of(ref_fn)(xs[0]) if args.grad else ref_fn(xs[0])
+    runs = []
     for impl in [i.strip() for i in args.impls.split(",")]:
+      runs += sweep if impl == "pallas" else [(impl, None)]
+    for label, settings in runs:
+      impl = label.split()[0]
       if impl != "xla" and not on_gpu:
         continue
+      if settings is not None:
+        use(settings)
       per = grad_of(lambda x, impl=impl: one(impl, x)) if args.grad else (
           lambda x, impl=impl: one(impl, x))
       opts = None if args.grad else sampler_compiler_options()
@@ -129,7 +160,7 @@ def main(argv=None):
       try:
         outs = jax.block_until_ready(fn(xs))
       except Exception as e:  # noqa: BLE001 - report and go on
-        rows.append((name, impl, float("nan"), f"{type(e).__name__}: {str(e)[:80]}"))
+        rows.append((name, label, float("nan"), f"{type(e).__name__}: {str(e)[:80]}"))
         continue
       got, want = jax.tree.leaves(outs[0]), jax.tree.leaves(ref)
       err = max(float(jnp.linalg.norm(g.astype(jnp.float32) - w) / jnp.linalg.norm(w))
@@ -140,8 +171,8 @@ def main(argv=None):
         jax.block_until_ready(fn(xs))
         times.append(time.perf_counter() - t0)
       us = statistics.median(times) / args.calls * 1e6
-      rows.append((name, impl, us, f"rel err {err:.1e}"))
-      print(f"{name:13s} {impl:7s} {us:8.1f} us/attention  rel err {err:.1e}", flush=True)
+      rows.append((name, label, us, f"rel err {err:.1e}"))
+      print(f"{name:13s} {label:7s} {us:8.1f} us/attention  rel err {err:.1e}", flush=True)
   what = "forward + backward" if args.grad else "forward"
   print(f"\ndevice: {jax.devices()[0].device_kind}; {args.calls} attentions ({what}) per call")
   print("| case | implementation | us per attention | note |\n|---|---|---|---|")

@@ -38,12 +38,30 @@ def test_sample_benchmark_prints_a_row_per_requested_configuration(rows, flags):
 def test_attention_benchmark_prints_its_table():
   out = subprocess.run(
       [sys.executable, "benchmarks/attention.py", "--cases=amused_cross", "--calls=1",
-       "--dq_blocks=32,64,4"],
+       "--dq_blocks=32,64,4", "--forward_blocks=64,128,4,2/128,64,8,3"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   row = next(l for l in out.stdout.splitlines() if l.startswith("| amused_cross | xla |"))
   us, note = row.split("|")[3:5]
   assert float(us) > 0 and float(note.split()[-1]) < 1e-2, row  # rel err against float32
+
+
+def test_attention_benchmark_sweeps_every_combination_of_the_pallas_settings():
+  import argparse
+  from benchmarks.attention import blocks_arg, pallas_settings
+  assert blocks_arg("64,64,4") == [(64, 64, 4, 2)]
+  forward = blocks_arg("64,128,4,2/128,64,8,3")
+  assert forward == [(64, 128, 4, 2), (128, 64, 8, 3)]
+  for bad in ("64,64", "64,64,4,2,1", "64,0,4", "64,64,4/", "a,b,c"):
+    with pytest.raises(argparse.ArgumentTypeError):
+      blocks_arg(bad)
+  assert pallas_settings(None, None, None) == [
+      ("pallas", dict(forward=None, dq=None, dkdv=None))]
+  runs = pallas_settings(forward, None, blocks_arg("32,64,4/64,64,4,3"))
+  assert [label for label, _ in runs] == [
+      "pallas forward=64,128,4,2 dkdv=32,64,4,2", "pallas forward=64,128,4,2 dkdv=64,64,4,3",
+      "pallas forward=128,64,8,3 dkdv=32,64,4,2", "pallas forward=128,64,8,3 dkdv=64,64,4,3"]
+  assert runs[3][1] == dict(forward=(128, 64, 8, 3), dq=None, dkdv=(64, 64, 4, 3))
 
 
 def test_dispatch_benchmark_times_each_argument_count():
