@@ -144,11 +144,10 @@ def main(argv=None):
       return L.attention(*(a.astype(jnp.float32) for a in split(x)), kv_lengths=lens)
 
     ref = grad_of(ref_fn)(xs[0]) if args.grad else ref_fn(xs[0])
-    runs = []
+    runs = []  # (impl, label, Pallas settings or None)
     for impl in [i.strip() for i in args.impls.split(",")]:
-      runs += sweep if impl == "pallas" else [(impl, None)]
-    for label, settings in runs:
-      impl = label.split()[0]
+      runs += [(impl, *s) for s in sweep] if impl == "pallas" else [(impl, impl, None)]
+    for impl, label, settings in runs:
       if impl != "xla" and not on_gpu:
         continue
       if settings is not None:

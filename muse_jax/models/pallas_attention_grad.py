@@ -155,19 +155,18 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   rows = operand_spec(q_len, head_dim)  # o and do
   q_spec, k_spec, v_spec = specs
 
-  def run(kernel, name, grid_len, in_specs, operands, out_specs, out_shape, config, aliases):
+  def run(kernel, name, grid_len, in_specs, operands, out_specs, out_shape, launch, aliases):
     if valid is None:  # the kernels take the validity ref first: bind None in its place
       kernel = functools.partial(without_valid, kernel)
       in_specs, operands = in_specs[1:], operands[1:]
     return pl.pallas_call(
         kernel, grid=(grid_len, batch, heads), in_specs=in_specs, out_specs=out_specs,
         out_shape=out_shape, interpret=interpret, input_output_aliases=aliases, name=name,
-        compiler_params=plgpu.CompilerParams(num_warps=config[2], num_stages=config[3]),
+        compiler_params=plgpu.CompilerParams(num_warps=launch[0], num_stages=launch[1]),
     )(*operands)
 
   whole = pl.no_block_spec
-  config = blocks(DQ_BLOCKS, q_len, kv_len)
-  bq, bk = config[:2]
+  bq, bk, *launch = blocks(DQ_BLOCKS, q_len, kv_len)
   in_specs = [row_spec(kv_len, None, 1), q_spec(bq), k_spec(None), v_spec(None), rows(bq),
               rows(bq), row_spec(q_len, bq, 2)]
   kernel = functools.partial(_dq_kernel, block_k=bk, **kw)
@@ -179,10 +178,9 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
     dq, dq_spec = jax.ShapeDtypeStruct(o.shape, dtype), rows(bq)
   dq, delta = run(kernel, "muse_flash_attention_dq", q_len // bq, in_specs,
                   (valid, *arrays, o, do, lse), (dq_spec, row_spec(q_len, bq, 2)),
-                  (dq, delta), config, {})
+                  (dq, delta), launch, {})
 
-  config = blocks(DKDV_BLOCKS, q_len, kv_len)
-  bq, bk = config[:2]
+  bq, bk, *launch = blocks(DKDV_BLOCKS, q_len, kv_len)
   in_specs = [row_spec(kv_len, bk, 1), q_spec(None), k_spec(bk), v_spec(bk), rows(None),
               row_spec(q_len, None, 2), row_spec(q_len, None, 2)]
   operands = (valid, *arrays, do, lse, delta)
@@ -190,11 +188,11 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   if fused:
     aliases = {len(operands) - (valid is None): 0}
     return run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs + [whole],
-               operands + (dq,), whole, jax.ShapeDtypeStruct(dq.shape, dtype), config, aliases)
+               operands + (dq,), whole, jax.ShapeDtypeStruct(dq.shape, dtype), launch, aliases)
   out = jax.ShapeDtypeStruct((batch, kv_len, heads, head_dim), dtype)
   kv_spec = operand_spec(kv_len, head_dim)(bk)
   dk, dv = run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands,
-               (kv_spec, kv_spec), (out, out), config, {})
+               (kv_spec, kv_spec), (out, out), launch, {})
   return dq, dk, dv
 
 
