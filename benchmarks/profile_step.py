@@ -11,7 +11,9 @@ collectives, other) and prints the table; then the step's floor (the model FLOPs
 attention's score and value products and the other matmuls, the rate of each from its kernels'
 time, and the MFU if no other kernel took any time; with --goal_mfu=P, how long the other
 kernels may take for P% MFU); then what the largest fusions compute (output shape and ops, from
-the compiled step's optimized HLO). The raw trace stays in --out for Perfetto/TensorBoard.
+the compiled step's optimized HLO) and the bytes each reads and writes, with the rate that
+makes: a fusion near the HBM's bandwidth can only get faster by moving fewer bytes. The raw
+trace stays in --out for Perfetto/TensorBoard.
 """
 import os
 import sys
@@ -90,9 +92,16 @@ def main(_):
   fusions = [n for n, _ in by_name.most_common() if category(n) == "fusion/elementwise"]
   described = fusion_summaries(hlo, fusions[:FLAGS.fusions])
   if described:
-    print(f"== the {len(described)} largest fusions: output <- ops (optimized HLO)")
-    for name, text in described.items():
-      print(f"  {by_name[name] / 1e3:8.3f} ms  {name}: {text[:200]}")
+    print(f"== the {len(described)} largest fusions: ms per step, calls, bytes read and written "
+          "per call and the rate that is; output <- ops (optimized HLO)")
+    moved = 0.0
+    for name, (text, nbytes) in described.items():
+      calls = count[name] // FLAGS.steps
+      moved += nbytes * calls
+      print(f"  {by_name[name] / 1e3:8.3f} ms {calls:4d}x {nbytes / 1e6:8.1f} MB "
+            f"{nbytes * calls / by_name[name] / 1e6:5.2f} TB/s  {name}: {text[:200]}")
+    spent = sum(by_name[n] for n in described)
+    print(f"  together {spent / 1e3:.2f} ms, {moved / 1e9:.2f} GB: {moved / spent / 1e6:.2f} TB/s")
 
 
 if __name__ == "__main__":

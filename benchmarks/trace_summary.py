@@ -6,6 +6,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 
@@ -60,18 +61,33 @@ _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(")
 
 
+_ARRAY = re.compile(r"([a-z]+\d*[a-z\d]*)\[([\d,]*)\]")
+
+
+def shape_bytes(shape: str) -> int:
+  """Bytes of an HLO shape string, e.g. `bf16[64,256]{1,0}` or a tuple `(f32[8], pred[])`."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(re.sub(r"\{[^}]*\}", "", shape)):
+    width = re.search(r"\d+", dtype)  # pred is a byte; token has none
+    bits = 8 if dtype == "pred" else int(width.group()) if width else 0
+    total += math.prod(int(d) for d in dims.split(",") if d) * -(-bits // 8)
+  return total
+
+
 def fusion_summaries(hlo_text: str, kernel_names) -> dict:
-  """{kernel name: "out SHAPE <- ops"} for the fusions among `kernel_names`, read from an
-  optimized HLO module (`compiled.as_text()`): what each elementwise kernel computes, e.g.
-  `bf16[8,4096,2816] <- multiply x6, add x2, tanh, convert x2`. A kernel is matched to the
+  """{kernel name: ("out SHAPE <- ops", bytes)} for the fusions among `kernel_names`, read from
+  an optimized HLO module (`compiled.as_text()`): what each elementwise kernel computes, e.g.
+  `bf16[8,4096,2816] <- multiply x6, add x2, tanh, convert x2`, and the bytes of its operands
+  (its fused computation's parameters) and outputs: what one call reads and writes if it reads
+  each operand once and whole (an operand it slices counts whole). A kernel is matched to the
   instruction of the same name, with a trailing `_N` also read as `.N` (HLO's numbering)."""
-  bodies, current = {}, None
+  bodies, params, current = {}, {}, None
   fusions = {}
   for line in hlo_text.splitlines():
     m = _COMPUTATION.match(line)
     if m:
       current = m.group(1)
-      bodies[current] = []
+      bodies[current], params[current] = [], 0
       continue
     m = _INSTRUCTION.match(line)
     if m is None:
@@ -79,6 +95,8 @@ def fusion_summaries(hlo_text: str, kernel_names) -> dict:
     name, shape, op = m.groups()
     if current is not None:
       bodies[current].append(op)
+      if op == "parameter":
+        params[current] += shape_bytes(shape)
     if op == "fusion":
       called = re.search(r"calls=%?([\w.\-]+)", line)
       fusions[name] = (shape, called.group(1) if called else None)
@@ -91,7 +109,8 @@ def fusion_summaries(hlo_text: str, kernel_names) -> dict:
     ops = collections.Counter(o for o in bodies.get(called, ())
                               if o not in ("parameter", "constant", "bitcast", "tuple"))
     listed = ", ".join(f"{o} x{n}" if n > 1 else o for o, n in ops.most_common())
-    out[kernel] = f"{re.sub(r'\{[^}]*\}', '', shape)} <- {listed}"
+    out[kernel] = (f"{re.sub(r'\{[^}]*\}', '', shape)} <- {listed}",
+                   params.get(called, 0) + shape_bytes(shape))
   return out
 
 

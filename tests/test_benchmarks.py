@@ -131,10 +131,18 @@ def test_profile_names_what_each_fusion_computes():
   from benchmarks.trace_summary import fusion_summaries
   out = fusion_summaries(_HLO, ["loop_add_fusion_33", "loop_convert_multiply_fusion",
                                 "nvjet_sm90_gemm", "input_reduce_fusion_9"])
-  assert out == {
-      "loop_add_fusion_33": "bf16[8] <- add",
-      "loop_convert_multiply_fusion": "(bf16[8], bf16[8]) <- convert x2, broadcast, tanh, "
-                                      "multiply"}
+  assert out == {  # bytes: the fused computation's parameters and the fusion's outputs
+      "loop_add_fusion_33": ("bf16[8] <- add", 16 + 16),
+      "loop_convert_multiply_fusion": ("(bf16[8], bf16[8]) <- convert x2, broadcast, tanh, "
+                                       "multiply", 16 + 32)}
+
+
+def test_shape_bytes():
+  sys.path.insert(0, ROOT)
+  from benchmarks.trace_summary import shape_bytes
+  assert shape_bytes("bf16[64,256,6144]{2,1,0}") == 64 * 256 * 6144 * 2
+  assert shape_bytes("(f32[16,1536]{1,0}, pred[3], s32[])") == 16 * 1536 * 4 + 3 + 4
+  assert shape_bytes("f8e4m3fn[128,64]{1,0}") == 128 * 64
 
 
 def test_kernel_times_average_the_profiled_calls_per_call(tmp_path):
