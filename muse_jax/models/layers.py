@@ -232,6 +232,17 @@ class MultiHeadAttention(nnx.Module):
     heads = ("act_batch", "act_length", "act_heads", None)
     return constrain(kv[:, :, 0], heads), constrain(kv[:, :, 1], heads)
 
+  def _packed_kv_attention(self, q, kv, kv_lengths):
+    """Pallas attention reading k and v in place from the kv projection [B, S, 2, N, H]: no
+    split copies forward, and no concatenation of dk and dv into its gradient backward."""
+    from muse_jax.models import pallas_attention
+    seq = ("act_batch", None, "act_heads", None)  # whole sequences on every shard
+    packed = ("act_batch", None, None, "act_heads", None)
+    if kv_lengths is None:
+      return per_shard(pallas_attention.kv_attention, (q, kv), (seq, packed), seq)
+    return per_shard(pallas_attention.kv_attention, (q, kv, kv_lengths),
+                     (seq, packed, ("act_batch",)), seq)
+
   def __call__(self, x, context=None, *, kv_lengths=None, kv=None, x_bound=None):
     """Attention of x to itself, to `context`, or to precomputed `kv=(k, v)` (`project_kv`).
     `x_bound`: see `DenseGeneral`."""
@@ -247,7 +258,14 @@ class MultiHeadAttention(nnx.Module):
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
       q = self.q(x, x_bound)
-      k, v = kv if kv is not None else self.project_kv(x if context is None else context)
+      if kv is None:
+        context = x if context is None else context
+        s = context.shape[1]
+        if resolve_attention(self.implementation, x.shape[1], s, self.head_dim,
+                             q.dtype) == "pallas":
+          return self.out(self._packed_kv_attention(q, self.kv(context), kv_lengths))
+        kv = self.project_kv(context)
+      k, v = kv
     q, k, v = (constrain(t, heads) for t in (q, k, v))
     y = attention(q, k, v, kv_lengths=kv_lengths, implementation=self.implementation)
     y = constrain(y, heads)

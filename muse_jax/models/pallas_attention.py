@@ -3,8 +3,9 @@
 Why: a sampler's attention is tiny (aMUSEd size: 2 x 16 heads x 256 x 256 x 64 per layer and
 step) and pure latency. cuDNN's call costs a workspace memset besides its kernel, and its q, k,
 v must first be split out of the fused qkv projection by a copy kernel. This kernel reads q, k,
-v straight from the fused `[B, T, 3, N, H]` projection (`qkv_attention`) or from separate
-arrays (`attention`), and masks keys at or beyond `kv_lengths`.
+v straight from the fused `[B, T, 3, N, H]` projection (`qkv_attention`), k and v from a
+cross-attention's `[B, S, 2, N, H]` projection (`kv_attention`), or separate arrays
+(`attention`), and masks keys at or beyond `kv_lengths`.
 
 One program per (query block, batch row, head): it keeps its query block, loops over key blocks
 with the online softmax (running max and sum in fp32, exp2 with log2(e) folded into the scale)
@@ -146,7 +147,7 @@ def _attention_fwd(q, k, v, kv_lengths, interpret):
 def _attention_bwd(interpret, res, g):
   q, k, v, kv_lengths, o, lse = res
   dq, dk, dv = G.gradients(_separate_specs(q, k), (q, k, v), o, lse, g.astype(o.dtype),
-                           _valid(kv_lengths, k.shape[1]), fused=False, interpret=interpret)
+                           _valid(kv_lengths, k.shape[1]), packed=None, interpret=interpret)
   return dq, dk, dv, None
 
 
@@ -176,7 +177,44 @@ def _qkv_fwd(qkv, interpret):
 def _qkv_bwd(interpret, res, g):
   qkv, o, lse = res
   return (G.gradients(_fused_specs(qkv), (qkv,) * 3, o, lse, g.astype(o.dtype), None,
-                      fused=True, interpret=interpret),)
+                      packed="qkv", interpret=interpret),)
 
 
 qkv_attention.defvjp(_qkv_fwd, _qkv_bwd)
+
+
+def _kv_specs(q, kv):
+  s, h = kv.shape[1], kv.shape[-1]
+  return (G.operand_spec(q.shape[1], q.shape[-1]), G.operand_spec(s, h, 0),
+          G.operand_spec(s, h, 1))
+
+
+def _kv_forward(q, kv, kv_lengths, interpret, with_lse):
+  (_, t, _, h), (_, s, two, _, _) = q.shape, kv.shape
+  if two != 2:
+    raise ValueError(f"kv_attention expects kv [B, S, 2, N, H], got {kv.shape}")
+  _check(t, s, h, q.dtype)
+  return _forward((q, kv, kv), _kv_specs(q, kv), _valid(kv_lengths, s), interpret, with_lse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def kv_attention(q, kv, kv_lengths=None, interpret: bool | None = None):
+  """Cross-attention of q [B, T, N, H] to a packed key/value projection kv [B, S, 2, N, H]
+  (k, v along axis 2), read in place; keys at positions >= `kv_lengths` [B] are masked. Its
+  gradient with respect to kv is written packed, as the projection's matmul takes it."""
+  return _kv_forward(q, kv, kv_lengths, interpret, False)
+
+
+def _kv_fwd(q, kv, kv_lengths, interpret):
+  o, lse = _kv_forward(q, kv, kv_lengths, interpret, True)
+  return o, (q, kv, kv_lengths, o, lse)
+
+
+def _kv_bwd(interpret, res, g):
+  q, kv, kv_lengths, o, lse = res
+  dq, dkv = G.gradients(_kv_specs(q, kv), (q, kv, kv), o, lse, g.astype(o.dtype),
+                        _valid(kv_lengths, kv.shape[1]), packed="kv", interpret=interpret)
+  return dq, dkv, None
+
+
+kv_attention.defvjp(_kv_fwd, _kv_bwd)

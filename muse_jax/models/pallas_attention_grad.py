@@ -3,8 +3,9 @@
 Why: at the base model's 256 tokens and 128 text keys, cuDNN's flash backward runs far below
 the GPU's matmul rate, and it needs q, k, v split out of the fused projection and dq, dk, dv
 concatenated back into its gradient, two copies per layer. These kernels read q, k, v where
-they are (the fused `[B, T, 3, N, H]` projection included) and write dq, dk, dv straight into
-the gradient's layout.
+they are (the fused `[B, T, 3, N, H]` self-attention projection, or a cross-attention's
+`[B, S, 2, N, H]` key/value projection, included) and write dq, dk, dv straight into the
+gradient's layout.
 
 The forward saves each query row's log-sum-exp of its scores (base 2, the forward's units);
 the backward recomputes the probabilities block by block from it:
@@ -14,8 +15,9 @@ the backward recomputes the probabilities block by block from it:
   accumulates dk and dv over all query blocks.
 Masked keys get probability 0, hence zero dk and dv.
 
-For the fused layout both kernels write into one `[B, T, 3, N, H]` buffer, indexing it with
-their program ids (dq at 0, then dk and dv at 1 and 2 in place, aliased).
+Packed layouts (`packed`): for `qkv` both kernels write into one `[B, T, 3, N, H]` buffer,
+indexing it with their program ids (dq at 0, then dk and dv at 1 and 2 in place, aliased); for
+`kv` dq is its own array and the dk/dv kernel writes one `[B, S, 2, N, H]` buffer (0 and 1).
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def _dq_kernel(valid_ref, q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, *out_refs
 
 
 def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
-                 block_q: int, scale: float, sm_scale: float, fused: bool):
+                 block_q: int, scale: float, sm_scale: float, slots: tuple | None):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   k, v = k_ref[...], v_ref[...]
@@ -97,12 +99,12 @@ def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *re
   dk, dv = jax.lax.fori_loop(0, q_ref.shape[0] // block_q, body, (zeros, zeros))
   dk = (dk * sm_scale).astype(k.dtype)
   dv = dv.astype(v.dtype)
-  if fused:
-    _, dqkv_ref = refs  # the aliased input (dq written), then the output
+  if slots is not None:  # packed: the output is the last ref (after qkv's aliased input)
+    out_ref = refs[-1]
     j, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     keys = pl.ds(j * block_k, block_k)
-    dqkv_ref[b, keys, 1, n, :] = dk
-    dqkv_ref[b, keys, 2, n, :] = dv
+    out_ref[b, keys, slots[0], n, :] = dk
+    out_ref[b, keys, slots[1], n, :] = dv
   else:
     dk_ref, dv_ref = refs
     dk_ref[...] = dk
@@ -111,7 +113,7 @@ def _dkdv_kernel(valid_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *re
 
 def operand_spec(length: int, head_dim: int, slot: int | None = None):
   """BlockSpec maker for one attention operand over the grid (block, batch row, head): the
-  array is [B, L, N, H], or slot `slot` of a fused [B, L, 3, N, H]. `make(rows)` takes `rows`
+  array is [B, L, N, H], or slot `slot` of a packed [B, L, P, N, H]. `make(rows)` takes `rows`
   positions at the grid's block index, or all `length` of them when `rows` is None."""
   def make(rows):
     from jax.experimental import pallas as pl
@@ -135,10 +137,15 @@ def row_spec(length: int, rows: int | None, lead: int):
   return pl.BlockSpec((None, None, size), lambda g, b, n: (b, n, 0 if rows is None else g))
 
 
-def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
-  """dq, dk, dv, or with `fused` the gradient of the fused qkv, of attention's output `o`.
+# Where the dk/dv kernel writes dk and dv in each packed layout's gradient.
+_SLOTS = {"qkv": (1, 2), "kv": (0, 1)}
 
-  `arrays` are the forward's (q, k, v) operands (the fused qkv three times when `fused`) and
+
+def gradients(specs, arrays, o, lse, do, valid, *, packed: str | None, interpret):
+  """The gradients of attention's output `o`: (dq, dk, dv) for separate operands; with
+  `packed="qkv"` the fused qkv's gradient, with `packed="kv"` (dq, the packed kv's gradient).
+
+  `arrays` are the forward's (q, k, v) operands (the packed array in each packed place) and
   `specs` their `operand_spec` makers. The dq kernel runs first and also writes delta =
   rowsum(dO * O) for the dk/dv kernel. `o` and `do` are [B, T, N, H]; `lse` [B, N, T] f32 is
   the forward's log-sum-exp of the scaled scores (base 2); `valid` [B, S] int32, or None,
@@ -150,8 +157,7 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   batch, q_len, heads, head_dim = o.shape
   kv_len = arrays[1].shape[1]
   dtype = o.dtype
-  kw = dict(scale=math.log2(math.e) / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim),
-            fused=fused)
+  kw = dict(scale=math.log2(math.e) / math.sqrt(head_dim), sm_scale=1.0 / math.sqrt(head_dim))
   rows = operand_spec(q_len, head_dim)  # o and do
   q_spec, k_spec, v_spec = specs
 
@@ -169,7 +175,8 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   bq, bk, *launch = blocks(DQ_BLOCKS, q_len, kv_len)
   in_specs = [row_spec(kv_len, None, 1), q_spec(bq), k_spec(None), v_spec(None), rows(bq),
               rows(bq), row_spec(q_len, bq, 2)]
-  kernel = functools.partial(_dq_kernel, block_k=bk, **kw)
+  fused = packed == "qkv"
+  kernel = functools.partial(_dq_kernel, block_k=bk, fused=fused, **kw)
   delta = jax.ShapeDtypeStruct(lse.shape, jnp.float32)
   if fused:  # dq into slot 0 of the fused gradient; dk and dv follow in place
     dq = jax.ShapeDtypeStruct((batch, q_len, 3, heads, head_dim), dtype)
@@ -184,7 +191,11 @@ def gradients(specs, arrays, o, lse, do, valid, *, fused: bool, interpret):
   in_specs = [row_spec(kv_len, bk, 1), q_spec(None), k_spec(bk), v_spec(bk), rows(None),
               row_spec(q_len, None, 2), row_spec(q_len, None, 2)]
   operands = (valid, *arrays, do, lse, delta)
-  kernel = functools.partial(_dkdv_kernel, block_q=bq, **kw)
+  kernel = functools.partial(_dkdv_kernel, block_q=bq, slots=_SLOTS.get(packed), **kw)
+  if packed == "kv":
+    out = jax.ShapeDtypeStruct((batch, kv_len, 2, heads, head_dim), dtype)
+    return dq, run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs, operands, whole,
+                   out, launch, {})
   if fused:
     aliases = {len(operands) - (valid is None): 0}
     return run(kernel, "muse_flash_attention_dkdv", kv_len // bk, in_specs + [whole],

@@ -98,12 +98,33 @@ def test_gradient_with_lengths_matches_numpy():
   assert np.abs(dv[1, :3]).min() > 0
 
 
+def test_packed_kv_cross_attention_and_gradient():
+  # 128 queries, 256 keys packed [B, S, 2, N, H]; the lengths end inside the third key block of
+  # the backward, inside the first, and at the end. The kv gradient comes back packed.
+  rng = np.random.default_rng(6)
+  q, kv = bf16(rng, (3, 128, 2, 32)), bf16(rng, (3, 256, 2, 2, 32))
+  k, v, do = kv[:, :, 0], kv[:, :, 1], bf16(rng, q.shape)
+  lengths = jnp.array([130, 3, 256], jnp.int32)
+  np.testing.assert_allclose(np.asarray(PA.kv_attention(q, kv, lengths), np.float32),
+                             numpy_attention(q, k, v, lengths), atol=2e-2, rtol=2e-2)
+  loss = lambda q, kv: jnp.sum(PA.kv_attention(q, kv, lengths).astype(jnp.float32)
+                               * do.astype(jnp.float32))
+  dq, dkv = jax.grad(loss, argnums=(0, 1))(q, kv)
+  assert dkv.shape == kv.shape and dkv.dtype == jnp.bfloat16
+  want = numpy_attention_grads(q, k, v, do, lengths)
+  for got, w in zip((dq, dkv[:, :, 0], dkv[:, :, 1]), want):
+    assert rel_err(got, w) < 1e-2
+  assert not np.asarray(dkv[0, 130:], np.float32).any()
+
+
 def test_rejects_shapes_the_kernel_cannot_take():
   rng = np.random.default_rng(2)
   with pytest.raises(ValueError, match="power-of-two"):
     PA.attention(bf16(rng, (1, 32, 1, 16)), bf16(rng, (1, 77, 1, 16)), bf16(rng, (1, 77, 1, 16)))
   with pytest.raises(ValueError, match=r"\[B, T, 3, N, H\]"):
     PA.qkv_attention(bf16(rng, (1, 32, 2, 1, 16)))
+  with pytest.raises(ValueError, match=r"\[B, S, 2, N, H\]"):
+    PA.kv_attention(bf16(rng, (1, 32, 1, 16)), bf16(rng, (1, 32, 3, 1, 16)))
 
 
 def test_resolve_attention(monkeypatch):
@@ -157,6 +178,36 @@ def test_module_under_a_mesh_runs_the_kernel_per_shard(monkeypatch):
   with shd.activation_rules(mesh, tiny.get_config().mesh.rules):
     got_loss, got_grad = nnx.jit(nnx.value_and_grad(loss))(attn, x)
   assert (1, 32, 3, 1, 16) in shapes
+  np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-2)
+  for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    assert rel_err(g, np.asarray(w, np.float64)) < 2e-2
+
+
+def test_cross_attention_module_hands_the_packed_kv_to_the_kernel_per_shard(monkeypatch):
+  """With `pallas` selected (a GPU, faked), cross-attention passes its kv projection whole to
+  `kv_attention`, under a 2 x 2 x 2 mesh each device's batch rows and heads of it, and matches
+  the XLA path on one device, values and gradients, with padded text."""
+  from configs import tiny
+  from muse_jax.parallel import sharding as shd
+  from muse_jax.parallel.mesh import make_mesh
+  monkeypatch.setattr(L, "_on_gpu", lambda: True)
+  shapes = []
+  real = PA.kv_attention
+  monkeypatch.setattr(PA, "kv_attention", lambda q, kv, *a: shapes.append(kv.shape) or
+                      real(q, kv, *a))
+  p = L.Precision.from_names("bfloat16", "float32")
+  attn = L.MultiHeadAttention(32, 2, 16, rngs=nnx.Rngs(0), precision=p, kv_dim=24,
+                              implementation="xla")
+  rng = np.random.default_rng(7)
+  x, ctx = (jnp.asarray(rng.normal(size=s), jnp.bfloat16) for s in ((4, 32, 32), (4, 16, 24)))
+  lengths = jnp.array([16, 5, 9, 1], jnp.int32)
+  loss = lambda m, x: jnp.sum(m(x, ctx, kv_lengths=lengths).astype(jnp.float32) ** 2)
+  want_loss, want_grad = nnx.value_and_grad(loss)(attn, x)
+  attn.implementation = "pallas"
+  with shd.activation_rules(make_mesh(dict(data=2, fsdp=2, tensor=2)),
+                            tiny.get_config().mesh.rules):
+    got_loss, got_grad = nnx.jit(nnx.value_and_grad(loss))(attn, x)
+  assert (1, 16, 2, 1, 16) in shapes  # one device's rows and heads
   np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-2)
   for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
     assert rel_err(g, np.asarray(w, np.float64)) < 2e-2
