@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.trace_summary import (  # noqa: E402
-    category, floor_lines, fusion_summaries, kernel_times)
+    category, floor_lines, fusion_lines, fusion_summaries, kernel_times)
 
 config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 flags.DEFINE_integer("steps", 3, "Profiled steps (after the timed ones).")
@@ -92,16 +92,7 @@ def main(_):
   fusions = [n for n, _ in by_name.most_common() if category(n) == "fusion/elementwise"]
   described = fusion_summaries(hlo, fusions[:FLAGS.fusions])
   if described:
-    print(f"== the {len(described)} largest fusions: ms per step, calls, bytes read and written "
-          "per call and the rate that is; output <- ops (optimized HLO)")
-    moved = 0.0
-    for name, (text, nbytes) in described.items():
-      calls = count[name] // FLAGS.steps
-      moved += nbytes * calls
-      print(f"  {by_name[name] / 1e3:8.3f} ms {calls:4d}x {nbytes / 1e6:8.1f} MB "
-            f"{nbytes * calls / by_name[name] / 1e6:5.2f} TB/s  {name}: {text[:200]}")
-    spent = sum(by_name[n] for n in described)
-    print(f"  together {spent / 1e3:.2f} ms, {moved / 1e9:.2f} GB: {moved / spent / 1e6:.2f} TB/s")
+    print("\n".join(fusion_lines(described, by_name, count, FLAGS.steps)))
 
 
 if __name__ == "__main__":

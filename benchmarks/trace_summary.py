@@ -114,6 +114,24 @@ def fusion_summaries(hlo_text: str, kernel_names) -> dict:
   return out
 
 
+def fusion_lines(described, by_name, launches, calls: int) -> list:
+  """Lines for the fusions of `fusion_summaries` (`described`) over `calls` profiled calls:
+  microseconds per call (`by_name`), launches per call, bytes read and written per launch and
+  the rate that makes, then their sum."""
+  lines = [f"== the {len(described)} largest fusions: ms per step, calls, bytes read and "
+           "written per call and the rate that is; output <- ops (optimized HLO)"]
+  moved = 0.0
+  for name, (text, nbytes) in described.items():
+    n = launches[name] // calls
+    moved += nbytes * n
+    lines.append(f"  {by_name[name] / 1e3:8.3f} ms {n:4d}x {nbytes / 1e6:8.1f} MB "
+                 f"{nbytes * n / by_name[name] / 1e6:5.2f} TB/s  {name}: {text[:200]}")
+  spent = sum(by_name[n] for n in described)
+  lines.append(f"  together {spent / 1e3:.2f} ms, {moved / 1e9:.2f} GB: "
+               f"{moved / spent / 1e6:.2f} TB/s")
+  return lines
+
+
 def floor_lines(by_cat, flops: float, attention_flops: float, peak: float,
                 goal_mfu: float = 0.0, step_s: float = None, devices: int = 1) -> list:
   """What a step's kernel times (`by_cat`, microseconds per step by category) leave for MFU.

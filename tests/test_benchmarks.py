@@ -137,6 +137,21 @@ def test_profile_names_what_each_fusion_computes():
                                        "multiply", 16 + 32)}
 
 
+def test_fusion_lines_give_bytes_and_rates_per_call():
+  sys.path.insert(0, ROOT)
+  from benchmarks.trace_summary import fusion_lines
+  described = {"loop_add_fusion": ("bf16[64,256,6144] <- add", 603_979_776),
+               "input_reduce_fusion": ("f32[16384] <- reduce", 50_397_184)}
+  by_name = {"loop_add_fusion": 4096.0, "input_reduce_fusion": 1600.0}  # us per step
+  launches = {"loop_add_fusion": 48, "input_reduce_fusion": 96}  # over 3 profiled steps
+  lines = fusion_lines(described, by_name, launches, calls=3)
+  # 16 calls x 604.0 MB in 4.096 ms: 2.36 TB/s; 32 x 50.4 MB in 1.6 ms: 1.01 TB/s
+  assert lines[1] == ("     4.096 ms   16x    604.0 MB  2.36 TB/s  loop_add_fusion: "
+                      "bf16[64,256,6144] <- add")
+  assert lines[2].startswith("     1.600 ms   32x     50.4 MB  1.01 TB/s  input_reduce_fusion")
+  assert lines[3] == "  together 5.70 ms, 11.28 GB: 1.98 TB/s"
+
+
 def test_shape_bytes():
   sys.path.insert(0, ROOT)
   from benchmarks.trace_summary import shape_bytes
