@@ -142,6 +142,19 @@ class RMSNorm(nnx.Module):
     return math.sqrt(d) * jnp.max(jnp.abs(self.scale[...].astype(jnp.float32)))
 
 
+# A Pallas attention operand [B, L, N, H] on each shard: whole sequences, its batch rows and heads.
+_SEQUENCES = ("act_batch", None, "act_heads", None)
+_PACKED = ("act_batch", None, None, "act_heads", None)  # a packed [B, L, P, N, H] projection
+
+
+def _pallas_per_shard(fn, arrays, axes, kv_lengths):
+  """`fn(*arrays[, kv_lengths])`, a Pallas attention whose output is [B, T, N, H], on each
+  device's shard (`per_shard`); `axes` are the arrays' logical axes."""
+  if kv_lengths is None:
+    return per_shard(fn, arrays, axes, _SEQUENCES)
+  return per_shard(fn, (*arrays, kv_lengths), (*axes, ("act_batch",)), _SEQUENCES)
+
+
 def attention(q, k, v, *, kv_lengths=None, implementation: str = "xla"):
   """Multi-head attention on [B, T, N, H] inputs through `jax.nn.dot_product_attention`.
 
@@ -152,11 +165,8 @@ def attention(q, k, v, *, kv_lengths=None, implementation: str = "xla"):
   impl = resolve_attention(implementation, q.shape[1], k.shape[1], q.shape[-1], q.dtype)
   if impl == "pallas":
     from muse_jax.models import pallas_attention
-    heads = ("act_batch", None, "act_heads", None)  # whole sequences on every shard
-    if kv_lengths is None:
-      return per_shard(pallas_attention.attention, (q, k, v), (heads,) * 3, heads)
-    return per_shard(pallas_attention.attention, (q, k, v, kv_lengths),
-                     (heads,) * 3 + (("act_batch",),), heads)
+    return _pallas_per_shard(pallas_attention.attention, (q, k, v), (_SEQUENCES,) * 3,
+                             kv_lengths)
   return jax.nn.dot_product_attention(
       q, k, v, key_value_seq_lengths=kv_lengths, implementation=impl)
 
@@ -232,17 +242,6 @@ class MultiHeadAttention(nnx.Module):
     heads = ("act_batch", "act_length", "act_heads", None)
     return constrain(kv[:, :, 0], heads), constrain(kv[:, :, 1], heads)
 
-  def _packed_kv_attention(self, q, kv, kv_lengths):
-    """Pallas attention reading k and v in place from the kv projection [B, S, 2, N, H]: no
-    split copies forward, and no concatenation of dk and dv into its gradient backward."""
-    from muse_jax.models import pallas_attention
-    seq = ("act_batch", None, "act_heads", None)  # whole sequences on every shard
-    packed = ("act_batch", None, None, "act_heads", None)
-    if kv_lengths is None:
-      return per_shard(pallas_attention.kv_attention, (q, kv), (seq, packed), seq)
-    return per_shard(pallas_attention.kv_attention, (q, kv, kv_lengths),
-                     (seq, packed, ("act_batch",)), seq)
-
   def __call__(self, x, context=None, *, kv_lengths=None, kv=None, x_bound=None):
     """Attention of x to itself, to `context`, or to precomputed `kv=(k, v)` (`project_kv`).
     `x_bound`: see `DenseGeneral`."""
@@ -252,18 +251,20 @@ class MultiHeadAttention(nnx.Module):
       t = x.shape[1]
       if resolve_attention(self.implementation, t, t, self.head_dim, qkv.dtype) == "pallas":
         from muse_jax.models import pallas_attention  # reads q, k, v in place: no split copies
-        return self.out(per_shard(pallas_attention.qkv_attention, (qkv,),
-                                  (("act_batch", None, None, "act_heads", None),),
-                                  ("act_batch", None, "act_heads", None)))
+        return self.out(_pallas_per_shard(pallas_attention.qkv_attention, (qkv,),
+                                          (_PACKED,), None))
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
       q = self.q(x, x_bound)
       if kv is None:
         context = x if context is None else context
-        s = context.shape[1]
-        if resolve_attention(self.implementation, x.shape[1], s, self.head_dim,
+        if resolve_attention(self.implementation, x.shape[1], context.shape[1], self.head_dim,
                              q.dtype) == "pallas":
-          return self.out(self._packed_kv_attention(q, self.kv(context), kv_lengths))
+          # reads k and v in place from the kv projection and writes their gradient packed
+          from muse_jax.models import pallas_attention
+          return self.out(_pallas_per_shard(pallas_attention.kv_attention,
+                                            (q, self.kv(context)), (_SEQUENCES, _PACKED),
+                                            kv_lengths))
         kv = self.project_kv(context)
       k, v = kv
     q, k, v = (constrain(t, heads) for t in (q, k, v))
