@@ -21,6 +21,11 @@ Training cases (base_632m at batch 64, sr_268m at batch 8; use them with --grad)
 --grad times the forward and backward together (the gradient of sum(out * cotangent) with
 respect to q, k, v or the fused qkv) and reports the error of that gradient.
 `tokamax_triton` and `tokamax_mosaic` in --impls run tokamax's kernels (pip install tokamax).
+`mgpu` runs JAX's Hopper kernel (jax.experimental.pallas.ops.gpu.attention_mgpu: warpgroup
+matmuls and TMA loads), which takes no key lengths and no scale, and whose shared-memory
+buffers are float16 whatever its inputs: it runs on the unmasked cases only, on q (scaled by
+1/sqrt(head_dim)), k and v cast to float16, and its output cast back, the casts timed with
+it. --mgpu_blocks sets its blocks.
 --forward_blocks, --dq_blocks and --dkdv_blocks set the block sizes, warps and pipeline stages
 of the Pallas forward kernel and the backward's two kernels. Several settings, separated by
 "/", sweep them in one process: `pallas` runs once per combination, labelled with its settings.
@@ -70,6 +75,14 @@ def blocks_arg(text):
   return settings
 
 
+def mgpu_arg(text):
+  """'BQ,BK,STEPS,BQ_DKV,BK_DKV,BQ_DQ,BK_DQ' settings separated by '/' -> a list of 7-tuples."""
+  settings = [tuple(int(v) for v in part.split(",")) for part in text.split("/")]
+  if any(len(one) != 7 for one in settings):
+    raise argparse.ArgumentTypeError(f"{text!r}: each setting is 7 integers")
+  return settings
+
+
 def pallas_settings(forward, dq, dkdv):
   """(label, {kernel: setting or None}) for each combination of the swept settings; None
   keeps the kernel's default."""
@@ -88,7 +101,11 @@ def main(argv=None):
   p.add_argument("--cases", default=SAMPLER_CASES, help=f"from {','.join(CASES)}")
   p.add_argument("--calls", type=int, default=35, help="attentions per jitted call")
   p.add_argument("--impls", default="cudnn,xla,pallas",
-                 help="from cudnn, xla, pallas, tokamax_triton, tokamax_mosaic")
+                 help="from cudnn, xla, pallas, mgpu, tokamax_triton, tokamax_mosaic")
+  p.add_argument("--mgpu_blocks", type=mgpu_arg, default=[(64, 128, 2, 64, 64, 64, 64)],
+                 metavar="BQ,BK,STEPS,BQ_DKV,BK_DKV,BQ_DQ,BK_DQ[/...]",
+                 help="mgpu's forward block_q, block_kv and max_concurrent_steps, then the "
+                      "backward's blocks (dk/dv kernel, dq kernel); '/' sweeps settings")
   p.add_argument("--grad", action="store_true", help="time forward + backward")
   for name, where in (("forward", ""), ("dq", "_grad"), ("dkdv", "_grad")):
     p.add_argument(f"--{name}_blocks", type=blocks_arg, default=None,
@@ -126,7 +143,17 @@ def main(argv=None):
     def split(x):
       return (x[:, :, 0], x[:, :, 1], x[:, :, 2]) if fused else x
 
-    def one(impl, x):
+    def one(impl, x, settings=None):
+      if impl == "mgpu":
+        from jax.experimental.pallas.ops.gpu import attention_mgpu as MG
+        bq, bk, steps, bq_dkv, bk_dkv, bq_dq, bk_dq = settings
+        cfg = MG.TuningConfig(block_q=bq, block_kv=bk, max_concurrent_steps=steps,
+                              block_q_dkv=bq_dkv, block_kv_dkv=bk_dkv, block_q_dq=bq_dq,
+                              block_kv_dq=bk_dq)
+        q, k, v = split(x)
+        f16 = jnp.float16
+        out = MG.attention((q * h ** -0.5).astype(f16), k.astype(f16), v.astype(f16), cfg)
+        return out.astype(q.dtype)
       if impl == "pallas":
         return PA.qkv_attention(x) if fused else PA.attention(*x, lens)
       if impl.startswith("tokamax_"):
@@ -146,14 +173,23 @@ def main(argv=None):
     ref = grad_of(ref_fn)(xs[0]) if args.grad else ref_fn(xs[0])
     runs = []  # (impl, label, Pallas settings or None)
     for impl in [i.strip() for i in args.impls.split(",")]:
-      runs += [(impl, *s) for s in sweep] if impl == "pallas" else [(impl, impl, None)]
+      if impl == "pallas":
+        runs += [(impl, *s) for s in sweep]
+      elif impl == "mgpu":
+        runs += [(impl, "mgpu " + ",".join(map(str, s)), s) for s in args.mgpu_blocks
+                 if length is None]
+      else:
+        runs.append((impl, impl, None))
     for impl, label, settings in runs:
       if impl != "xla" and not on_gpu:
         continue
-      if settings is not None:
+      if impl == "pallas":
         use(settings)
-      per = grad_of(lambda x, impl=impl: one(impl, x)) if args.grad else (
-          lambda x, impl=impl: one(impl, x))
+
+      def per(x, impl=impl, settings=settings):
+        return one(impl, x, settings)
+      if args.grad:
+        per = grad_of(per)
       opts = None if args.grad else sampler_compiler_options()
       fn = jax.jit(lambda xs, per=per: [per(x) for x in xs], compiler_options=opts)
       try:

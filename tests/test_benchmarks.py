@@ -62,6 +62,11 @@ def test_attention_benchmark_sweeps_every_combination_of_the_pallas_settings():
       "pallas forward=64,128,4,2 dkdv=32,64,4,2", "pallas forward=64,128,4,2 dkdv=64,64,4,3",
       "pallas forward=128,64,8,3 dkdv=32,64,4,2", "pallas forward=128,64,8,3 dkdv=64,64,4,3"]
   assert runs[3][1] == dict(forward=(128, 64, 8, 3), dq=None, dkdv=(64, 64, 4, 3))
+  from benchmarks.attention import mgpu_arg
+  assert mgpu_arg("64,128,2,64,64,64,64/128,128,3,64,128,64,128") == [
+      (64, 128, 2, 64, 64, 64, 64), (128, 128, 3, 64, 128, 64, 128)]
+  with pytest.raises(argparse.ArgumentTypeError):
+    mgpu_arg("64,128,2")
 
 
 def test_dispatch_benchmark_times_each_argument_count():

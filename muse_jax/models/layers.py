@@ -273,6 +273,30 @@ class MultiHeadAttention(nnx.Module):
     return self.out(y)
 
 
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+@jax.custom_vjp
+def gelu_tanh(x):
+  """GELU, tanh approximation. Its backward keeps only x and recomputes the tanh in float32:
+  autodiff's forward also writes the tanh, one more activation-sized array per layer."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+  return gelu_tanh(x), x
+
+
+def _gelu_bwd(x, g):
+  xf = x.astype(jnp.float32)
+  t = jnp.tanh(_GELU_C * (xf + 0.044715 * xf ** 3))
+  d = 0.5 * (1 + t) + 0.5 * xf * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * xf * xf)
+  return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 class MLP(nnx.Module):
   """Dense -> GELU(tanh) -> Dense, sharded on the hidden (`mlp`) dimension."""
 
@@ -284,6 +308,6 @@ class MLP(nnx.Module):
                            rngs=rngs, precision=precision)
 
   def __call__(self, x, x_bound=None):
-    h = jax.nn.gelu(self.wi(x, x_bound), approximate=True)
+    h = gelu_tanh(self.wi(x, x_bound))
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
     return self.wo(h)
