@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a list of benchmark commands on a GPU machine, one process each, logging to $OUT.
 # Usage: bash benchmarks/gpu_suite.sh "<cmd1>" "<cmd2>" ...   (each cmd is a python invocation)
-# Wheels in .whl/ (e.g. ml_collections, absent on the GPU image) are installed to /tmp/site.
+# Wheels in .whl/ (benchmarks/gpu_wheels.sh downloads those the GPU image lacks) are installed
+# to /tmp/site.
 set -u
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
