@@ -5,6 +5,8 @@
   python benchmarks/precompute.py --full --num=4096 --batch=128   # GPU: full-size models
   python benchmarks/precompute.py --parts --batch=128 --workers=12  # GPU: where the time goes
   taskset -c 0,1 python benchmarks/precompute.py --input_only --workdir=/tmp/bench_pre
+  python launch/local.py --num_processes=2 --gpus_per_process=1 -- benchmarks/precompute.py \
+      --full --num=2048 --batch=128 --workdir=/tmp/bench_pre2   # 2 processes, one shared dir
 
 Prints examples/s for
   precompute   configs/shapes_precompute.py (64 px, tiny random f8 VQ + tiny T5) on the local
@@ -17,12 +19,16 @@ Prints examples/s for
   input/tf     the tf.data reader (shuffle, parse, pad, batch) of the train split, batches of
                --train_batch rows, after the first batch (pipeline start-up)
   input/numpy  the in-memory numpy reader (loading the records is reported separately)
+Under launch/local.py (several processes, jax.distributed) only precompute runs: --batch is the
+global batch, each process renders and encodes its own slice into the shared --workdir, and
+process 0 prints the job's examples/s (benchmarks/scaling.py --precompute runs 1..N).
 Pin to cores with taskset to measure "2 CPU cores". Not a test: nothing is asserted.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import sys
@@ -95,7 +101,18 @@ def bench_parts(c, batch: int, workers: int, reps: int = 5) -> None:
           f"(batch {batch})", flush=True)
 
 
-def bench_precompute(c, workdir: str, num: int, batch: int) -> None:
+def bench_precompute(c, workdir: str, num: int, batch: int) -> dict:
+  """Precompute `num` shapes images into `workdir`, then twice more with the models built and
+  compiled (the second timed). With several processes (jax.distributed), `workdir` is shared,
+  `batch` is global and each process renders and encodes its own slice; process 0 prints."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  def barrier(name):
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(name)
+
+  lead = jax.process_index() == 0
   c.data.shapes.update(dict(num_train=num, num_heldout=batch))
   c.precompute.update(dict(batch_size=batch, examples_per_shard=max(num // 4, batch),
                            log_every=10_000))
@@ -103,24 +120,34 @@ def bench_precompute(c, workdir: str, num: int, batch: int) -> None:
   t0 = time.perf_counter()
   precompute.run_precompute(c, workdir, stream=out)
   total = time.perf_counter() - t0
-  ready = float(out.getvalue().split("models ready in ")[1].split("s")[0])
-  rate = [l for l in out.getvalue().splitlines() if l.startswith("precompute train:") and
-          "written of" in l][0].split("this run ")[1].split(" examples/s")[0]
-  print(f"precompute: {num} images in {total:.1f}s (models {ready:.1f}s); train split "
-        f"{rate} examples/s incl. the first compile")
-  # Steady state: a second run over fresh shards with the models already compiled.
-  models = precompute.build_models(c, _mesh(c), os.path.join(workdir, "spiece.model"))
-  again = tempfile.mkdtemp()
-  shutil.copy(os.path.join(workdir, "spiece.model"), again)
-  precompute.run_precompute(c, again, stream=io.StringIO(), models_fn=lambda *a: models)
-  shutil.rmtree(again)
-  again = tempfile.mkdtemp()
-  shutil.copy(os.path.join(workdir, "spiece.model"), again)
-  t0 = time.perf_counter()
-  precompute.run_precompute(c, again, stream=io.StringIO(), models_fn=lambda *a: models)
-  dt = time.perf_counter() - t0
-  shutil.rmtree(again)
-  print(f"precompute (compiled): {(num + batch) / dt:.1f} examples/s")
+  result = dict(processes=jax.process_count(), devices=jax.device_count(), num=num,
+                batch=batch, first_run_s=total)
+  if lead:
+    ready = float(out.getvalue().split("models ready in ")[1].split("s")[0])
+    rate = [l for l in out.getvalue().splitlines() if l.startswith("precompute train:") and
+            "written of" in l][0].split("this run ")[1].split(" examples/s")[0]
+    print(f"precompute: {num} images in {total:.1f}s (models {ready:.1f}s); train split "
+          f"{rate} examples/s on process 0 incl. the first compile", flush=True)
+  # Steady state: two more runs over fresh shards with the models already compiled; the
+  # second is timed. run_precompute ends with a barrier, so process 0's time is the job's.
+  spiece = os.path.join(workdir, "spiece.model")
+  models = precompute.build_models(c, _mesh(c), spiece)
+  for i in (1, 2):
+    again = os.path.join(workdir, f"again{i}")
+    if lead:
+      os.makedirs(again)
+      shutil.copy(spiece, again)
+    barrier(f"again{i}")
+    t0 = time.perf_counter()
+    precompute.run_precompute(c, again, stream=io.StringIO(), models_fn=lambda *a: models)
+    dt = time.perf_counter() - t0
+    if lead:
+      shutil.rmtree(again)
+  result["examples_per_s"] = (num + batch) / dt  # train + heldout split
+  if lead:
+    print(f"precompute (compiled): {result['examples_per_s']:.1f} examples/s "
+          f"({jax.process_count()} process(es), {jax.device_count()} devices)", flush=True)
+  return result
 
 
 def _mesh(c):
@@ -159,15 +186,31 @@ def main():
   p.add_argument("--parts", action="store_true",
                  help="with the --full models: time rendering, each model and all models "
                       "separately, then stop")
+  p.add_argument("--precompute_only", action="store_true",
+                 help="skip the input benchmarks (as --full and several processes do)")
+  p.add_argument("--result_json", default="",
+                 help="process 0 also writes the precompute figures to this JSON file")
+  for name, kind in (("coordinator_address", str), ("num_processes", int),
+                     ("process_id", int), ("cpu_collectives", str)):
+    p.add_argument(f"--{name}", type=kind, default=None,
+                   help="multi-process (launch/local.py passes these): jax.distributed; "
+                        "--workdir must then be given and shared")
   args = p.parse_args()
+  from muse_jax.parallel import distributed
+  if distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                            args.cpu_collectives) and not args.workdir:
+    p.error("several processes share one --workdir: give it")
   workdir = args.workdir or tempfile.mkdtemp()
   if args.parts:
     bench_parts(full_size_config(args.workers), args.batch, args.workers)
     return
   if not args.input_only:
     c = full_size_config(args.workers) if args.full else shapes_precompute.get_config()
-    bench_precompute(c, workdir, args.num, args.batch)
-  if args.full:
+    result = bench_precompute(c, workdir, args.num, args.batch)
+    if args.result_json and not args.process_id:
+      with open(args.result_json, "w") as f:
+        json.dump(result, f)
+  if args.full or args.num_processes or args.precompute_only:
     return
   for reader in ("tf", "numpy"):
     bench_input(workdir, reader, args.train_batch, args.steps)

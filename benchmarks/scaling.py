@@ -4,6 +4,7 @@ r"""Weak scaling of a training step over 1..N devices, and sharded checkpoints a
   python benchmarks/scaling.py --config=configs/base_3b.py --meshes=fsdp --gpus=2,4 --no_checkpoint
   python benchmarks/scaling.py --tiny --gpus=1,2      # configs/tiny.py on CPU fake devices
   python benchmarks/scaling.py --layouts=            # the checkpoint check alone
+  python benchmarks/scaling.py --layouts= --no_checkpoint --precompute   # precompute alone
 
 Every row is one run of benchmarks/train_step.py (fixed synthetic batch, real jitted step) at a
 global batch of --per_device_batch x N, in two layouts:
@@ -18,9 +19,17 @@ that of the smallest N run (the N=1 row is shared by both meshes and layouts). A
 The checkpoint check (skip with --no_checkpoint) trains 2 steps with fsdp over the largest N as
 N processes (muse_jax.train under launch/local.py), restores that checkpoint through the
 Trainer in one process on every N of --gpus, and compares every leaf of the restored state bit
-for bit; then the same from the smallest N. Not run by this script: the sharded precompute
-(T5-XXL and the VQ encoders over 2 and 4 processes) and a SIGKILL-and-resume of a multi-process
-run (tests/training/test_multiprocess_stops.py stops and resumes 2 CPU processes with SIGTERM).
+for bit; then the same from the smallest N.
+
+Then a hard stop of every process: N processes (the largest N, fsdp) train --kill_steps steps
+with a checkpoint every quarter of them; after the first checkpoint every process gets SIGKILL;
+the same command, rerun, must resume from the newest checkpoint ("Resuming from step K") and
+finish with a state bit-identical to that of an uninterrupted run of the same command.
+
+--precompute adds sharded precompute, weak-scaled: benchmarks/precompute.py --full (T5-XXL, the
+f16 VQ encoder at 256 px and the f8 one at 512 px, random bf16 weights; with --tiny its tiny
+shapes models) over --precompute_per_device records and a batch of --precompute_batch per
+device, as one process for N=1 and N processes of one device for N>1, timed once compiled.
 
 On GPU it runs on the GPUs nvidia-smi lists; without --tiny and without GPUs it runs on CPU
 fake devices. Logs of every run are kept in --out. Exit status: 0 when every run succeeded and
@@ -33,6 +42,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,6 +113,37 @@ def step_row(args, gpu, layout, mesh, n) -> dict:
     return dict(row, failed=rc or 1)
   with open(out) as f:
     return dict(row, **json.load(f))
+
+
+def precompute_row(args, gpu, n) -> dict:
+  wd = os.path.join(args.out, f"precompute_{n}")
+  shutil.rmtree(wd, ignore_errors=True)
+  out = wd + ".json"
+  cmd = [os.path.join(ROOT, "benchmarks/precompute.py"), "--precompute_only",
+         f"--workdir={wd}", f"--num={args.precompute_per_device * n}",
+         f"--batch={args.precompute_batch * n}", f"--result_json={out}"]
+  cmd = (launch(n, gpu) if n > 1 else [sys.executable]) + cmd + ([] if args.tiny else ["--full"])
+  print(f"-- precompute: {n} process(es)", flush=True)
+  rc = run(cmd, device_env(n, gpu), wd + ".log")
+  shutil.rmtree(wd, ignore_errors=True)  # at full size, about 1 MB of text features a record
+  if rc or not os.path.exists(out):
+    return dict(n=n, failed=rc or 1)
+  with open(out) as f:
+    return dict(n=n, **json.load(f))
+
+
+def print_precompute(rows: list[dict]) -> None:
+  base = next((r for r in rows if "failed" not in r), None)
+  per0 = base["examples_per_s"] / base["n"] if base else None
+  print("== precompute: weak, records and batch per device fixed; efficiency vs the first row")
+  print("N  processes  examples/s  ex/s/device  efficiency")
+  for r in rows:
+    if "failed" in r:
+      print(f"{r['n']:<3}failed (exit {r['failed']})")
+      continue
+    per = r["examples_per_s"] / r["n"]
+    print(f"{r['n']:<3}{r['processes']:<11}{r['examples_per_s']:<12.1f}{per:<13.1f}"
+          f"{100 * per / per0:.0f}%")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -186,6 +227,75 @@ def checkpoint_rows(args, gpu, ns) -> list[tuple[str, bool]]:
   return results
 
 
+def descendants(pid: int) -> list[int]:
+  """Every process below `pid` (from /proc), children first."""
+  children: dict[int, list[int]] = {}
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+      continue
+    children.setdefault(parent, []).append(int(name))
+  out, todo = [], [pid]
+  while todo:
+    kids = children.get(todo.pop(0), [])
+    out += kids
+    todo += kids
+  return out
+
+
+def kill_resume_rows(args, gpu, n) -> list[tuple[str, bool]]:
+  from muse_jax.workdir.checkpoints import latest_step
+  steps, every = args.kill_steps, max(args.kill_steps // 4, 1)
+
+  def train(wd):
+    return launch(n, gpu) + [
+        "-m", "muse_jax.train", f"--config={args.config}", f"--workdir={wd}",
+        f"--config.train.batch_size={args.per_device_batch * n}", *mesh_flags("fsdp"),
+        f"--config.train.num_steps={steps}", f"--config.checkpoint.every_steps={every}",
+        "--config.train.eval_every=0"]
+  ref, killed = (os.path.join(args.out, f"kill_{name}") for name in ("reference", "killed"))
+  for wd in (ref, killed):
+    shutil.rmtree(wd, ignore_errors=True)
+  env = device_env(n, gpu)
+  print(f"-- kill and resume: {n} processes, uninterrupted", flush=True)
+  if run(train(ref), env, ref + ".log"):
+    return [("kill and resume: the uninterrupted run failed", False)]
+  print(f"-- kill and resume: {n} processes, SIGKILL after the first checkpoint", flush=True)
+  with open(killed + "_1.log", "w") as f:
+    proc = subprocess.Popen(train(killed), env=env, stdout=f, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+    while proc.poll() is None and not latest_step(killed):
+      time.sleep(0.2)
+    for pid in [proc.pid] + descendants(proc.pid):
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+    proc.wait()
+  at_kill = latest_step(killed)
+  if at_kill is None or at_kill >= steps:
+    return [(f"kill and resume: no kill before the end (newest checkpoint {at_kill})", False)]
+  if run(train(killed), env, killed + "_2.log"):
+    return [("kill and resume: the resumed run failed", False)]
+  with open(killed + "_2.log") as f:
+    resumed = f"Resuming from step {at_kill}" in f.read()
+  digests = []
+  for wd in (ref, killed):
+    log = wd + "_digest.log"
+    rc = run([sys.executable, os.path.abspath(__file__), f"--digest={wd}"], env, log)
+    with open(log) as f:
+      found = [line for line in f if line.startswith("digest ")]
+    digests.append(None if rc or not found else json.loads(found[-1][len("digest "):]))
+  same = None not in digests and digests[0] == digests[1] and digests[0]["step"] == steps
+  return [(f"{n} processes killed (SIGKILL) after step {at_kill}, rerun: resumed from it", resumed),
+          (f"resumed run at step {steps} against an uninterrupted one: "
+           f"{'bit-identical' if same else 'DIFFER (or a digest failed)'}", same)]
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,7 +309,16 @@ def main(argv=None) -> int:
                  "empty: no step runs (the checkpoint check only)")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
-  p.add_argument("--no_checkpoint", action="store_true", help="skip the checkpoint check")
+  p.add_argument("--no_checkpoint", action="store_true",
+                 help="skip the checkpoint checks (sharded restore; kill and resume)")
+  p.add_argument("--kill_steps", type=int, default=40,
+                 help="steps of the kill-and-resume runs (a checkpoint every quarter)")
+  p.add_argument("--precompute", action="store_true",
+                 help="also time sharded precompute on each N (see above)")
+  p.add_argument("--precompute_per_device", type=int, default=1024,
+                 help="precompute records per device (--tiny: 32)")
+  p.add_argument("--precompute_batch", type=int, default=64,
+                 help="precompute batch per device (--tiny: 8)")
   p.add_argument("--tiny", action="store_true",
                  help="configs/tiny.py on CPU fake devices, 8 per device, 3 steps")
   p.add_argument("--out", default="", help="logs and results (default: a new temp dir)")
@@ -212,6 +331,7 @@ def main(argv=None) -> int:
   args.extra = [a for a in args.extra if a != "--"]
   if args.tiny:
     args.config, args.per_device_batch, args.steps, args.warmup = "configs/tiny.py", 8, 3, 1
+    args.precompute_per_device, args.precompute_batch = 32, 8
   meshes = args.meshes.split(",")
   layouts = [x for x in args.layouts.split(",") if x]
   try:
@@ -235,15 +355,19 @@ def main(argv=None) -> int:
     for layout in layouts if n > 1 else ["proc"][:len(layouts)]:
       for mesh in meshes if n > 1 else [meshes[0]]:
         rows.append(step_row(args, gpu, layout, mesh, n))
-  checks = [] if args.no_checkpoint else checkpoint_rows(args, gpu, ns)
+  pre = [precompute_row(args, gpu, n) for n in ns] if args.precompute else []
+  checks = [] if args.no_checkpoint else (checkpoint_rows(args, gpu, ns)
+                                          + kill_resume_rows(args, gpu, max(ns)))
   if rows:
     print_table(rows)
+  if pre:
+    print_precompute(pre)
   if checks:
-    print("== sharded checkpoints")
+    print("== checkpoints")
     for text, ok in checks:
       print(f"{'ok  ' if ok else 'FAIL'}  {text}")
   print(f"({time.time() - t0:.0f} s)")
-  failed = any("failed" in r for r in rows) or not all(ok for _, ok in checks)
+  failed = any("failed" in r for r in rows + pre) or not all(ok for _, ok in checks)
   return 1 if failed else 0
 
 
