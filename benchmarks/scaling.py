@@ -268,7 +268,8 @@ def kill_resume_rows(args, gpu, n) -> list[tuple[str, bool]]:
   with open(killed + "_1.log", "w") as f:
     proc = subprocess.Popen(train(killed), env=env, stdout=f, stderr=subprocess.STDOUT,
                             cwd=ROOT)
-    while proc.poll() is None and not latest_step(killed):
+    deadline = time.time() + 3600  # a run that never checkpoints is killed all the same
+    while proc.poll() is None and not latest_step(killed) and time.time() < deadline:
       time.sleep(0.2)
     for pid in [proc.pid] + descendants(proc.pid):
       try:
