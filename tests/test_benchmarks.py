@@ -4,8 +4,10 @@ attention.py, dispatch.py, evaluate.py) keep working and keep their table layout
 GPU."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -286,3 +288,29 @@ def test_text_order_benchmark_swaps_the_colours_and_prints_the_ratio():
   assert out.returncode == 0, out.stderr[-3000:]
   ratio = next(l for l in out.stdout.splitlines() if l.startswith("ratio")).split()[1:]
   assert all(0 < float(v) < 1 for v in ratio), out.stdout
+
+
+def test_scaling_finds_every_process_below_a_launcher():
+  """The kill-and-resume check SIGKILLs a launcher and every process below it: the workers
+  (children) and anything they started (grandchildren) must all be found."""
+  from benchmarks.scaling import descendants
+  proc = subprocess.Popen(["sh", "-c", "sleep 60 & sh -c 'sleep 60 & wait' & wait"])
+  try:
+    for _ in range(100):  # until both sleeps have started
+      found = descendants(proc.pid)
+      names = []
+      for pid in found:
+        try:
+          with open(f"/proc/{pid}/comm") as f:
+            names.append(f.read().strip())
+        except OSError:
+          pass
+      if names.count("sleep") == 2:
+        break
+      time.sleep(0.05)
+    assert sorted(names) == ["sh", "sleep", "sleep"], names
+    assert proc.pid not in found
+  finally:
+    for pid in [proc.pid] + descendants(proc.pid):
+      os.kill(pid, signal.SIGKILL)
+    proc.wait()
