@@ -190,16 +190,18 @@ def main():
                  help="skip the input benchmarks (as --full and several processes do)")
   p.add_argument("--result_json", default="",
                  help="process 0 also writes the precompute figures to this JSON file")
+  multi = p.add_argument_group(
+      "multi-process", "jax.distributed, as launch/local.py passes them; several processes "
+      "need one shared --workdir, and --batch is then global")
   for name, kind in (("coordinator_address", str), ("num_processes", int),
                      ("process_id", int), ("cpu_collectives", str)):
-    p.add_argument(f"--{name}", type=kind, default=None,
-                   help="multi-process (launch/local.py passes these): jax.distributed; "
-                        "--workdir must then be given and shared")
+    multi.add_argument(f"--{name}", type=kind, default=None)
   args = p.parse_args()
-  from muse_jax.parallel import distributed
-  if distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                            args.cpu_collectives) and not args.workdir:
+  if (args.num_processes or 1) > 1 and not args.workdir:
     p.error("several processes share one --workdir: give it")
+  from muse_jax.parallel import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         args.cpu_collectives)
   workdir = args.workdir or tempfile.mkdtemp()
   if args.parts:
     bench_parts(full_size_config(args.workers), args.batch, args.workers)
