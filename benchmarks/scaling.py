@@ -188,6 +188,16 @@ def digest(workdir: str) -> None:
   print("digest " + json.dumps(dict(step=step, devices=jax.device_count(), leaves=out)))
 
 
+def restored_digest(workdir: str, n: int, gpu: bool, log: str) -> dict | None:
+  """`digest` of `workdir`'s newest checkpoint, restored in a process that sees n devices;
+  None if the restore failed."""
+  rc = run([sys.executable, os.path.abspath(__file__), f"--digest={workdir}"],
+           device_env(n, gpu), log)
+  with open(log) as f:
+    found = [line for line in f if line.startswith("digest ")]
+  return None if rc or not found else json.loads(found[-1][len("digest "):])
+
+
 def checkpoint_rows(args, gpu, ns) -> list[tuple[str, bool]]:
   results = []
   for save_n in sorted({max(ns), min(ns)}, reverse=True):
@@ -206,14 +216,10 @@ def checkpoint_rows(args, gpu, ns) -> list[tuple[str, bool]]:
     for n in ns:
       log = f"{wd}_restore_on_{n}.log"
       print(f"-- checkpoint: restore on {n}", flush=True)
-      rc = run([sys.executable, os.path.abspath(__file__), f"--digest={wd}"],
-               device_env(n, gpu), log)
-      with open(log) as f:
-        found = [line for line in f if line.startswith("digest ")]
-      if rc or not found:
+      got = restored_digest(wd, n, gpu, log)
+      if got is None:
         results.append((f"{save_n} -> {n}: restore failed", False))
         continue
-      got = json.loads(found[-1][len("digest "):])
       if got["step"] != 2:  # a fresh state would match itself: the checkpoint must be read
         results.append((f"{save_n} -> {n}: restored step {got['step']}, not 2", False))
         continue
@@ -284,13 +290,7 @@ def kill_resume_rows(args, gpu, n) -> list[tuple[str, bool]]:
     return [("kill and resume: the resumed run failed", False)]
   with open(killed + "_2.log") as f:
     resumed = f"Resuming from step {at_kill}" in f.read()
-  digests = []
-  for wd in (ref, killed):
-    log = wd + "_digest.log"
-    rc = run([sys.executable, os.path.abspath(__file__), f"--digest={wd}"], env, log)
-    with open(log) as f:
-      found = [line for line in f if line.startswith("digest ")]
-    digests.append(None if rc or not found else json.loads(found[-1][len("digest "):]))
+  digests = [restored_digest(wd, n, gpu, wd + "_digest.log") for wd in (ref, killed)]
   same = None not in digests and digests[0] == digests[1] and digests[0]["step"] == steps
   return [(f"{n} processes killed (SIGKILL) after step {at_kill}, rerun: resumed from it", resumed),
           (f"resumed run at step {steps} against an uninterrupted one: "

@@ -273,7 +273,7 @@ class MultiHeadAttention(nnx.Module):
     return self.out(y)
 
 
-_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_C, _GELU_A = math.sqrt(2.0 / math.pi), 0.044715  # jax.nn.gelu's tanh approximation
 
 
 @jax.custom_vjp
@@ -289,8 +289,8 @@ def _gelu_fwd(x):
 
 def _gelu_bwd(x, g):
   xf = x.astype(jnp.float32)
-  t = jnp.tanh(_GELU_C * (xf + 0.044715 * xf ** 3))
-  d = 0.5 * (1 + t) + 0.5 * xf * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * xf * xf)
+  t = jnp.tanh(_GELU_C * (xf + _GELU_A * xf ** 3))
+  d = 0.5 * (1 + t) + 0.5 * xf * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_A * xf * xf)
   return ((g.astype(jnp.float32) * d).astype(x.dtype),)
 
 
