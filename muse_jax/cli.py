@@ -9,6 +9,8 @@ Exit status:
   3    non-finite loss or state (the last good checkpoint is kept and named)
   5    a write into the workdir failed during the run (disk full, permission denied): the
        newest checkpoint written before it is kept; fix the disk, rerun to resume
+  6    out of accelerator memory (XLA's RESOURCE_EXHAUSTED, when compiling or running): the
+       newest checkpoint is kept; the message says what to lower or shard
   130  stopped by Ctrl-C (SIGINT); after saving a checkpoint when the loop was running
   134  multi-process: another process died and JAX's heartbeat ended this one (SIGABRT);
        rerun to resume from the newest checkpoint
@@ -21,6 +23,8 @@ import logging
 import sys
 from typing import Callable
 
+import jax
+
 from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel.mesh import MeshError
 from muse_jax.training.stops import NonFiniteLoss, Preempted
@@ -31,6 +35,13 @@ from muse_jax.workdir.checkpointer import NoIntactCheckpoint
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 EXIT_WRITE_FAILED = 5
+EXIT_OUT_OF_MEMORY = 6
+
+OUT_OF_MEMORY_ADVICE = (
+    "lower the per-device batch (--config.train.batch_size, or train.grad_accum), recompute "
+    "activations (--config.model.remat), or shard the state further (--config.mesh.fsdp); on "
+    "GPUs JAX takes 75% of the memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says more (e.g. "
+    "0.95)")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
@@ -61,6 +72,14 @@ def run_or_exit(fn: Callable[[], object], user_errors: tuple[type[BaseException]
   except WorkdirWriteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_WRITE_FAILED)
+  except jax.errors.JaxRuntimeError as e:
+    first = next((line.strip() for line in str(e).splitlines()
+                  if "RESOURCE_EXHAUSTED" in line), None)
+    if first is None:
+      raise
+    print(f"error: out of accelerator memory ({first}); {OUT_OF_MEMORY_ADVICE}",
+          file=sys.stderr)
+    sys.exit(EXIT_OUT_OF_MEMORY)
   except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_status)

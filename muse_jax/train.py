@@ -34,9 +34,10 @@ WORKDIR/checkpoints_rejected/ and the run resumes from the newest intact one.
 Exit status: 0 done; 2 bad config or mesh, an unreadable weights file, an unwritable workdir,
 or no checkpoint that can be restored; 3 non-finite loss or state (the last good checkpoint is
 kept and named); 5 a checkpoint or metrics write failed mid-run (disk full, permission denied;
-the previous checkpoint is kept); 130 Ctrl-C and 143 SIGTERM/preemption (to any process of a
-multi-process run), after saving a checkpoint (rerun to resume); 134 another process of a
-multi-process run died (JAX's heartbeat ends the others).
+the previous checkpoint is kept); 6 out of accelerator memory (the message says what to
+lower); 130 Ctrl-C and 143 SIGTERM/preemption (to any process of a multi-process run), after
+saving a checkpoint (rerun to resume); 134 another process of a multi-process run died (JAX's
+heartbeat ends the others).
 
 Multi-process: jax.distributed is initialised from --coordinator_address/--num_processes/
 --process_id, the JAX_COORDINATOR_ADDRESS environment variable, or the cluster (SLURM, TPU pods).

@@ -311,7 +311,7 @@ def test_gke_gpu_jobset_for_4_nodes_of_8_gpus():
   job, spec, pod = _pod_spec(m)
   assert spec["parallelism"] == spec["completions"] == 4 and spec["completionMode"] == "Indexed"
   assert spec["backoffLimit"] == 0
-  assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4, 5]
+  assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4, 5, 6]
   assert m["spec"]["failurePolicy"]["rules"][0] == {
       "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
   (c,) = pod["containers"]

@@ -41,6 +41,25 @@ def test_each_stop_maps_to_one_line_and_its_status(capsys, error, status):
   assert len(lines) == 1 and (str(error) in lines[0] or not str(error)), lines
 
 
+def test_out_of_memory_is_one_line_with_advice_and_status_6(capsys):
+  """A real XLA allocation failure (16 TiB on the CPU backend) ends as one line that names
+  what to lower, with the status cli.py documents; other runtime errors are not caught."""
+  import jax
+  import jax.numpy as jnp
+  with pytest.raises(SystemExit) as e:
+    cli.run_or_exit(lambda: jax.jit(lambda: jnp.ones((2**42,), jnp.float32))()
+                    .block_until_ready())
+  assert e.value.code == cli.EXIT_OUT_OF_MEMORY == 6
+  lines = stderr_lines(capsys.readouterr().err)
+  assert len(lines) == 1 and "RESOURCE_EXHAUSTED" in lines[0], lines
+  assert "batch_size" in lines[0] and "XLA_PYTHON_CLIENT_MEM_FRACTION" in lines[0]
+
+  def other():
+    raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+  with pytest.raises(jax.errors.JaxRuntimeError):
+    cli.run_or_exit(other)
+
+
 def test_orbax_save_errors_logged_by_asyncio_are_dropped_and_others_kept():
   """When a save fails, asyncio logs each Orbax task that ended with the error as its event
   loop shuts down, racing the one-line report; only those records are dropped."""
