@@ -36,13 +36,13 @@ EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 EXIT_WRITE_FAILED = 5
 EXIT_OUT_OF_MEMORY = 6
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 OUT_OF_MEMORY_ADVICE = (
     "lower the per-device batch (--config.train.batch_size, or train.grad_accum), recompute "
     "activations (--config.model.remat), or shard the state further (--config.mesh.fsdp); on "
     "GPUs JAX takes 75% of the memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says more (e.g. "
     "0.95)")
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 class _DropOrbaxErrorLogs(logging.Filter):
