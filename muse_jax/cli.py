@@ -27,7 +27,7 @@ import jax
 
 from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel.mesh import MeshError
-from muse_jax.training.stops import NonFiniteLoss, Preempted
+from muse_jax.training.stops import NonFiniteLoss, Preempted, out_of_memory_line
 from muse_jax.weights.safetensors_io import WeightsError
 from muse_jax.workdir.access import UnwritableWorkdir, WorkdirWriteError
 from muse_jax.workdir.checkpointer import NoIntactCheckpoint
@@ -73,8 +73,7 @@ def run_or_exit(fn: Callable[[], object], user_errors: tuple[type[BaseException]
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_WRITE_FAILED)
   except jax.errors.JaxRuntimeError as e:
-    first = next((line.strip() for line in str(e).splitlines()
-                  if "RESOURCE_EXHAUSTED" in line), None)
+    first = out_of_memory_line(str(e))
     if first is None:
       raise
     print(f"error: out of accelerator memory ({first}); {OUT_OF_MEMORY_ADVICE}",

@@ -24,6 +24,7 @@ from muse_jax.training.flops import peak_flops_per_device
 from muse_jax.training.loop import check_batch
 from muse_jax.training.registry import validate
 from muse_jax.training.steps import StepFunctions
+from muse_jax.training.stops import out_of_memory_line
 
 
 class DoesNotFit(ValueError):
@@ -79,8 +80,7 @@ def _oom_message(err: str, target: Target) -> str:
     short = float(need) - float(have)
     return (f"needs {need} GiB per chip for {what}, {target.generation.name} has {have} GiB "
             f"usable: short by {short:.2f} GiB")
-  first = next((l for l in err.splitlines() if "RESOURCE_EXHAUSTED" in l), err.splitlines()[0])
-  return first.strip()
+  return out_of_memory_line(err) or err.splitlines()[0].strip()
 
 
 ADVICE = ("shard further (--config.mesh.fsdp), recompute activations (--config.model.remat="
@@ -102,7 +102,7 @@ def compile_for(config, target: Target):
   try:
     compiled = steps.compile()
   except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
+    if out_of_memory_line(str(e)) is None:
       raise
     raise DoesNotFit(f"the train step does not fit {target.describe()}: "
                      f"{_oom_message(str(e), target)}; {ADVICE}") from None

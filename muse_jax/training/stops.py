@@ -23,6 +23,13 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
+def out_of_memory_line(error: str) -> str | None:
+  """The line of a JAX runtime error's text where XLA says it ran out of device memory
+  (RESOURCE_EXHAUSTED, when compiling or allocating), or None for any other error."""
+  return next((line.strip() for line in error.splitlines() if "RESOURCE_EXHAUSTED" in line),
+              None)
+
+
 class Preempted(Exception):
   """Raised after the checkpoint of a SIGTERM/preemption/Ctrl-C stop has been written."""
 
