@@ -27,7 +27,8 @@ import jax
 
 from muse_jax.configs.checks import ConfigError
 from muse_jax.parallel.mesh import MeshError
-from muse_jax.training.stops import NonFiniteLoss, Preempted, out_of_memory_line
+from muse_jax.training.stops import (OUT_OF_MEMORY_ADVICE, NonFiniteLoss, Preempted,
+                                     out_of_memory_line)
 from muse_jax.weights.safetensors_io import WeightsError
 from muse_jax.workdir.access import UnwritableWorkdir, WorkdirWriteError
 from muse_jax.workdir.checkpointer import NoIntactCheckpoint
@@ -38,11 +39,8 @@ EXIT_WRITE_FAILED = 5
 EXIT_OUT_OF_MEMORY = 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
-OUT_OF_MEMORY_ADVICE = (
-    "lower the per-device batch (--config.train.batch_size, or train.grad_accum), recompute "
-    "activations (--config.model.remat), or shard the state further (--config.mesh.fsdp); on "
-    "GPUs JAX takes 75% of the memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says more (e.g. "
-    "0.95)")
+GPU_MEMORY_NOTE = ("on GPUs JAX takes 75% of the memory unless XLA_PYTHON_CLIENT_MEM_FRACTION "
+                   "says more (e.g. 0.95)")
 
 
 class _DropOrbaxErrorLogs(logging.Filter):
@@ -76,8 +74,8 @@ def run_or_exit(fn: Callable[[], object], user_errors: tuple[type[BaseException]
     first = out_of_memory_line(str(e))
     if first is None:
       raise
-    print(f"error: out of accelerator memory ({first}); {OUT_OF_MEMORY_ADVICE}",
-          file=sys.stderr)
+    print(f"error: out of accelerator memory ({first}); {OUT_OF_MEMORY_ADVICE}; "
+          f"{GPU_MEMORY_NOTE}", file=sys.stderr)
     sys.exit(EXIT_OUT_OF_MEMORY)
   except Preempted as e:
     print(str(e), file=sys.stderr)

@@ -24,7 +24,7 @@ from muse_jax.training.flops import peak_flops_per_device
 from muse_jax.training.loop import check_batch
 from muse_jax.training.registry import validate
 from muse_jax.training.steps import StepFunctions
-from muse_jax.training.stops import out_of_memory_line
+from muse_jax.training.stops import OUT_OF_MEMORY_ADVICE, out_of_memory_line
 
 
 class DoesNotFit(ValueError):
@@ -83,9 +83,7 @@ def _oom_message(err: str, target: Target) -> str:
   return out_of_memory_line(err) or err.splitlines()[0].strip()
 
 
-ADVICE = ("shard further (--config.mesh.fsdp), recompute activations (--config.model.remat="
-          "full), lower the per-chip batch (--config.train.batch_size or train.grad_accum), or "
-          "pick a larger topology")
+ADVICE = f"{OUT_OF_MEMORY_ADVICE}, or pick a larger topology"
 
 
 def compile_for(config, target: Target):

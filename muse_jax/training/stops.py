@@ -23,6 +23,13 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
+# What to change when a step does not fit the device's memory: said by the train CLI and by the
+# ahead-of-time check (training/aot.py), each adding what applies to it.
+OUT_OF_MEMORY_ADVICE = ("shard further (--config.mesh.fsdp), recompute activations "
+                        "(--config.model.remat=full), lower the per-chip batch "
+                        "(--config.train.batch_size or train.grad_accum)")
+
+
 def out_of_memory_line(error: str) -> str | None:
   """The line of a JAX runtime error's text where XLA says it ran out of device memory
   (RESOURCE_EXHAUSTED, when compiling or allocating), or None for any other error."""
